@@ -1,0 +1,55 @@
+"""``clipdehaze-eval``: test a checkpoint (or a parameter-free prior) on a dataset.
+
+    clipdehaze-eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt data=synthetic
+    clipdehaze-eval model=dcp data=sots_outdoor data.root=/data/SOTS/outdoor
+    clipdehaze-eval model=dehazeformer_s weights_path=dehazeformer-s.pth data=sots_indoor
+
+Writes ``metrics.json`` (with the metric protocol), ``per_image.csv`` and ``grid.png`` (input | output | GT).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from clipdehaze.pipeline import (build_trainer, floats, module_for_inference, run_summary, save_grid, write_json,
+                                 write_rows_csv)
+from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+
+log = logging.getLogger("clipdehaze.eval")
+register_resolvers()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = module_for_inference(cfg)
+    module.hparams["sample_images"] = cfg.get("num_grid_images", 4)
+    trainer = build_trainer(cfg)
+    start = time.perf_counter()
+    trainer.test(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    metrics = floats(trainer.callback_metrics)
+    summary = run_summary(cfg, module, metrics, ckpt_path=cfg.get("ckpt_path"),
+                          weights_path=cfg.get("weights_path"), test_seconds=round(seconds, 2))
+    write_json(output_dir / "metrics.json", summary)
+    write_rows_csv(output_dir / "per_image.csv", module.test_rows)
+    save_grid(module.test_samples, output_dir / "grid.png")
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    log.info("%s on %s (%s): %s", module.generator_name, summary["data"], summary["metric_protocol"], metrics)
+    log.info("wrote %s", output_dir)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The one LightningModule behind every generator.
+
+Everything architecture-specific lives in the generator (``clipdehaze.models.generators``); this module only
+knows the generator contract:
+
+* ``forward(x, **clip_inputs)`` maps images in [0, 1] to images in [0, 1] (unclamped);
+* ``generator.clip_inputs`` names what it wants from the frozen CLIP prior (``text_feature``,
+  ``density_map``, ``image_embedding`` ...); the data module may serve them from the embedding cache as
+  ``batch["clip"]``, otherwise they are computed on the fly;
+* optionally ``generator.auxiliary_losses(x, target, output, clip_prior)`` returns training-only loss terms
+  (e.g. a distillation loss) that are added to the reconstruction loss.
+
+All constructor arguments are plain containers (dicts of numbers and strings), so checkpoints hold no pickled
+objects and load with ``torch.load(..., weights_only=True)``. The frozen CLIP is rebuilt from its config and is
+never part of ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.nn as nn
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clipdehaze.metrics import ImageQualityMetrics, describe_protocol
+from clipdehaze.models.registry import clip_inputs_of, create_generator
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig/ListConfig -> plain dict/list (resolved), so hparams pickle nothing."""
+    if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss is NaN/Inf and the module is configured to stop."""
+
+
+class DehazeLitModule(L.LightningModule):
+    """Train / validate / test any registered generator.
+
+    Args:
+        generator: ``{"name": <registered generator>, **factory_kwargs}``.
+        loss: Hydra config (with ``_target_``) of a loss ``forward(output, target, hazy)``.
+        optimizer: Hydra config of a torch optimizer with ``_partial_: true`` semantics (params are added here).
+        scheduler: optional ``{"scheduler": <hydra config, partial>, "interval": "epoch"|"step", ...}``.
+        clip: optional Hydra config of :class:`clipdehaze.models.clip.FrozenCLIP`; built only when the generator
+            (or a loss) needs it.
+        metrics: ``{"protocol": "dehazeformer"|"basicsr", ...protocol options}``.
+        nonfinite_loss: ``"raise"`` (stop with the step and batch file names) or ``"skip"`` (skip the batch).
+        sample_images: how many test images to keep (downscaled) for an image grid.
+        dataset_name: suffix of the logged test keys (``test/psnr_<dataset_name>``).
+    """
+
+    def __init__(
+        self,
+        generator: Mapping[str, Any],
+        loss: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        clip: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        nonfinite_loss: str = "raise",
+        sample_images: int = 4,
+        dataset_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        hp = dict(
+            generator=_plain(generator),
+            loss=_plain(loss),
+            optimizer=_plain(optimizer),
+            scheduler=_plain(scheduler),
+            clip=_plain(clip),
+            metrics=_plain(metrics) or {"protocol": "dehazeformer"},
+            nonfinite_loss=nonfinite_loss,
+            sample_images=sample_images,
+            dataset_name=dataset_name,
+        )
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+        self.save_hyperparameters(hp)
+
+        gen_cfg = dict(hp["generator"])
+        name = gen_cfg.pop("name")
+        self.generator = create_generator(name, **gen_cfg)
+        self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else nn.L1Loss()
+
+        wants_clip = bool(clip_inputs_of(self.generator)) or bool(getattr(self.loss_fn, "needs_clip", False))
+        if wants_clip and not hp["clip"]:
+            raise ValueError(
+                f"generator {name!r} needs the CLIP prior (inputs {clip_inputs_of(self.generator)}), but clip=null; "
+                "choose one, e.g. clip=vit_b32_openai, clip=local clip.checkpoint=/path, or clip=tiny_random"
+            )
+        # Built from config, held outside state_dict (FrozenCLIP hides its weights), so checkpoints never carry it.
+        self.clip_prior = instantiate(hp["clip"]) if wants_clip else None
+
+        metric_cfg = dict(hp["metrics"])
+        self.protocol = metric_cfg.pop("protocol")
+        self.protocol_opts = metric_cfg
+        self.val_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
+        self.test_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
+        self._test_names: dict[int, str] = {}
+        self.test_samples: list[dict[str, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def generator_name(self) -> str:
+        return self.hparams["generator"]["name"]
+
+    def clip_inputs(self, x: torch.Tensor, batch: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """The generator's CLIP inputs: from the batch (embedding cache) when served, else computed live."""
+        names = clip_inputs_of(self.generator)
+        if not names:
+            return {}
+        served = dict(batch.get("clip", {})) if batch is not None else {}
+        missing = [n for n in names if n not in served]
+        if missing:
+            served.update(self.clip_prior.generator_inputs(missing, x))
+        return {n: served[n] for n in names}
+
+    def forward(self, x: torch.Tensor, batch: Mapping[str, Any] | None = None) -> torch.Tensor:
+        return self.generator(x, **self.clip_inputs(x, batch))
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int):
+        x, y = batch["input"], batch["target"]
+        out = self(x, batch)
+        loss = self.loss_fn(out, y, x)
+        terms = {}
+        aux = getattr(self.generator, "auxiliary_losses", None)
+        if aux is not None:
+            terms = aux(x, y, out, self.clip_prior)
+            for k, v in terms.items():
+                loss = loss + v
+        if not torch.isfinite(loss):
+            names = list(batch.get("name", []))
+            msg = (f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
+                   f"epoch {self.current_epoch}, batch {batch_idx}; batch files: {names}")
+            if self.hparams["nonfinite_loss"] == "raise":
+                raise NonFiniteLossError(msg)
+            log.warning("%s -- skipped (nonfinite_loss=skip)", msg)
+            return None
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for k, v in getattr(self.loss_fn, "last_terms", {}).items():
+            self.log(f"train/loss_{k}", v, batch_size=bs)
+        for k, v in terms.items():
+            self.log(f"train/loss_{k}", v, batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics) -> torch.Tensor:
+        x, y = batch["input"], batch["target"]
+        out = self(x, batch)
+        metric.update(out, y, batch["index"])
+        return out
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        for k, v in self.val_metrics.compute().items():
+            self.log(f"val/{k}", v, prog_bar=(k == "psnr"), sync_dist=False)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._test_names.clear()
+        self.test_samples.clear()
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        out = self._eval_step(batch, self.test_metrics)
+        for i, name in zip(batch["index"].tolist(), batch["name"]):
+            self._test_names[int(i)] = name
+        if len(self.test_samples) < self.hparams["sample_images"]:
+            self.test_samples.append({
+                "input": batch["input"][0].detach().cpu(),
+                "output": out[0].detach().clamp(0, 1).cpu(),
+                "target": batch["target"][0].detach().cpu(),
+                "name": batch["name"][0],
+            })
+
+    def test_key(self, metric: str) -> str:
+        suffix = self.hparams.get("dataset_name")
+        return f"test/{metric}_{suffix}" if suffix else f"test/{metric}"
+
+    def on_test_epoch_end(self) -> None:
+        for k, v in self.test_metrics.compute().items():
+            self.log(self.test_key(k), v, sync_dist=False)
+        self.test_rows = [
+            {"index": int(r["index"]), "name": self._test_names.get(int(r["index"]), ""), **{
+                k: float(v) for k, v in r.items() if k != "index"}}
+            for r in self.test_metrics.per_image()
+        ]
+        self.test_metrics.reset()
+
+    def protocol_description(self) -> str:
+        return describe_protocol(self.protocol, **self.protocol_opts)
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self):
+        opt_cfg = self.hparams["optimizer"] or {"_target_": "torch.optim.AdamW", "lr": 2e-4}
+        optimizer = instantiate(opt_cfg, params=[p for p in self.parameters() if p.requires_grad])
+        sched = self.hparams["scheduler"]
+        if not sched:
+            return optimizer
+        sched = dict(sched)
+        scheduler_cfg = dict(sched.pop("scheduler"))
+        if scheduler_cfg.get("T_max", None) == "auto":
+            # Cosine to eta_min over the whole run, whatever max_epochs/max_steps the trainer got.
+            total = self.trainer.estimated_stepping_batches if sched.get("interval") == "step" else self.trainer.max_epochs
+            scheduler_cfg["T_max"] = max(1, int(total if total and math.isfinite(total) else 1))
+        scheduler = instantiate(scheduler_cfg, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **sched}}
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", **overrides) -> "DehazeLitModule":
+        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files."""
+        from clipdehaze.utils.checkpoint import load_checkpoint_file
+
+        ckpt = load_checkpoint_file(path, map_location=map_location)
+        hp = dict(ckpt.get("hyper_parameters") or {})
+        if "generator" not in hp:
+            raise ValueError(f"{path}: not a clipdehaze training checkpoint (no 'generator' in hyper_parameters)")
+        expected = overrides.pop("expect_generator", None)
+        if expected and expected != hp["generator"]["name"]:
+            raise ValueError(
+                f"{path}: checkpoint holds generator {hp['generator']['name']!r}, but model={expected!r} was "
+                f"requested; drop the model= override or pick the matching checkpoint")
+        hp.update({k: v for k, v in overrides.items() if v is not None})
+        module = cls(**hp)
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+        return module

@@ -1,0 +1,5 @@
+"""Generators (by registered name) and the frozen CLIP prior."""
+
+from clipdehaze.models.registry import clip_inputs_of, create_generator, list_generators, register_generator
+
+__all__ = ["clip_inputs_of", "create_generator", "list_generators", "register_generator"]

@@ -1,0 +1,152 @@
+"""Pieces shared by the entry points: build the module, trainer, callbacks and loggers from a config; write
+run files (metrics.json, per-image CSV, image grid)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clipdehaze.lit_module import DehazeLitModule
+from clipdehaze.models.registry import create_generator
+from clipdehaze.utils.checkpoint import load_generator_weights
+
+log = logging.getLogger("clipdehaze")
+
+
+def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a dict-of-configs group (callbacks, logger); ``null`` entries are skipped."""
+    objs = []
+    for _, conf in (cfg or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            objs.append(instantiate(conf))
+    return objs
+
+
+def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def build_module(cfg: DictConfig) -> DehazeLitModule:
+    """A fresh module for training from the composed config."""
+    return DehazeLitModule(
+        generator=cfg.model,
+        loss=cfg.get("loss"),
+        optimizer=cfg.get("optimizer"),
+        scheduler=cfg.get("scheduler"),
+        clip=cfg.get("clip"),
+        metrics=cfg.get("metrics"),
+        nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
+        dataset_name=cfg.data.get("name"),
+    )
+
+
+def module_for_inference(cfg: DictConfig) -> DehazeLitModule:
+    """The module eval/predict use: from ``ckpt_path`` (a training checkpoint), or from ``model=`` plus
+    ``weights_path`` (published weights, strict), or a parameter-free ``model=`` such as ``dcp``."""
+    metrics = cfg.get("metrics")
+    dataset_name = cfg.data.get("name") if cfg.get("data") else None
+    model_cfg = cfg.get("model")
+    if cfg.get("ckpt_path"):
+        overrides = dict(metrics=OmegaConf.to_container(metrics) if metrics else None, dataset_name=dataset_name,
+                         expect_generator=model_cfg.name if model_cfg else None)
+        if cfg.get("clip"):
+            overrides["clip"] = OmegaConf.to_container(cfg.clip, resolve=True)
+        return DehazeLitModule.load_checkpoint(cfg.ckpt_path, **overrides)
+    if not model_cfg:
+        raise ValueError("nothing to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt, or model=<name> "
+                         "(with weights_path=<official weights> for a trained generator, or model=dcp)")
+    module = DehazeLitModule(generator=model_cfg, clip=cfg.get("clip"), metrics=metrics, dataset_name=dataset_name)
+    n_params = sum(p.numel() for p in module.generator.parameters())
+    if cfg.get("weights_path"):
+        load_generator_weights(module.generator, cfg.weights_path)
+    elif n_params and not cfg.get("allow_random_weights", False):
+        raise ValueError(
+            f"model={model_cfg.name} has {n_params:,} trainable parameters but no weights were given: pass "
+            "ckpt_path=<training checkpoint> or weights_path=<published weights> "
+            "(allow_random_weights=true evaluates the random initialisation on purpose)")
+    return module
+
+
+def floats(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    os.replace(tmp, p)
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    return str(o)
+
+
+def write_rows_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0]) if rows else ["index", "name"]
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: int = 192) -> None:
+    """One row per image: input | output | target (each resized to ``height``)."""
+    from clipdehaze.data.io import save_image
+
+    rows = []
+    for s in samples:
+        tiles = [s[k] for k in ("input", "output", "target") if k in s]
+        resized = []
+        for t in tiles:
+            h, w = t.shape[-2:]
+            nw = max(1, round(w * height / h))
+            resized.append(torch.nn.functional.interpolate(t[None].float(), size=(height, nw), mode="bilinear",
+                                                           align_corners=False, antialias=True)[0])
+        gap = torch.ones(3, height, 4)
+        row = []
+        for r in resized:
+            row += [r, gap]
+        rows.append(torch.cat(row[:-1], dim=2))
+    if not rows:
+        return
+    width = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
+    save_image(torch.cat(rows, dim=1).clamp(0, 1), path)
+
+
+def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, float], **extra) -> dict[str, Any]:
+    """What metrics.json holds: numbers, the protocol they were computed under, and what produced them."""
+    return {
+        "generator": module.generator_name,
+        "data": cfg.data.get("name") if cfg.get("data") else None,
+        "seed": cfg.get("seed"),
+        "metric_protocol": module.protocol_description(),
+        "params": sum(p.numel() for p in module.generator.parameters()),
+        "metrics": metrics,
+        **extra,
+    }

@@ -1,0 +1,103 @@
+"""``clipdehaze-predict``: restore any images (no ground truth), tiling large ones so memory stays bounded.
+
+    clipdehaze-predict ckpt_path=<run>/checkpoints/last.ckpt input=photo.jpg output=restored/
+    clipdehaze-predict model=dcp input=hazy_folder/ output=dehazed/ tile=512 overlap=32
+
+Never writes into the input folder and never overwrites an input file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, save_image
+from clipdehaze.pipeline import module_for_inference
+from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+from clipdehaze.utils.tiling import tiled_forward
+
+log = logging.getLogger("clipdehaze.predict")
+register_resolvers()
+
+
+def _inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
+        return files
+    raise FileNotFoundError(f"input not found: {path}")
+
+
+def _check_output(inputs: list[Path], in_root: Path, out_dir: Path) -> None:
+    out = out_dir.resolve()
+    src = in_root.resolve() if in_root.is_dir() else in_root.resolve().parent
+    if out == src:
+        raise ValueError(f"output folder {out_dir} is the input folder; choose another so no input is overwritten")
+    for p in inputs:
+        if (out / f"{p.stem}.png").resolve() == p.resolve():
+            raise ValueError(f"refusing to overwrite input file {p}")
+
+
+@torch.no_grad()
+def restore(module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """Generator output for one image (1, 3, H, W), tiled; CLIP inputs come from the whole image and spatial
+    ones (density maps) are cropped per tile, so tiling does not change what the prior sees."""
+    clip_inputs = module.clip_inputs(x)
+
+    def fn(t: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        top, left, h, w = box
+        kw = {}
+        for k, v in clip_inputs.items():
+            if v.ndim == 4 and v.shape[-2:] == x.shape[-2:]:
+                v = v[..., top:top + h, left:left + w]
+                if v.shape[-2:] != t.shape[-2:]:  # tile was padded up to the minimum size
+                    v = torch.nn.functional.interpolate(v, size=t.shape[-2:], mode="nearest")
+            kw[k] = v
+        return module.generator(t, **kw)
+
+    return tiled_forward(fn, x, tile=tile, overlap=overlap).clamp(0, 1)
+
+
+def predict(cfg: DictConfig) -> list[Path]:
+    if not cfg.get("input") or not cfg.get("output"):
+        raise ValueError("pass input=<image file or folder> output=<folder>")
+    in_path, out_dir = Path(cfg.input), Path(cfg.output)
+    files = _inputs(in_path)
+    _check_output(files, in_path, out_dir)
+    module = module_for_inference(cfg).eval()
+    device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    module.to(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for p in files:
+        try:
+            x = load_image(p)[None].to(device)
+        except ImageReadError as e:
+            log.error("%s", e)
+            failed.append(p)
+            continue
+        y = restore(module, x, int(cfg.tile), int(cfg.overlap))
+        dst = out_dir / f"{p.stem}.png"
+        save_image(y[0].cpu(), dst)
+        written.append(dst)
+        log.info("%s -> %s", p, dst)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable (see errors above): "
+                         + ", ".join(str(p) for p in failed[:5]) + f"; {len(written)} written to {out_dir}")
+    return written
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""``clipdehaze-train``: fit a generator, keep last/best checkpoints, then test the best one.
+
+    clipdehaze-train model=dehazeformer_t data=synthetic trainer=cpu
+    clipdehaze-train -m model=dehazeformer_t,mixdehazenet_t seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from clipdehaze.pipeline import build_module, build_trainer, floats, run_summary, write_json, write_rows_csv
+from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+
+log = logging.getLogger("clipdehaze.train")
+register_resolvers()
+
+
+def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path=last`` / ``resume=auto`` -> the run's ``checkpoints/last.ckpt`` when it exists."""
+    ckpt = cfg.get("ckpt_path")
+    if cfg.get("resume") == "auto" or ckpt == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        if ckpt == "last":
+            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist")
+        log.info("resume=auto: no %s yet, starting fresh", last)
+        return None
+    return ckpt
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test; returns (and writes to ``<run>/metrics.json``) the final metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg)
+    if not any(p.requires_grad for p in module.generator.parameters()):
+        raise ValueError(f"model={cfg.model.name} has no trainable parameters; evaluate it with "
+                         f"`clipdehaze-eval model={cfg.model.name} data=...` instead of training it")
+    trainer = build_trainer(cfg)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    start = time.perf_counter()
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    fit_s = time.perf_counter() - start
+    train_metrics = floats(trainer.callback_metrics)
+
+    test_metrics: dict[str, float] = {}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            best_module = type(module).load_checkpoint(best)
+            trainer.test(best_module, datamodule=datamodule)
+            module = best_module
+        else:
+            log.warning("no best checkpoint recorded; testing the current weights")
+            trainer.test(module, datamodule=datamodule)
+        test_metrics = floats(trainer.callback_metrics)
+        write_rows_csv(output_dir / "test_per_image.csv", getattr(module, "test_rows", []))
+
+    metrics = {**train_metrics, **test_metrics}
+    summary = run_summary(cfg, module, metrics, fit_seconds=round(fit_s, 2),
+                          best_ckpt=trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None)
+    write_json(output_dir / "metrics.json", summary)
+    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    log.info("metrics (%s): %s", summary["metric_protocol"], metrics)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg)
+    # The value hparams_search sweepers optimise.
+    metric = cfg.get("optimized_metric")
+    return summary["metrics"].get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Small shared utilities: Hydra config location, checkpoints, tiled inference, run files."""

@@ -1,0 +1,95 @@
+"""Safe checkpoint I/O: ``weights_only`` loading with clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used, with the file named in the message."""
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``; a missing, truncated or non-tensor file is a CheckpointError."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {p}")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{p}: refusing to unpickle arbitrary objects (weights_only=True failed: {str(e).splitlines()[0]}). "
+            "clipdehaze checkpoints hold only tensors and plain types; re-save the weights as a state_dict") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{p}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{p}: not a training checkpoint (expected a dict with 'state_dict')")
+    return ckpt
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a half file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_generator_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load published weights (e.g. an official ``dehazeformer-t.pth``) into a bare generator, ``strict=True``.
+
+    Accepts a raw state_dict or the ``{"state_dict": ...}`` wrapper the upstream repos save; the ``module.``
+    prefix that ``nn.DataParallel`` adds when upstream saved is a wrapper artefact, not part of the
+    architecture, and is removed. A ``.safetensors`` file is read with safetensors.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(p))
+    else:
+        try:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable; say which
+            raise CheckpointError(f"{p}: cannot read weights ({type(e).__name__}: {e})") from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if any(k.startswith("generator.") for k in sd):
+        sd = {k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")}
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        name = getattr(model, "generator_name", type(model).__name__)
+        raise CheckpointError(f"{p}: weights do not match generator {name!r}: {e}") from e
+
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes temp-file-then-rename, so a kill mid-save never corrupts
+    ``last.ckpt``: the previous file stays in place until the new one is complete."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_torch_save(checkpoint, path)

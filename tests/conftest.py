@@ -1,0 +1,121 @@
+"""Shared fixtures: the reference data beside the checkout, and small generated images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path | None:
+    candidates = [os.environ.get("CLIPDEHAZE_SHARED"), REPO.parent / "shared", REPO / "shared"]
+    for c in candidates:
+        if c and (Path(c) / "reference").is_dir():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (or $CLIPDEHAZE_SHARED); tests that need it are skipped with the reason when absent."""
+    d = _shared_dir()
+    if d is None:
+        pytest.skip("reference data not found: put the project's shared/ folder beside the checkout "
+                    "or set CLIPDEHAZE_SHARED=/path/to/shared")
+    return d
+
+
+def read_manifest(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """Parse a reference manifest: ``key<TAB>AxBxC`` per line, ``#`` comment lines skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        dims = tuple(int(s) for s in shape.split("x")) if shape else ()
+        rows.append((key, dims))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def manifest():
+    """``manifest(name)`` -> [(key, shape), ...] from ``shared/reference/manifests/<name>.tsv``."""
+    d = _shared_dir()
+
+    def load(name: str):
+        if d is None:
+            pytest.skip("reference manifests not found (see shared_dir fixture)")
+        return read_manifest(d / "reference" / "manifests" / f"{name}.tsv")
+
+    return load
+
+
+def _smooth_image(rng, h: int, w: int):
+    """A smooth random RGB image (uint8), like a blurred photo: low-frequency noise upsampled."""
+    import numpy as np
+    from PIL import Image
+
+    small = rng.random((max(2, h // 8), max(2, w // 8), 3))
+    img = Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    return np.asarray(img)
+
+
+def make_paired_folder(root: Path, sizes: dict[str, list[tuple[int, int]]], seed: int = 0,
+                       input_dir: str = "hazy", target_dir: str = "GT") -> Path:
+    """Write ``root/<split>/{hazy,GT}/NNNN.png`` pairs with a constant-haze relation (I = 0.6 J + 0.35)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, shapes in sizes.items():
+        (root / split / input_dir).mkdir(parents=True, exist_ok=True)
+        (root / split / target_dir).mkdir(parents=True, exist_ok=True)
+        for i, (h, w) in enumerate(shapes):
+            clean = _smooth_image(rng, h, w)
+            hazy = (clean.astype(np.float32) * 0.6 + 0.35 * 255).round().clip(0, 255).astype(np.uint8)
+            Image.fromarray(clean).save(root / split / target_dir / f"{i:04d}.png")
+            Image.fromarray(hazy).save(root / split / input_dir / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_paired_root(tmp_path_factory) -> Path:
+    """6 train pairs (72x88) and 2 odd-sized test pairs: enough for fast_dev_run / short fits."""
+    root = tmp_path_factory.mktemp("tiny_paired")
+    return make_paired_folder(root, {"train": [(72, 88)] * 6, "test": [(45, 61), (50, 37)]})
+
+
+CONF_DIR = REPO / "conf"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """``compose_cfg(config_name, overrides)`` -> a composed config with the Hydra runtime set, writing under tmp."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from clipdehaze.utils.hydra_utils import register_resolvers
+
+    register_resolvers()
+
+    def make(config_name: str = "train", overrides: list[str] | None = None, out: Path | None = None):
+        GlobalHydra.instance().clear()
+        out = Path(out or tmp_path / "run")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out)
+            cfg.hydra.runtime.cwd = str(tmp_path)
+            cfg.hydra.job.num = 0
+            cfg.paths.log_dir = str(tmp_path / "logs")
+        out.mkdir(parents=True, exist_ok=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield make
+    GlobalHydra.instance().clear()

@@ -1,0 +1,52 @@
+"""Every option of every config group composes (and resolves) in the entry points that use it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith(("_", "hydra")))
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+CASES = [(g, o) for g in GROUPS for o in _options(g)]
+
+
+@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_group_option_composes(group, option, compose_cfg, tmp_path):
+    overrides = [f"{group}={option}"]
+    if group == "experiment" or group == "hparams_search":
+        overrides = [f"+{group}={option}"] if group == "hparams_search" else overrides
+    if group == "model" and "mixcl" in option or group == "model" and option.startswith(("cliphaze", "sar")):
+        overrides.append("clip=tiny_random")
+    cfg = compose_cfg("train", overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert resolved["model"]["name"]
+    assert resolved["data"]["_target_"].startswith("clipdehaze.data.")
+
+
+def test_model_configs_match_registry():
+    from clipdehaze.models import list_generators
+
+    assert set(_options("model")) == set(list_generators())
+
+
+def test_unknown_generator_lists_valid_names():
+    from clipdehaze.models import create_generator
+
+    with pytest.raises(KeyError, match="registered generators: .*dehazeformer_t"):
+        create_generator("dehazeformer_xxl")
+
+
+@pytest.mark.parametrize("script", ["clipdehaze.train", "clipdehaze.evaluate", "clipdehaze.predict"])
+def test_help_lists_config_groups(script):
+    out = subprocess.run([sys.executable, "-m", script, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Configuration groups" in out.stdout
+    assert "model:" in out.stdout
