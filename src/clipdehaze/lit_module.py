@@ -8,7 +8,8 @@ knows the generator contract:
   ``density_map``, ``image_embedding`` ...); the data module may serve them from the embedding cache as
   ``batch["clip"]``, otherwise they are computed on the fly;
 * optionally ``generator.auxiliary_losses(x, target, output, clip_prior)`` returns training-only loss terms
-  (e.g. a distillation loss) that are added to the reconstruction loss.
+  (e.g. a distillation loss); each is weighted by ``loss_fn.aux_weights[name]`` (default 1) and added to the
+  reconstruction loss, so their weights are loss config (``loss=sar_weather``), not model config.
 
 All constructor arguments are plain containers (dicts of numbers and strings), so checkpoints hold no pickled
 objects and load with ``torch.load(..., weights_only=True)``. The frozen CLIP is rebuilt from its config and is
@@ -50,8 +51,8 @@ class DehazeLitModule(L.LightningModule):
     Args:
         generator: ``{"name": <registered generator>, **factory_kwargs}``.
         loss: Hydra config (with ``_target_``) of a loss ``forward(output, target, hazy)``.
-        optimizer: Hydra config of a torch optimizer with ``_partial_: true`` semantics (params are added here).
-        scheduler: optional ``{"scheduler": <hydra config, partial>, "interval": "epoch"|"step", ...}``.
+        optimizer: Hydra config of a torch optimizer (``params`` are supplied here).
+        scheduler: optional ``{"scheduler": <hydra config; ``optimizer`` supplied here>, "interval": "epoch"|"step", ...}``.
         clip: optional Hydra config of :class:`clipdehaze.models.clip.FrozenCLIP`; built only when the generator
             (or a loss) needs it.
         metrics: ``{"protocol": "dehazeformer"|"basicsr", ...protocol options}``.
@@ -138,8 +139,9 @@ class DehazeLitModule(L.LightningModule):
         aux = getattr(self.generator, "auxiliary_losses", None)
         if aux is not None:
             terms = aux(x, y, out, self.clip_prior)
+            weights = getattr(self.loss_fn, "aux_weights", {})
             for k, v in terms.items():
-                loss = loss + v
+                loss = loss + weights.get(k, 1.0) * v
         if not torch.isfinite(loss):
             names = list(batch.get("name", []))
             msg = (f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "

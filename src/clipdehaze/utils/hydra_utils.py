@@ -28,9 +28,15 @@ def run_stamp() -> str:
 
 def _clip_dim(model_name: str) -> int:
     """Embedding width of an open_clip architecture (text features follow the chosen CLIP)."""
-    from clipdehaze.models.clip import embed_dim_of
+    import open_clip
 
-    return embed_dim_of(model_name)
+    from clipdehaze.models.clip.frozen import register_builtin_configs
+
+    register_builtin_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip architecture {model_name!r}; known: {', '.join(open_clip.list_models())}")
+    return int(cfg["embed_dim"])
 
 
 def register_resolvers() -> None:

@@ -1,0 +1,280 @@
+"""``clipdehaze-bench``: speed and size of every generator, the CLIP prior and the selective scan.
+
+    clipdehaze-bench models [--models dehazeformer_t cliphaze_t ...] [--out outputs/bench]
+    clipdehaze-bench clip        # zero-shot map / embeddings, live vs cached (tiny_random and ViT-B/32 random)
+    clipdehaze-bench scan        # selective scan: ours vs sequential loop vs mambapy
+    clipdehaze-bench all
+
+``models`` reports per generator variant: parameters; MACs at a given size (``torch.utils.flop_counter``, MACs =
+FLOPs / 2: convolutions and matmuls, elementwise ops not counted); inference latency, images/s and peak memory at
+256² and 1024² (untiled, and tiled at 256 px with 32 px overlap); a training-step time (AdamW, batch 4, 128² crops);
+for CLIP-conditioned generators the step is timed with the CLIP inputs computed live and served from the cache.
+Peak memory is measured in a fresh subprocess per case (CPU: max RSS growth over the process after the model is
+built; CUDA: ``torch.cuda.max_memory_allocated``). Results go to ``bench.json`` and ``bench.md``. Speed targets
+live here, never as timed assertions in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+SCHEMA_VERSION = 1
+DEFAULT_CLIP = {"model_name": "ViT-B-32", "pretrained": None, "warn_random": False}
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+def _timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.Tensor]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, **inputs)
+    return counter.get_total_flops() // 2
+
+
+def _build(name: str, clip_cfg: dict[str, Any] | None, device: torch.device):
+    from clipdehaze.models import clip_inputs_of, create_generator
+
+    model = create_generator(name).to(device).eval()
+    prior = None
+    if clip_inputs_of(model):
+        from clipdehaze.models.clip import FrozenCLIP
+
+        prior = FrozenCLIP(**(clip_cfg or DEFAULT_CLIP)).to(device)
+        # The CLIP width follows the prior, as ${clip_dim:...} does in the model configs.
+        for key in ("clip_dim", "text_dim"):
+            if getattr(model, key, prior.embed_dim) != prior.embed_dim:
+                model = create_generator(name, **{key: prior.embed_dim}).to(device).eval()
+    return model, prior
+
+
+def _clip_inputs(model, prior, x):
+    from clipdehaze.models import clip_inputs_of
+
+    names = clip_inputs_of(model)
+    return prior.generator_inputs(names, x) if names else {}
+
+
+# ----------------------------------------------------------------------------------------------------- models
+def _memory_worker(name: str, size: int, tiled: bool, clip_cfg: dict | None) -> dict[str, Any]:
+    """Run in a fresh process: peak memory of one inference."""
+    from clipdehaze.utils.tiling import tiled_forward
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, prior = _build(name, clip_cfg, device)
+    x = torch.rand(1, 3, size, size, device=device)
+    inputs = _clip_inputs(model, prior, x)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.no_grad():
+        if tiled:
+            def fn(t, box):
+                top, left, h, w = box
+                kw = {k: (v[..., top:top + h, left:left + w] if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v)
+                      for k, v in inputs.items()}
+                return model(t, **kw)
+            tiled_forward(fn, x, tile=256, overlap=32)
+        else:
+            model(x, **inputs)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"peak_mb": round(max(peak, 0) / 2**20, 1)}
+
+
+def _peak_memory(name: str, size: int, tiled: bool, clip_cfg: dict | None, timeout: float) -> float | None:
+    cmd = [sys.executable, "-m", "clipdehaze.bench", "_memory", name, str(size), str(int(tiled)),
+           json.dumps(clip_cfg)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    except (subprocess.SubprocessError, ValueError, IndexError, KeyError):
+        return None
+
+
+def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: int = 3, train_batch: int = 4,
+                train_crop: int = 128, clip_cfg: dict | None = None, memory: bool = True,
+                max_untiled_gmacs: float = 60.0, timeout: float = 600.0) -> dict[str, Any]:
+    from clipdehaze.utils.tiling import tiled_forward
+
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, prior = _build(name, clip_cfg, device)
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.rand(1, 3, mac_size, mac_size, device=device)
+    macs = count_macs(model, x, _clip_inputs(model, prior, x))
+    row: dict[str, Any] = {"model": name, "params": params, "macs_g": round(macs / 1e9, 3), "mac_size": mac_size,
+                           "clip": prior.model_id if prior is not None else None, "device": device.type}
+    gmacs_256 = macs / 1e9 * (256 / mac_size) ** 2
+    for size in sizes:
+        x = torch.rand(1, 3, size, size, device=device)
+        inputs = _clip_inputs(model, prior, x)
+        for tiled in (False, True) if size > 256 else (False,):
+            key = f"{size}{'_tiled' if tiled else ''}"
+            if not tiled and size > 256 and gmacs_256 > max_untiled_gmacs:
+                row[f"latency_s_{key}"] = None  # too slow untiled on this device; the tiled run is reported
+                continue
+
+            def run(tiled=tiled, x=x, inputs=inputs):
+                with torch.no_grad():
+                    if tiled:
+                        def fn(t, box):
+                            top, left, h, w = box
+                            kw = {k: (v[..., top:top + h, left:left + w]
+                                      if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v)
+                                  for k, v in inputs.items()}
+                            return model(t, **kw)
+                        return tiled_forward(fn, x, tile=256, overlap=32)
+                    return model(x, **inputs)
+
+            lat = _timeit(run, repeats=repeats if size <= 256 else 1)
+            row[f"latency_s_{key}"] = round(lat, 4)
+            row[f"images_per_s_{key}"] = round(1.0 / lat, 2) if lat > 0 else None
+            if memory:
+                row[f"peak_mb_{key}"] = _peak_memory(name, size, tiled, clip_cfg, timeout)
+
+    if params:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        xb = torch.rand(train_batch, 3, train_crop, train_crop, device=device)
+        yb = torch.rand_like(xb)
+        cached = _clip_inputs(model, prior, xb)
+
+        def step(live: bool):
+            inputs = _clip_inputs(model, prior, xb) if live else cached
+            loss = torch.nn.functional.l1_loss(model(xb, **inputs), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        row["train_step_s"] = round(_timeit(lambda: step(False), repeats=repeats), 4)
+        if prior is not None:
+            row["train_step_s_clip_live"] = round(_timeit(lambda: step(True), repeats=repeats), 4)
+        row["train_batch"], row["train_crop"] = train_batch, train_crop
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------- report
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def models_markdown(rows: list[dict[str, Any]]) -> str:
+    cols = [("model", "model"), ("params", "params (M)"), ("macs_g", "MACs (G)"), ("latency_s_256", "256² s"),
+            ("images_per_s_256", "256² img/s"), ("peak_mb_256", "256² MB"), ("latency_s_1024", "1024² s"),
+            ("peak_mb_1024", "1024² MB"), ("latency_s_1024_tiled", "1024² tiled s"),
+            ("peak_mb_1024_tiled", "1024² tiled MB"), ("train_step_s", "train step s"),
+            ("train_step_s_clip_live", "train step s (CLIP live)")]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = []
+        for key, _ in cols:
+            v = r.get(key)
+            vals.append(f"{v / 1e6:.3f}" if key == "params" and v is not None else _fmt(v))
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+def run_models(names: list[str], out: Path, **kw) -> dict[str, Any]:
+    rows = []
+    for name in names:
+        print(f"bench {name} ...", flush=True)
+        rows.append(bench_model(name, **kw))
+        print(f"  {rows[-1]}", flush=True)
+    result = {"schema_version": SCHEMA_VERSION, "kind": "models", "environment": environment(),
+              "settings": {k: v for k, v in kw.items() if k != "clip_cfg"}, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = (f"# clipdehaze-bench models\n\n{environment()}\n\nMACs: torch.utils.flop_counter (FLOPs/2, conv+matmul) at "
+          f"{kw.get('mac_size', 256)}². Latency: median, batch 1, no grad. Train step: AdamW, batch "
+          f"{kw.get('train_batch', 4)}, {kw.get('train_crop', 128)}² crops, L1; CLIP inputs cached unless noted.\n\n"
+          + models_markdown(rows) + "\n")
+    (out / "bench.md").write_text(md)
+    print(md)
+    return result
+
+
+def default_model_list() -> list[str]:
+    from clipdehaze.models import list_generators
+
+    return [n for n in list_generators() if not n.endswith("_test")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_memory"]:
+        name, size, tiled, clip_cfg = argv[1], int(argv[2]), bool(int(argv[3])), json.loads(argv[4])
+        print(json.dumps(_memory_worker(name, size, tiled, clip_cfg)))
+        return 0
+    ap = argparse.ArgumentParser(prog="clipdehaze-bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="?", default="all", choices=["models", "clip", "scan", "all"])
+    ap.add_argument("--models", nargs="+", default=None, help="generator names (default: every non-test variant)")
+    ap.add_argument("--sizes", nargs="+", type=int, default=[256, 1024])
+    ap.add_argument("--mac-size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    ap.add_argument("--max-untiled-gmacs", type=float, default=60.0,
+                    help="skip untiled inference above 256 px for models heavier than this at 256²")
+    ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture (random weights) for CLIP nets")
+    ap.add_argument("--out", default="outputs/bench")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.what in ("models", "all"):
+        run_models(args.models or default_model_list(), out, sizes=tuple(args.sizes), mac_size=args.mac_size,
+                   repeats=args.repeats, memory=not args.no_memory, max_untiled_gmacs=args.max_untiled_gmacs,
+                   clip_cfg={"model_name": args.clip_model, "pretrained": None, "warn_random": False})
+    if args.what in ("clip", "all"):
+        from clipdehaze.models.clip import bench as clip_bench
+
+        res = clip_bench.run_clip_benchmark()
+        (out / "clip.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "clip.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    if args.what in ("scan", "all"):
+        from clipdehaze.models.ssm import bench as scan_bench
+
+        res = scan_bench.run_scan_benchmark()
+        (out / "scan.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

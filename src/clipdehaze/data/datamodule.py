@@ -1,0 +1,248 @@
+"""LightningDataModules over paired folders and over the embedded synthetic haze / all-weather datasets.
+
+Constructor arguments are plain types so the modules are built from Hydra configs
+(``conf/data/*.yaml``) and their hyper-parameters land in checkpoints as plain data.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from clipdehaze.data.datasets import ListPairedDataset, PairedImageDataset
+from clipdehaze.data.synth import DEGRADATIONS, default_dataset_dir, ensure_default_dataset
+
+__all__ = ["PairedDataModule", "SyntheticHazeDataModule", "SyntheticWeatherDataModule", "evenly_spaced_subset",
+           "seed_worker"]
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
+
+    The DataLoader already gives each worker a distinct torch seed derived from its generator;
+    this extends it to numpy and ``random`` (the recipe in PyTorch's reproducibility notes), so a
+    transform using either is as reproducible as the torch-based crops.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def evenly_spaced_subset(dataset: Dataset, n: int | None) -> Dataset:
+    """The first, last and evenly spaced samples, ``n`` in all (the whole dataset if ``n`` is None or larger).
+
+    Evenly spaced rather than the first ``n``: in RESIDE-style folders consecutive files are variants
+    of one scene, so a prefix would cover a handful of scenes.
+    """
+    total = len(dataset)
+    if n is None or n >= total:
+        return dataset
+    if n <= 0:
+        raise ValueError(f"a sample limit must be positive or None, got {n}")
+    indices = sorted({round(i * (total - 1) / max(n - 1, 1)) for i in range(n)})
+    return Subset(dataset, indices)
+
+
+class PairedDataModule(L.LightningDataModule):
+    """Train/val/test loaders over ``<root>/<split>/<input_dir>/`` + ``<target_dir>/`` (or list files).
+
+    Args:
+        root: dataset root (see :class:`clipdehaze.data.datasets.PairedImageDataset` for layouts).
+        name: dataset name, used as the suffix of logged test keys (``test/psnr_<name>``).
+        train_split, val_split, test_split: sub-folders; ``val_split=None`` validates on ``test_split``
+            (DehazeFormer has no separate validation set). A split of ``""`` means ``root`` itself.
+        input_dir, target_dir: folder names of degraded and clean images.
+        crop_size: train crop side. ``val_crop_size``: centre crop for validation; None -> crop_size,
+            0 -> full images (then keep ``val_batch_size=1`` unless all images share one size).
+        augment: train augmentations (subset of ``hflip``, ``vflip``, ``rot90``).
+        edge_decay: DehazeFormer's border re-weighting of train crops.
+        batch_size, val_batch_size: loader batch sizes; the test loader always uses 1 (full images
+            of different sizes).
+        num_workers, pin_memory: DataLoader settings; workers are persistent when num_workers > 0.
+        train_list, val_list, test_list: list files (``input [target]`` lines relative to ``root``,
+            see :class:`~clipdehaze.data.datasets.ListPairedDataset`) used instead of split folders.
+        val_root, test_root: roots of the validation and test data when they live elsewhere than the
+            training data (TransWeather keeps ``data/train/allweather.txt`` and ``data/test/*.txt`` with
+            paths relative to each folder); None: ``root``.
+        max_train_samples, max_val_samples, max_test_samples: evenly spaced subsets for quick runs.
+        on_unpaired: ``"error"`` or ``"skip"`` for inputs without a target.
+        seed: seed of the train shuffling generator; None draws it from torch's global RNG, which
+            ``lightning.seed_everything`` controls.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "paired",
+        train_split: str | None = "train",
+        val_split: str | None = "test",
+        test_split: str | None = "test",
+        input_dir: str = "hazy",
+        target_dir: str = "GT",
+        crop_size: int = 256,
+        val_crop_size: int | None = None,
+        augment: Sequence[str] = ("hflip", "rot90"),
+        edge_decay: float = 0.0,
+        batch_size: int = 16,
+        val_batch_size: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        train_list: str | None = None,
+        val_list: str | None = None,
+        test_list: str | None = None,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
+        max_test_samples: int | None = None,
+        on_unpaired: str = "error",
+        seed: int | None = None,
+        val_root: str | None = None,
+        test_root: str | None = None,
+    ):
+        super().__init__()
+        # Hydra hands over ListConfig; keep hparams plain so checkpoints load with weights_only=True.
+        augment = [str(a) for a in ([augment] if isinstance(augment, str) else (augment or []))]
+        self.save_hyperparameters(ignore=["augment"])
+        self.hparams["augment"] = augment
+        self.root = str(root)
+        self.val_root = str(val_root) if val_root is not None else self.root
+        self.test_root = str(test_root) if test_root is not None else self.root
+        self.name = name
+        self.train_split = train_split
+        self.val_split = val_split if val_split is not None else test_split
+        self.test_split = test_split
+        self.input_dir = input_dir
+        self.target_dir = target_dir
+        self.crop_size = crop_size
+        self.val_crop_size = crop_size if val_crop_size is None else val_crop_size
+        self.augment = tuple(augment)
+        self.edge_decay = edge_decay
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.train_list, self.val_list, self.test_list = train_list, val_list, test_list
+        self.max_train_samples = max_train_samples
+        self.max_val_samples = max_val_samples
+        self.max_test_samples = max_test_samples
+        self.on_unpaired = on_unpaired
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
+
+    # ------------------------------------------------------------------------------------------
+
+    def _dataset(self, root: str, split: str | None, list_file: str | None, mode: str, crop_size: int | None,
+                 input_only: bool = False) -> Dataset:
+        common = dict(mode=mode, crop_size=crop_size, augment=self.augment, edge_decay=self.edge_decay,
+                      input_only=input_only)
+        if list_file:
+            return ListPairedDataset(list_file, root, **common)
+        return PairedImageDataset(root, split or None, self.input_dir, self.target_dir,
+                                  on_unpaired=self.on_unpaired, **common)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = evenly_spaced_subset(
+                self._dataset(self.root, self.train_split, self.train_list, "train", self.crop_size),
+                self.max_train_samples)
+        if stage in ("fit", "validate", None) and self.val_set is None:
+            self.val_set = evenly_spaced_subset(
+                self._dataset(self.val_root, self.val_split, self.val_list, "val", self.val_crop_size),
+                self.max_val_samples)
+        if stage in ("test", None) and self.test_set is None:
+            self.test_set = evenly_spaced_subset(
+                self._dataset(self.test_root, self.test_split, self.test_list, "test", None), self.max_test_samples)
+        if stage == "predict" and self.predict_set is None:
+            self.predict_set = evenly_spaced_subset(
+                self._dataset(self.test_root, self.test_split, self.test_list, "test", None, input_only=True),
+                self.max_test_samples)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset | None, stage: str, batch_size: int, **kwargs) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not prepared the {stage} set")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        # A dedicated generator drives both the shuffle order and the per-worker base seeds, so the
+        # crops and order of an epoch depend only on this seed, not on other consumers of the RNG.
+        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
+        generator = torch.Generator().manual_seed(seed)
+        n = len(self.train_set) if self.train_set is not None else 0
+        return self._loader(self.train_set, "train", self.batch_size, shuffle=True, generator=generator,
+                            drop_last=n >= self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, "val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, "test", 1, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, "predict", 1, shuffle=False)
+
+
+class SyntheticHazeDataModule(PairedDataModule):
+    """:class:`PairedDataModule` over an embedded synthetic dataset (scikit-image photos), haze by default.
+
+    The dataset is generated on first use by :func:`clipdehaze.data.synth.ensure_default_dataset`:
+    in ``prepare_data`` (global/node rank 0 only under Lightning), and again in ``setup`` only if it
+    is still missing (a module used without a Trainer). ``root`` None places it in ``cache_dir``
+    (default ``$CLIPDEHAZE_CACHE/datasets``); a ``root`` is used as the dataset directory itself.
+    ``kind`` is a key of :data:`clipdehaze.data.synth.DEGRADATIONS`; the input/target folders default to
+    that kind's.
+    """
+
+    def __init__(self, root: str | None = None, cache_dir: str | None = None, synth_seed: int = 0,
+                 name: str = "synthetic_haze", crop_size: int = 128, batch_size: int = 8, kind: str = "haze",
+                 **kwargs):
+        if kind not in DEGRADATIONS:
+            raise ValueError(f"unknown synthetic kind {kind!r}; available: {sorted(DEGRADATIONS)}")
+        kwargs.setdefault("input_dir", DEGRADATIONS[kind].input_dir)
+        kwargs.setdefault("target_dir", DEGRADATIONS[kind].target_dir)
+        dataset_dir = Path(root) if root is not None else default_dataset_dir(cache_dir, synth_seed, kind)
+        super().__init__(root=str(dataset_dir), name=name, crop_size=crop_size, batch_size=batch_size, **kwargs)
+        self.cache_dir = cache_dir
+        self.synth_seed = synth_seed
+        self.kind = kind
+
+    def _ensure(self) -> None:
+        ensure_default_dataset(self.cache_dir, self.synth_seed, root=self.root, kind=self.kind)
+
+    def prepare_data(self) -> None:
+        self._ensure()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure()
+        super().setup(stage)
+
+
+class SyntheticWeatherDataModule(SyntheticHazeDataModule):
+    """The embedded all-weather dataset: each image degraded by one of haze, rain, snow or raindrop.
+
+    Folders are TransWeather's ``input/`` + ``gt/``; ``kind`` may name a single weather instead
+    (``rain``, ``snow``, ``raindrop``).
+    """
+
+    def __init__(self, root: str | None = None, cache_dir: str | None = None, synth_seed: int = 0,
+                 name: str = "synthetic_allweather", crop_size: int = 128, batch_size: int = 8,
+                 kind: str = "allweather", **kwargs):
+        super().__init__(root=root, cache_dir=cache_dir, synth_seed=synth_seed, name=name, crop_size=crop_size,
+                         batch_size=batch_size, kind=kind, **kwargs)
