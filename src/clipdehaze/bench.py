@@ -56,6 +56,26 @@ def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.
     return counter.get_total_flops() // 2
 
 
+def dummy_clip_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Random tensors shaped like the CLIP inputs a generator asks for (for MACs, which ignore values)."""
+    from clipdehaze.models import clip_inputs_of
+
+    d = getattr(model, "clip_dim", None) or getattr(model, "text_dim", None) or 512
+    b, _, h, w = x.shape
+    shapes = {"text_feature": (b, 1, d), "image_embedding": (b, d), "density_map": (b, 1, h, w),
+              "dense_features": (b, d, max(1, h // 32), max(1, w // 32))}
+    return {n: torch.rand(shapes[n], device=x.device) for n in clip_inputs_of(model)}
+
+
+def generator_macs(name: str, size: int = 256, **kwargs) -> int:
+    """MACs of the generator alone (the frozen CLIP's own cost excluded) at ``size``²."""
+    from clipdehaze.models import create_generator
+
+    model = create_generator(name, **kwargs).eval()
+    x = torch.rand(1, 3, size, size)
+    return count_macs(model, x, dummy_clip_inputs(model, x))
+
+
 def _build(name: str, clip_cfg: dict[str, Any] | None, device: torch.device):
     from clipdehaze.models import clip_inputs_of, create_generator
 
@@ -80,7 +100,7 @@ def _clip_inputs(model, prior, x):
 
 
 # ----------------------------------------------------------------------------------------------------- models
-def _memory_worker(name: str, size: int, tiled: bool, clip_cfg: dict | None) -> dict[str, Any]:
+def _memory_worker(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | None) -> dict[str, Any]:
     """Run in a fresh process: peak memory of one inference."""
     from clipdehaze.utils.tiling import tiled_forward
 
@@ -100,7 +120,7 @@ def _memory_worker(name: str, size: int, tiled: bool, clip_cfg: dict | None) -> 
                 kw = {k: (v[..., top:top + h, left:left + w] if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v)
                       for k, v in inputs.items()}
                 return model(t, **kw)
-            tiled_forward(fn, x, tile=256, overlap=32)
+            tiled_forward(fn, x, tile=tile, overlap=tile // 8)
         else:
             model(x, **inputs)
     if device.type == "cuda":
@@ -110,8 +130,9 @@ def _memory_worker(name: str, size: int, tiled: bool, clip_cfg: dict | None) -> 
     return {"peak_mb": round(max(peak, 0) / 2**20, 1)}
 
 
-def _peak_memory(name: str, size: int, tiled: bool, clip_cfg: dict | None, timeout: float) -> float | None:
-    cmd = [sys.executable, "-m", "clipdehaze.bench", "_memory", name, str(size), str(int(tiled)),
+def _peak_memory(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | None,
+                 timeout: float) -> float | None:
+    cmd = [sys.executable, "-m", "clipdehaze.bench", "_memory", name, str(size), str(int(tiled)), str(tile),
            json.dumps(clip_cfg)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
@@ -121,7 +142,7 @@ def _peak_memory(name: str, size: int, tiled: bool, clip_cfg: dict | None, timeo
 
 
 def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: int = 3, train_batch: int = 4,
-                train_crop: int = 128, clip_cfg: dict | None = None, memory: bool = True,
+                train_crop: int = 128, clip_cfg: dict | None = None, memory: bool = True, tile: int = 256,
                 max_untiled_gmacs: float = 60.0, timeout: float = 600.0) -> dict[str, Any]:
     from clipdehaze.utils.tiling import tiled_forward
 
@@ -137,9 +158,9 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
     for size in sizes:
         x = torch.rand(1, 3, size, size, device=device)
         inputs = _clip_inputs(model, prior, x)
-        for tiled in (False, True) if size > 256 else (False,):
+        for tiled in (False, True) if size > tile else (False,):
             key = f"{size}{'_tiled' if tiled else ''}"
-            if not tiled and size > 256 and gmacs_256 > max_untiled_gmacs:
+            if not tiled and size > tile and gmacs_256 > max_untiled_gmacs:
                 row[f"latency_s_{key}"] = None  # too slow untiled on this device; the tiled run is reported
                 continue
 
@@ -152,14 +173,14 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
                                       if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v)
                                   for k, v in inputs.items()}
                             return model(t, **kw)
-                        return tiled_forward(fn, x, tile=256, overlap=32)
+                        return tiled_forward(fn, x, tile=tile, overlap=tile // 8)
                     return model(x, **inputs)
 
-            lat = _timeit(run, repeats=repeats if size <= 256 else 1)
+            lat = _timeit(run, repeats=repeats if size <= tile else 1)
             row[f"latency_s_{key}"] = round(lat, 4)
             row[f"images_per_s_{key}"] = round(1.0 / lat, 2) if lat > 0 else None
             if memory:
-                row[f"peak_mb_{key}"] = _peak_memory(name, size, tiled, clip_cfg, timeout)
+                row[f"peak_mb_{key}"] = _peak_memory(name, size, tiled, tile, clip_cfg, timeout)
 
     if params:
         model.train()
@@ -192,11 +213,13 @@ def _fmt(v: Any) -> str:
 
 
 def models_markdown(rows: list[dict[str, Any]]) -> str:
-    cols = [("model", "model"), ("params", "params (M)"), ("macs_g", "MACs (G)"), ("latency_s_256", "256² s"),
-            ("images_per_s_256", "256² img/s"), ("peak_mb_256", "256² MB"), ("latency_s_1024", "1024² s"),
-            ("peak_mb_1024", "1024² MB"), ("latency_s_1024_tiled", "1024² tiled s"),
-            ("peak_mb_1024_tiled", "1024² tiled MB"), ("train_step_s", "train step s"),
-            ("train_step_s_clip_live", "train step s (CLIP live)")]
+    sizes = sorted({int(k.split("_")[2]) for r in rows for k in r if k.startswith("latency_s_")})
+    cols = [("model", "model"), ("params", "params (M)"), ("macs_g", "MACs (G)")]
+    for n in sizes:
+        for suffix, tag in (("", ""), ("_tiled", " tiled")):
+            if any(f"latency_s_{n}{suffix}" in r for r in rows):
+                cols += [(f"latency_s_{n}{suffix}", f"{n}²{tag} s"), (f"peak_mb_{n}{suffix}", f"{n}²{tag} MB")]
+    cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = []
@@ -241,8 +264,8 @@ def default_model_list() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_memory"]:
-        name, size, tiled, clip_cfg = argv[1], int(argv[2]), bool(int(argv[3])), json.loads(argv[4])
-        print(json.dumps(_memory_worker(name, size, tiled, clip_cfg)))
+        name, size, tiled, tile, clip_cfg = argv[1], int(argv[2]), bool(int(argv[3])), int(argv[4]), json.loads(argv[5])
+        print(json.dumps(_memory_worker(name, size, tiled, tile, clip_cfg)))
         return 0
     ap = argparse.ArgumentParser(prog="clipdehaze-bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

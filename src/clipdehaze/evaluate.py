@@ -17,8 +17,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from clipdehaze.pipeline import (build_trainer, floats, module_for_inference, run_summary, save_grid, write_json,
-                                 write_rows_csv)
+from clipdehaze.pipeline import (
+    attach_clip_cache,
+    build_trainer,
+    floats,
+    module_for_inference,
+    run_summary,
+    save_grid,
+    write_json,
+    write_rows_csv,
+)
 from clipdehaze.utils.hydra_utils import config_path, register_resolvers
 
 log = logging.getLogger("clipdehaze.eval")
@@ -30,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module = module_for_inference(cfg)
     module.hparams["sample_images"] = cfg.get("num_grid_images", 4)
+    attach_clip_cache(cfg, datamodule, module)
     trainer = build_trainer(cfg)
     start = time.perf_counter()
     trainer.test(module, datamodule=datamodule)

@@ -79,6 +79,22 @@ def module_for_inference(cfg: DictConfig) -> DehazeLitModule:
     return module
 
 
+def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module: DehazeLitModule) -> None:
+    """With ``clip_cache=true``, serve the generator's cacheable CLIP inputs from disk (computed once per image,
+    keyed by content hash + CLIP model id + prompts; stale entries are rebuilt, never used)."""
+    if not cfg.get("clip_cache") or module.clip_prior is None or not hasattr(datamodule, "attach_clip_cache"):
+        return
+    from clipdehaze.data.io import load_image
+    from clipdehaze.models.clip import ClipCache
+    from clipdehaze.models.clip.cache import CACHEABLE
+    from clipdehaze.models.registry import clip_inputs_of
+
+    names = [n for n in clip_inputs_of(module.generator) if n in CACHEABLE]
+    if names:
+        cache = ClipCache(Path(cfg.paths.cache_dir) / "clip", module.clip_prior, names=names, loader_fn=load_image)
+        datamodule.attach_clip_cache(cache, names)
+
+
 def floats(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():

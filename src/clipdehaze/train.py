@@ -15,7 +15,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from clipdehaze.pipeline import build_module, build_trainer, floats, run_summary, write_json, write_rows_csv
+from clipdehaze.pipeline import (
+    attach_clip_cache,
+    build_module,
+    build_trainer,
+    floats,
+    run_summary,
+    write_json,
+    write_rows_csv,
+)
 from clipdehaze.utils.hydra_utils import config_path, register_resolvers
 
 log = logging.getLogger("clipdehaze.train")
@@ -47,6 +55,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not any(p.requires_grad for p in module.generator.parameters()):
         raise ValueError(f"model={cfg.model.name} has no trainable parameters; evaluate it with "
                          f"`clipdehaze-eval model={cfg.model.name} data=...` instead of training it")
+    attach_clip_cache(cfg, datamodule, module)
     trainer = build_trainer(cfg)
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

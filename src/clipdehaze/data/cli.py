@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from clipdehaze.data.clip_cache import _add_clip_cache
 from clipdehaze.data.datasets import list_images, match_pairs
 from clipdehaze.data.io import ImageReadError, load_image
 from clipdehaze.data.synth import (
@@ -302,7 +303,7 @@ def _run_check(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_check]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_check, _add_clip_cache]
 
 
 def build_parser() -> argparse.ArgumentParser:

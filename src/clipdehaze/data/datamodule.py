@@ -136,6 +136,12 @@ class PairedDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.predict_set: Dataset | None = None
+        self.clip_cache = None
+        self.clip_names: tuple[str, ...] = ()
+
+    def attach_clip_cache(self, cache, names: Sequence[str]) -> None:
+        """Serve the generator's CLIP inputs ``names`` from ``cache`` (built for every input image at setup)."""
+        self.clip_cache, self.clip_names = cache, tuple(names)
 
     # ------------------------------------------------------------------------------------------
 
@@ -164,6 +170,17 @@ class PairedDataModule(L.LightningDataModule):
             self.predict_set = evenly_spaced_subset(
                 self._dataset(self.test_root, self.test_split, self.test_list, "test", None, input_only=True),
                 self.max_test_samples)
+        if self.clip_cache is not None:
+            self._serve_clip_cache()
+
+    def _serve_clip_cache(self) -> None:
+        # Built here, in the main process, so data-loader workers only read (a miss would run CLIP in a worker).
+        for ds in (self.train_set, self.val_set, self.test_set, self.predict_set):
+            base = getattr(ds, "dataset", ds)  # evenly_spaced_subset wraps in a Subset
+            if base is None or base.clip_cache is self.clip_cache:
+                continue
+            self.clip_cache.build(base.input_paths())
+            base.attach_clip_cache(self.clip_cache, self.clip_names)
 
     # ------------------------------------------------------------------------------------------
 

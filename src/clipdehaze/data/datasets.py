@@ -204,6 +204,19 @@ class _PairedDataset(Dataset):
         self.pad_if_smaller = pad_if_smaller
         self.edge_decay = edge_decay
         self.input_only = input_only
+        self.clip_cache = None
+        self.clip_names: tuple[str, ...] = ()
+
+    def attach_clip_cache(self, cache, names: Sequence[str]) -> None:
+        """Serve ``names`` from a :class:`clipdehaze.models.clip.ClipCache` as ``sample["clip"]``.
+
+        Global entries (text feature, embedding) are per file; a density map is cut from the full image's map
+        with the same crop, flips and rotation as the image, so cached and image pixels stay aligned.
+        """
+        self.clip_cache, self.clip_names = cache, tuple(names)
+
+    def input_paths(self) -> list[Path]:
+        return [p for p, _ in self.pairs]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -230,6 +243,12 @@ class _PairedDataset(Dataset):
                 raise ValueError(f"size mismatch: input {input_path} is {iw}x{ih} but target {target_path} "
                                  f"is {tw}x{th} (WxH)")
             images.append(target)
+        n_images = len(images)
+        clip, spatial = {}, []
+        if self.clip_cache is not None:
+            clip = self.clip_cache.sample_inputs(input_path, self.clip_names)
+            spatial = [k for k, v in clip.items() if v.ndim == 3 and v.shape[-2:] == images[0].shape[-2:]]
+            images += [clip[k] for k in spatial]  # cropped and augmented together with the image
         if self.mode != "test" and self.crop_size:
             images = self._crop(images, input_path)
         if self.mode == "train" and self.augment:
@@ -239,6 +258,9 @@ class _PairedDataset(Dataset):
         sample = {"input": images[0], "name": input_path.name, "index": index}
         if not self.input_only:
             sample["target"] = images[1]
+        if clip:
+            clip.update(zip(spatial, images[n_images:]))
+            sample["clip"] = clip
         return sample
 
 

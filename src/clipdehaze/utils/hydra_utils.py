@@ -43,3 +43,26 @@ def register_resolvers() -> None:
     for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: str | None = None):
+    """Compose an entry point's config outside ``@hydra.main`` (CLIs, notebooks), with the Hydra runtime set
+    so ``${hydra:...}`` interpolations resolve as in a run."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    where = config_path()
+    init = (initialize_config_module(config_module="clipdehaze.conf", version_base="1.3")
+            if where.startswith("pkg://") else initialize_config_dir(config_dir=where, version_base="1.3"))
+    with init:
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = os.getcwd()
+        cfg.hydra.runtime.output_dir = output_dir or os.getcwd()
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
