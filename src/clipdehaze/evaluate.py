@@ -46,10 +46,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = floats(trainer.callback_metrics)
     summary = run_summary(cfg, module, metrics, ckpt_path=cfg.get("ckpt_path"),
                           weights_path=cfg.get("weights_path"), test_seconds=round(seconds, 2))
-    write_json(output_dir / "metrics.json", summary)
-    write_rows_csv(output_dir / "per_image.csv", module.test_rows)
-    save_grid(module.test_samples, output_dir / "grid.png")
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", summary)
+        write_rows_csv(output_dir / "per_image.csv", module.test_rows)
+        save_grid(module.test_samples, output_dir / "grid.png")
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     log.info("%s on %s (%s): %s", module.generator_name, summary["data"], summary["metric_protocol"], metrics)
     log.info("wrote %s", output_dir)
     return summary

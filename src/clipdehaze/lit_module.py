@@ -24,10 +24,10 @@ from typing import Any, Mapping
 
 import lightning as L
 import torch
-import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from clipdehaze.losses import L1Loss
 from clipdehaze.metrics import ImageQualityMetrics, describe_protocol
 from clipdehaze.models.registry import clip_inputs_of, create_generator
 
@@ -92,7 +92,7 @@ class DehazeLitModule(L.LightningModule):
         gen_cfg = dict(hp["generator"])
         name = gen_cfg.pop("name")
         self.generator = create_generator(name, **gen_cfg)
-        self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else nn.L1Loss()
+        self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else L1Loss()
 
         wants_clip = bool(clip_inputs_of(self.generator)) or bool(getattr(self.loss_fn, "needs_clip", False))
         if wants_clip and not hp["clip"]:
@@ -223,6 +223,13 @@ class DehazeLitModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **sched}}
 
     # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Raising here aborts the write, so a diverged model never replaces a good last.ckpt / best checkpoint.
+        bad = [n for n, p in self.generator.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(f"refusing to save a checkpoint at global step {self.global_step}: non-finite "
+                                     f"weights in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+
     @classmethod
     def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", **overrides) -> "DehazeLitModule":
         """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files."""

@@ -62,7 +62,8 @@ def restore(module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
             kw[k] = v
         return module.generator(t, **kw)
 
-    return tiled_forward(fn, x, tile=tile, overlap=overlap).clamp(0, 1)
+    min_size = getattr(module.generator, "min_size", 16)
+    return tiled_forward(fn, x, tile=tile, overlap=overlap, min_size=min_size).clamp(0, 1)
 
 
 def predict(cfg: DictConfig) -> list[Path]:

@@ -77,13 +77,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("no best checkpoint recorded; testing the current weights")
             trainer.test(module, datamodule=datamodule)
         test_metrics = floats(trainer.callback_metrics)
-        write_rows_csv(output_dir / "test_per_image.csv", getattr(module, "test_rows", []))
 
     metrics = {**train_metrics, **test_metrics}
     summary = run_summary(cfg, module, metrics, fit_seconds=round(fit_s, 2),
                           best_ckpt=trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None)
-    write_json(output_dir / "metrics.json", summary)
-    OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+    if trainer.is_global_zero:  # under DDP every rank holds the same synced numbers; one writes them
+        if cfg.get("test", True):
+            write_rows_csv(output_dir / "test_per_image.csv", getattr(module, "test_rows", []))
+        write_json(output_dir / "metrics.json", summary)
+        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     log.info("metrics (%s): %s", summary["metric_protocol"], metrics)
     return summary
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from clipdehaze.data.datasets import ListPairedDataset, PairedImageDataset
 from clipdehaze.data.synth import DEGRADATIONS, default_dataset_dir, ensure_default_dataset
@@ -32,6 +32,33 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffles with an order that is a function of (seed, epoch) only, and keys the dataset's random crops /
+    flips to (seed, epoch, index) through ``set_rng_epoch``.
+
+    Lightning calls ``set_epoch`` before each training epoch, so a run resumed from an epoch-end checkpoint
+    replays the interrupted epoch exactly: same order, same crops, whatever the global RNG did before (a
+    resumed process does not get the global RNG state back). Under DDP, Lightning wraps this sampler in a
+    distributed one that shuffles by itself.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        base = getattr(self.dataset, "dataset", self.dataset)  # evenly_spaced_subset wraps in a Subset
+        if hasattr(base, "set_rng_epoch"):
+            base.set_rng_epoch(self.seed, self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
 
 
 def evenly_spaced_subset(dataset: Dataset, n: int | None) -> Dataset:
@@ -192,19 +219,22 @@ class PairedDataModule(L.LightningDataModule):
             batch_size=batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker,
-            **kwargs,
+            **{"persistent_workers": self.num_workers > 0, **kwargs},
         )
 
     def train_dataloader(self) -> DataLoader:
-        # A dedicated generator drives both the shuffle order and the per-worker base seeds, so the
-        # crops and order of an epoch depend only on this seed, not on other consumers of the RNG.
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, ()).item())
-        generator = torch.Generator().manual_seed(seed)
+        # Order and crops depend only on (seed, epoch, index): see EpochSeededSampler. Workers are not
+        # persistent here, so each epoch's workers start from the dataset's current epoch key.
+        if self.seed is None:
+            self.seed = int(torch.randint(2**31, ()).item())
         n = len(self.train_set) if self.train_set is not None else 0
-        return self._loader(self.train_set, "train", self.batch_size, shuffle=True, generator=generator,
-                            drop_last=n >= self.batch_size)
+        sampler = None
+        if self.train_set is not None:
+            sampler = EpochSeededSampler(self.train_set, self.seed)
+            sampler.set_epoch(0)  # Lightning sets each epoch; a bare loop over the loader gets epoch 0
+        return self._loader(self.train_set, "train", self.batch_size, sampler=sampler,
+                            drop_last=n >= self.batch_size, persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, "val", self.val_batch_size, shuffle=False)

@@ -206,6 +206,11 @@ class _PairedDataset(Dataset):
         self.input_only = input_only
         self.clip_cache = None
         self.clip_names: tuple[str, ...] = ()
+        self._rng_key: tuple[int, int] | None = None
+
+    def set_rng_epoch(self, seed: int, epoch: int) -> None:
+        """Key train-mode crops/flips to (seed, epoch, index) instead of the global RNG (exact resume)."""
+        self._rng_key = (int(seed), int(epoch))
 
     def attach_clip_cache(self, cache, names: Sequence[str]) -> None:
         """Serve ``names`` from a :class:`clipdehaze.models.clip.ClipCache` as ``sample["clip"]``.
@@ -249,10 +254,14 @@ class _PairedDataset(Dataset):
             clip = self.clip_cache.sample_inputs(input_path, self.clip_names)
             spatial = [k for k, v in clip.items() if v.ndim == 3 and v.shape[-2:] == images[0].shape[-2:]]
             images += [clip[k] for k in spatial]  # cropped and augmented together with the image
-        if self.mode != "test" and self.crop_size:
-            images = self._crop(images, input_path)
-        if self.mode == "train" and self.augment:
-            images = augment_pair(images, self.augment)
+        with torch.random.fork_rng(devices=[], enabled=self._rng_key is not None and self.mode == "train"):
+            if self._rng_key is not None and self.mode == "train":
+                seed, epoch = self._rng_key
+                torch.manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + index) % 2**63)
+            if self.mode != "test" and self.crop_size:
+                images = self._crop(images, input_path)
+            if self.mode == "train" and self.augment:
+                images = augment_pair(images, self.augment)
         # Crops and flips are views; make each sample own compact memory before collation/pinning.
         images = [x.contiguous() for x in images]
         sample = {"input": images[0], "name": input_path.name, "index": index}

@@ -1,0 +1,86 @@
+"""Blocks shared by the DehazeFormer family of generators.
+
+``PatchEmbed``, ``PatchUnEmbed`` and ``SKFusion`` follow DehazeFormer ("Vision Transformers for Single
+Image Dehazing", Song et al., IEEE TIP 2023; https://github.com/IDKiro/DehazeFormer, MIT licence)
+parameter for parameter: same attribute names, shapes and arithmetic, so official checkpoints of
+DehazeFormer and of the networks built on its skeleton (MixDehazeNet, MixCLDehazeNet) load unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion"]
+
+
+class PatchEmbed(nn.Module):
+    """Strided reflect-padded convolution: embeds pixels (``patch_size=1``) or merges patches (``2``).
+
+    The padding ``(kernel_size - patch_size + 1) // 2`` keeps ``H / patch_size`` exactly for the kernel
+    sizes upstream uses (3 with stride 1, 2 with stride 2).
+    """
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96,
+                 kernel_size: int | None = None):
+        super().__init__()
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        kernel_size = patch_size if kernel_size is None else kernel_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=patch_size,
+                              padding=(kernel_size - patch_size + 1) // 2, padding_mode="reflect")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class PatchUnEmbed(nn.Module):
+    """Convolution to ``out_chans * patch_size**2`` channels, then pixel shuffle (inverse of PatchEmbed).
+
+    ``proj`` stays an ``nn.Sequential`` so the checkpoint key is ``proj.0.weight`` as upstream.
+    """
+
+    def __init__(self, patch_size: int = 4, out_chans: int = 3, embed_dim: int = 96,
+                 kernel_size: int | None = None):
+        super().__init__()
+        self.out_chans = out_chans
+        self.embed_dim = embed_dim
+        kernel_size = 1 if kernel_size is None else kernel_size
+        self.proj = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans * patch_size ** 2, kernel_size=kernel_size,
+                      padding=kernel_size // 2, padding_mode="reflect"),
+            nn.PixelShuffle(patch_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class SKFusion(nn.Module):
+    """Selective-kernel fusion of ``height`` same-shaped feature maps.
+
+    A squeeze MLP on the pooled sum predicts, per channel, softmax weights across the ``height`` inputs;
+    the output is the weighted sum.
+    """
+
+    def __init__(self, dim: int, height: int = 2, reduction: int = 8):
+        super().__init__()
+        self.height = height
+        hidden = max(int(dim / reduction), 4)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden, dim * height, 1, bias=False),
+        )
+
+    def forward(self, in_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(in_feats) != self.height:
+            raise ValueError(f"SKFusion built for {self.height} inputs, got {len(in_feats)}")
+        B, C = in_feats[0].shape[:2]
+        feats = torch.stack(tuple(in_feats), dim=1)  # B, height, C, H, W
+        attn = self.mlp(feats.sum(dim=1).mean(dim=(2, 3), keepdim=True))
+        attn = F.softmax(attn.view(B, self.height, C, 1, 1), dim=1)
+        return (feats * attn).sum(dim=1)

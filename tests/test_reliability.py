@@ -1,0 +1,163 @@
+"""Faults survived: kill/resume, SIGTERM, NaN losses, bad checkpoints, determinism, DDP metrics."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipdehaze.lit_module import DehazeLitModule, NonFiniteLossError
+from clipdehaze.train import train
+from clipdehaze.utils.checkpoint import CheckpointError
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+       "OMP_NUM_THREADS": "1"}
+
+
+def _data(root: Path) -> list[str]:
+    return ["data=paired", f"data.root={root}", "data.crop_size=48", "data.batch_size=2", "data.num_workers=0",
+            "data.name=tiny"]
+
+
+def _cli(module: str, overrides: list[str], run_dir: Path, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+TRAIN = ["model=dehazeformer_test", "trainer=cpu", "trainer.max_epochs=5", "trainer.deterministic=true",
+         "logger=csv", "seed=3", "callbacks.rich_progress_bar=null"]
+
+
+def test_same_seed_bit_identical_metrics(compose_cfg, tiny_paired_root, tmp_path):
+    results = []
+    for i in range(2):
+        cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=quick", "trainer.deterministic=true",
+                                    "seed=7", *_data(tiny_paired_root)], out=tmp_path / f"r{i}")
+        results.append(train(cfg)["metrics"])
+    keys = [k for k in results[0] if k.startswith(("test/", "val/", "train/loss"))]
+    assert keys and all(results[0][k] == results[1][k] for k in keys), (results[0], results[1])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tiny_paired_root, tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
+    ref = _cli("clipdehaze.train", [*TRAIN, *_data(tiny_paired_root)], ref_dir)
+    proc = _cli("clipdehaze.train", [*TRAIN, *_data(tiny_paired_root)], run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed: " + proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    torch.load(last, weights_only=True)  # atomic writes: whatever was on disk at the kill is a whole checkpoint
+    _finish(_cli("clipdehaze.train", [*TRAIN, *_data(tiny_paired_root), "resume=auto"], run_dir))
+    _finish(ref)
+    a, b = _metrics(ref_dir), _metrics(run_dir)
+    for key in ("test/psnr_tiny", "test/ssim_tiny", "val/psnr", "val/ssim"):
+        assert a[key] == b[key], (key, a[key], b[key])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tiny_paired_root, tmp_path):
+    run_dir = tmp_path / "term"
+    overrides = [*TRAIN, "trainer.max_epochs=200", *_data(tiny_paired_root)]
+    proc = _cli("clipdehaze.train", overrides, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    step_before = torch.load(last, weights_only=True)["global_step"]
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM received" in out
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] > step_before
+
+
+class Evil:
+    """An arbitrary object: a checkpoint holding one must not be unpickled."""
+
+
+def _module() -> DehazeLitModule:
+    return DehazeLitModule(generator={"name": "dehazeformer_test"})
+
+
+def test_nonfinite_loss_names_step_and_files():
+    m = _module()
+    x = torch.rand(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    batch = {"input": x, "target": torch.rand(2, 3, 32, 32), "name": ["a.png", "b.png"], "index": torch.tensor([0, 1])}
+    with pytest.raises(NonFiniteLossError, match=r"global step 0.*a\.png.*b\.png"):
+        m.training_step(batch, 0)
+    skip = DehazeLitModule(generator={"name": "dehazeformer_test"}, nonfinite_loss="skip")
+    assert skip.training_step(batch, 0) is None
+
+
+def test_nan_weights_never_checkpointed():
+    m = _module()
+    with torch.no_grad():
+        next(m.generator.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="refusing to save"):
+        m.on_save_checkpoint({})
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        DehazeLitModule.load_checkpoint(str(empty))
+    torn = tmp_path / "torn.ckpt"
+    good = tmp_path / "good.ckpt"
+    m = _module()
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, good)
+    torn.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"{torn.name}.*corrupt or truncated"):
+        DehazeLitModule.load_checkpoint(str(torn))
+    with pytest.raises(ValueError, match="holds generator 'dehazeformer_test', but model='mixdehazenet_t'"):
+        DehazeLitModule.load_checkpoint(str(good), expect_generator="mixdehazenet_t")
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        DehazeLitModule.load_checkpoint(str(evil))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_metrics_equal_single_process(tmp_path):
+    # 3 test images over 2 ranks: the DistributedSampler pads one duplicate, which de-duplication must drop.
+    from conftest import make_paired_folder
+
+    root = make_paired_folder(tmp_path / "data", {"train": [(64, 64)] * 4, "test": [(40, 52), (44, 36), (48, 48)]})
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false"]
+    common = ["model=dehazeformer_test", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "~logger",
+              "callbacks.rich_progress_bar=null", "seed=1", *_data(root)]
+    train_dir = tmp_path / "ddp_train"
+    _finish(_cli("clipdehaze.train", [*common, *ddp], train_dir), timeout=600)
+    ddp_metrics = _metrics(train_dir)
+    best = json.loads((train_dir / "metrics.json").read_text())["best_ckpt"]
+    single_dir = tmp_path / "single_eval"
+    _finish(_cli("clipdehaze.evaluate", [f"ckpt_path={best}", "trainer=cpu", *_data(root)], single_dir))
+    single = _metrics(single_dir)
+    for key in ("test/psnr_tiny", "test/ssim_tiny"):
+        assert ddp_metrics[key] == pytest.approx(single[key], abs=1e-9), key
+    rows = (single_dir / "per_image.csv").read_text().strip().splitlines()
+    assert len(rows) == 4  # header + 3 images, no duplicate
