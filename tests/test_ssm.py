@@ -1,0 +1,284 @@
+"""Selective scan backends and the SS2D layer.
+
+The PyTorch scan is checked against a plain step-by-step float64 recurrence (forward and gradients of
+every input), the backend switch against the machine it runs on, and SS2D on odd image sizes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipdehaze.models.ssm import SS2D, selective_scan, selective_scan_torch
+
+# The package re-exports the function under the module's name, so fetch the module itself.
+scan_module = importlib.import_module("clipdehaze.models.ssm.selective_scan")
+
+
+def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t h_t + D u_t, one step per token (Gu & Dao 2023)."""
+    b, d, length = u.shape
+    n = A.shape[1]
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+
+    def at(m, t):  # (b, d, n) view of B or C at time t
+        if m.dim() == 2:
+            return m.expand(b, d, n)
+        if m.dim() == 3:
+            return m[:, None, :, t].expand(b, d, n)
+        return m[..., t].repeat_interleave(d // m.shape[1], dim=1)
+
+    h = u.new_zeros(b, d, n)
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * at(B, t) * u[:, :, t, None]
+        ys.append((h * at(C, t)).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y, h
+
+
+def make_inputs(b=2, d=8, n=4, length=7, bc="variable", groups=2, D=True, z=True, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    shapes = {"invariant": (d, n), "variable": (b, n, length), "grouped": (b, groups, n, length)}
+    return dict(
+        u=rnd(b, d, length),
+        delta=torch.rand(b, d, length, generator=g, dtype=torch.float64) * 0.5 - 0.2,
+        A=-torch.exp(rnd(d, n) * 0.5),
+        B=rnd(*shapes[bc]),
+        C=rnd(*shapes[bc]),
+        D=rnd(d) if D else None,
+        z=rnd(b, d, length) if z else None,
+        delta_bias=rnd(d) * 0.1 if bias else None,
+    )
+
+
+def cast(inputs, dtype=torch.float32):
+    return {k: (v.to(dtype) if v is not None else None) for k, v in inputs.items()}
+
+
+def grads(fn, inputs, weights):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v is not None}
+    y, last = fn(**leaves)
+    ((y * weights[0]).sum() + (last * weights[1]).sum()).backward()
+    return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items()}
+
+
+def assert_close(actual, expected, rtol):
+    scale = expected.abs().max().clamp_min(1e-12)
+    err = (actual.double() - expected).abs().max() / scale
+    assert err < rtol, f"max error {err:.2e} relative to max |expected| {scale:.2e}"
+
+
+CASES = [
+    dict(bc="invariant"),
+    dict(bc="variable"),
+    dict(bc="grouped"),
+    dict(bc="variable", D=False, z=False, bias=False),
+    dict(bc="grouped", D=True, z=False, bias=True),
+    dict(bc="invariant", D=False, z=True, bias=False),
+]
+
+
+@pytest.mark.parametrize("length", [1, 7, 130])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("softplus", [False, True])
+def test_torch_scan_matches_sequential_reference(case, length, softplus):
+    inputs = make_inputs(length=length, **case)
+    w = torch.randn(2, 8, length, dtype=torch.float64), torch.randn(2, 8, 4, dtype=torch.float64)
+    y_ref, last_ref, g_ref = grads(lambda **kw: reference_scan(**kw, delta_softplus=softplus), inputs, w)
+    # float64 run: the algorithm itself is exact; float32 run: the 1e-4 budget of the public contract.
+    for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=softplus,
+                                                              return_last_state=True), cast(inputs, dtype), w)
+        assert y.dtype == dtype
+        assert_close(y, y_ref, rtol)
+        assert_close(last, last_ref, rtol)
+        assert g.keys() == g_ref.keys()
+        for k in g_ref:
+            assert_close(g[k], g_ref[k], rtol)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
+def test_every_chunk_size_is_exact(chunk_size):
+    # chunk 7 of L = 50 leaves a partial last chunk; the backward's checkpoint blocks vary with it.
+    inputs = make_inputs(length=50, bc="grouped")
+    w = torch.randn(2, 8, 50, dtype=torch.float64), torch.randn(2, 8, 4, dtype=torch.float64)
+    y_ref, last_ref, g_ref = grads(lambda **kw: reference_scan(**kw, delta_softplus=True), inputs, w)
+    y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=True, return_last_state=True,
+                                                          chunk_size=chunk_size), inputs, w)
+    assert_close(y, y_ref, 1e-10)
+    assert_close(last, last_ref, 1e-10)
+    for k in g_ref:
+        assert_close(g[k], g_ref[k], 1e-10)
+
+
+@pytest.mark.parametrize("bad", [dict(B=torch.zeros(2, 3, 4, 7)), dict(C=torch.zeros(2, 4, 6)),
+                                 dict(A=torch.zeros(8, 4, dtype=torch.complex64))])
+def test_invalid_inputs_are_rejected(bad):
+    inputs = {**cast(make_inputs(length=7)), **bad}
+    with pytest.raises(ValueError):
+        selective_scan_torch(**inputs)
+
+
+def test_large_decay_does_not_overflow():
+    # Δ·A of -1e4 per step: a formulation with exp(+ΣΔA) would overflow, the scan must not.
+    inputs = make_inputs(length=40, bc="variable", bias=False)
+    inputs["delta"] = inputs["delta"].abs() * 1e3 + 10
+    y_ref, _ = reference_scan(**inputs)
+    y = selective_scan_torch(**cast(inputs))
+    assert torch.isfinite(y).all()
+    assert_close(y, y_ref, 1e-4)
+
+
+def test_half_precision_input_keeps_its_dtype():
+    inputs = cast(make_inputs(length=9), torch.bfloat16)
+    assert selective_scan(**inputs).dtype == torch.bfloat16
+
+
+def test_return_last_state_only_gradient():
+    inputs = make_inputs(length=20, bc="invariant")
+    w = torch.zeros(2, 8, 20, dtype=torch.float64), torch.randn(2, 8, 4, dtype=torch.float64)
+    _, _, g_ref = grads(reference_scan, inputs, w)
+    _, _, g = grads(lambda **kw: selective_scan_torch(**kw, return_last_state=True), inputs, w)
+    for k in g_ref:
+        assert_close(g[k], g_ref[k], 1e-10)
+
+
+def test_auto_backend_uses_torch_on_cpu():
+    inputs = cast(make_inputs(length=11))
+    torch.testing.assert_close(selective_scan(**inputs, backend="auto"),
+                               selective_scan(**inputs, backend="torch"), rtol=0, atol=0)
+
+
+def test_cuda_backend_on_cpu_tensors_raises_a_clear_error():
+    inputs = cast(make_inputs(length=5))
+    with pytest.raises(RuntimeError, match="backend='cuda'") as info:
+        selective_scan(**inputs, backend="cuda")
+    assert "not importable" in str(info.value) or "CUDA tensors only" in str(info.value)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        selective_scan(**inputs, backend="triton")
+
+
+def test_importable_kernel_is_still_skipped_for_cpu_tensors(monkeypatch):
+    calls = []
+    monkeypatch.setattr(scan_module, "_mamba_kernel", lambda: (lambda *args: calls.append(args), None))
+    inputs = cast(make_inputs(length=5))
+    assert scan_module.selective_scan(**inputs).shape == (2, 8, 5)
+    assert not calls
+    with pytest.raises(RuntimeError, match="CUDA tensors only"):
+        scan_module.selective_scan(**inputs, backend="cuda")
+
+
+class _BrokenModule(types.ModuleType):
+    """Stands for a mamba-ssm whose compiled extension fails to load."""
+
+    def __getattr__(self, name):
+        raise OSError("libcudart.so.12: cannot open shared object file")
+
+
+@pytest.mark.parametrize("breakage", ["missing", "broken"])
+def test_module_imports_without_a_working_mamba_ssm(monkeypatch, breakage):
+    names = ["mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface"]
+    if breakage == "missing":
+        monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    else:
+        for name in names:
+            monkeypatch.setitem(sys.modules, name, _BrokenModule(name))
+    try:
+        module = importlib.reload(scan_module)
+        assert module.cuda_kernel_unavailable_reason() is not None
+        assert "not importable" in module.cuda_kernel_unavailable_reason()
+        inputs = cast(make_inputs(length=6))
+        assert module.selective_scan(**inputs).shape == (2, 8, 6)
+        with pytest.raises(RuntimeError, match="not importable"):
+            module.selective_scan(**inputs, backend="cuda")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(scan_module)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 9, 16), (2, 13, 5, 8), (1, 1, 1, 4)])
+def test_ss2d_shapes_and_backward(shape):
+    torch.manual_seed(0)
+    layer = SS2D(d_model=shape[-1], d_state=8, dropout=0.1)
+    x = torch.randn(*shape, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_ss2d_rejects_an_unknown_backend():
+    with pytest.raises(ValueError, match="scan_backend"):
+        SS2D(d_model=8, scan_backend="triton")
+
+
+def test_ss2d_parameters_follow_mambair():
+    layer = SS2D(d_model=16, d_state=8)
+    shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
+    assert shapes == {
+        "in_proj.weight": (64, 16), "conv2d.weight": (32, 1, 3, 3), "conv2d.bias": (32,),
+        "x_proj_weight": (4, 1 + 16, 32), "dt_projs_weight": (4, 32, 1), "dt_projs_bias": (4, 32),
+        "A_logs": (128, 8), "Ds": (128,), "out_norm.weight": (32,), "out_norm.bias": (32,),
+        "out_proj.weight": (16, 32),
+    }
+    dt = F.softplus(layer.dt_projs_bias)
+    assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
+    torch.testing.assert_close(layer.A_logs.exp()[0], torch.arange(1, 9, dtype=torch.float32))
+
+
+def test_ss2d_scan_orders_match_a_per_direction_reference():
+    """Each of the four directions scans the image in its own order and is mapped back before the sum."""
+    torch.manual_seed(0)
+    layer = SS2D(d_model=8, d_state=4).eval()
+    b, h, w = 2, 3, 5
+    xs = torch.randn(b, layer.d_inner, h, w)
+    merged = layer.forward_core(xs)
+    seqs = [xs.flatten(2), xs.transpose(2, 3).flatten(2)]
+    seqs += [s.flip(-1) for s in seqs]
+    d = layer.d_inner
+    A = -layer.A_logs.exp().view(4, d, -1)
+    expected = torch.zeros(b, d, h * w)
+    for k, s in enumerate(seqs):
+        x_dbl = torch.einsum("bdl,cd->bcl", s, layer.x_proj_weight[k])
+        dts, Bs, Cs = torch.split(x_dbl, [layer.dt_rank, layer.d_state, layer.d_state], dim=1)
+        dts = torch.einsum("brl,dr->bdl", dts, layer.dt_projs_weight[k])
+        y, _ = reference_scan(s.double(), dts.double(), A[k].double(), Bs.double(), Cs.double(),
+                              layer.Ds.view(4, d)[k].double(), delta_bias=layer.dt_projs_bias[k].double(),
+                              delta_softplus=True)
+        y = y.float()
+        if k >= 2:
+            y = y.flip(-1)
+        if k % 2 == 1:
+            y = y.view(b, d, w, h).transpose(2, 3).flatten(2)
+        expected += y
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_runs_and_reports_ratios():
+    from clipdehaze.models.ssm.bench import run_scan_benchmark
+
+    report = run_scan_benchmark(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=1, sequential_steps=8)
+    (row,) = report["results"]
+    assert row["length"] == 32 and row["sequential_steps_timed"] == 8
+    assert row["torch_s"] > 0 and row["speedup_vs_sequential_unbound"] > 0
+    assert (row["mambapy_s"] is None) == (importlib.util.find_spec("mambapy") is None)
