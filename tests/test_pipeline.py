@@ -19,7 +19,7 @@ def _needs_clip(name: str) -> bool:
 
 
 def _data_overrides(root: Path) -> list[str]:
-    return [f"data=paired", f"data.root={root}", "data.crop_size=32", "data.batch_size=2", "data.num_workers=0",
+    return [f"data=paired", f"data.root={root}", "data.crop_size=48", "data.batch_size=2", "data.num_workers=0",
             "data.name=tiny"]
 
 

@@ -1,93 +1,128 @@
 """``make demo``: the comparison on the embedded synthetic haze set, offline, on CPU.
 
-Trains each learned generator for the same short budget with the real entry points (``clipdehaze-train``),
-evaluates the parameter-free controls with ``clipdehaze-eval`` (``identity``: the hazy input as is, the floor;
-``dcp``: the dark channel prior), and
-writes ``outputs/demo/report.md`` (table + protocol + image grids).
+Trains every learned generator for the same short CPU time budget with the real entry point
+(``clipdehaze-train``), evaluates the parameter-free controls with ``clipdehaze-eval`` (``identity``: the hazy
+input as is, the floor; ``dcp``: the dark channel prior), and writes ``outputs/demo/report.md`` with the
+comparison table (PSNR / SSIM / params / MACs / time), a PSNR-vs-size scatter plot and an image grid.
 
-    python -m clipdehaze.demo [--epochs 6] [--out outputs/demo] [--models dehazeformer_t]
+The CLIP-guided generators run with ``clip=tiny_random``: a tiny CLIP with RANDOM weights (nothing can be
+downloaded here), so their CLIP prior carries no information in this demo. With real weights:
+``python -m clipdehaze.demo --clip vit_b32_openai`` (cached OpenAI weights) or ``--clip local`` plus
+``CLIP_CHECKPOINT=/path``.
+
+    python -m clipdehaze.demo [--budget 75] [--out outputs/demo] [--models dehazeformer_t cliphaze_t ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-COMMON = ["data=synthetic", "trainer=cpu", "logger=csv", "seed=0"]
+DEFAULT_MODELS = ["dehazeformer_t", "mixdehazenet_t", "mixcldehazenet_t", "cliphaze_t", "sar_weather_t"]
+CONTROLS = ["identity", "dcp"]
+# Small crops and batches so a 2-core CPU makes a few hundred steps in the budget.
+COMMON = ["data=synthetic", "data.crop_size=96", "data.batch_size=4", "data.num_workers=1", "trainer=cpu",
+          "logger=csv", "seed=0", "callbacks.rich_progress_bar=null", "trainer.max_epochs=1000",
+          "trainer.check_val_every_n_epoch=1"]
 
 
 def _run(module: str, overrides: list[str], run_dir: Path) -> dict:
     cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
-    print("$", " ".join(cmd[2:]), flush=True)
+    print("$ clipdehaze-" + {"clipdehaze.train": "train", "clipdehaze.evaluate": "eval"}[module], " ".join(overrides),
+          flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     summary = json.loads((run_dir / "metrics.json").read_text())
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
     return summary
 
 
-def _row(s: dict, run_dir: str) -> str:
+def _n_images(run_dir: Path) -> int:
+    for name in ("test_per_image.csv", "per_image.csv"):
+        if (run_dir / name).is_file():
+            return max(1, len((run_dir / name).read_text().strip().splitlines()) - 1)
+    return 1
+
+
+def _row(s: dict, macs_g: float | None, run_dir: Path) -> str:
     m = s["metrics"]
-    fit = s.get("fit_seconds")
-    return (f"| {s['generator']} | {s['params'] / 1e6:.3f} M | {m['test/psnr_synthetic_haze']:.2f} | "
-            f"{m['test/ssim_synthetic_haze']:.4f} | {'-' if fit is None else f'{fit:.0f} s'} | {run_dir} |")
+    fit, test = s.get("fit_seconds"), s.get("test_seconds")
+    per_img = f"{test / _n_images(run_dir):.2f}" if test else "-"
+    steps = s.get("global_step")
+    return (f"| {s['generator']} | {s['params'] / 1e6:.3f} | {'-' if macs_g is None else f'{macs_g:.2f}'} | "
+            f"{m['test/psnr_synthetic_haze']:.2f} | {m['test/ssim_synthetic_haze']:.4f} | "
+            f"{'-' if fit is None else f'{fit:.0f} s / {steps} steps'} | {per_img} |")
 
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/demo")
-    ap.add_argument("--epochs", type=int, default=6, help="training epochs for every learned generator")
-    ap.add_argument("--models", nargs="+", default=["dehazeformer_t"], help="learned generators to train")
-    ap.add_argument("--clip", default="tiny_random", help="CLIP config for CLIP-guided generators")
+    ap.add_argument("--budget", type=int, default=75, help="training seconds per learned generator (same for all)")
+    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="learned generators to train")
+    ap.add_argument("--clip", default="tiny_random", help="CLIP config for the CLIP-guided generators")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if args.clip == "tiny_random":
+        print("NOTE: clip=tiny_random -- the CLIP prior is a tiny RANDOM-weight model (offline demo); CLIP-guided "
+              "numbers below are not CLIP-guided results. See the README for real CLIP weights.", flush=True)
 
-    rows = []
-    for name in ("identity", "dcp"):  # the floor (hazy input as is) and the classic prior
-        rows.append((_run("clipdehaze.evaluate", [f"model={name}", "data=synthetic", "trainer=cpu"], out / name),
-                     f"{name}/"))
+    summaries = {}
+    for name in CONTROLS:
+        summaries[name] = _run("clipdehaze.evaluate", [f"model={name}", "data=synthetic", "trainer=cpu",
+                                                       "num_grid_images=3"], out / name)
+    budget = f"trainer.max_time=00:00:{args.budget // 60:02d}:{args.budget % 60:02d}"
     for name in args.models:
-        run_dir = out / name
-        overrides = [f"model={name}", f"clip={args.clip}", f"trainer.max_epochs={args.epochs}", *COMMON]
-        summary = _run("clipdehaze.train", overrides, run_dir)
-        rows.append((summary, f"{name}/"))
-    # Grids come from eval runs: one per learned model from its best checkpoint.
-    grids = ["![dcp](dcp/grid.png)"]
-    for name in args.models:
-        ckpt = json.loads((out / name / "metrics.json").read_text())["best_ckpt"]
-        _run("clipdehaze.evaluate", [f"ckpt_path={ckpt}", "data=synthetic", "trainer=cpu"], out / name / "eval")
-        grids.append(f"![{name}]({name}/eval/grid.png)")
+        summaries[name] = _run("clipdehaze.train", [f"model={name}", f"clip={args.clip}", budget, *COMMON],
+                               out / name)
 
-    protocol = rows[1][0]["metric_protocol"]
+    from clipdehaze.bench import generator_macs
+    from clipdehaze.table import aggregate, build_rows, collect_runs, plot
+
+    macs = {n: generator_macs(n) / 1e9 for n in summaries}
+    protocol = summaries["dcp"]["metric_protocol"]
+    plot_rows = build_rows(aggregate(collect_runs([out / n for n in summaries])), [])
+    for r in plot_rows:
+        r["macs_g"] = macs.get(r["method"])
+    plot(plot_rows, out / "scatter.png")
+
+    grid_models = ["dcp", *args.models]
     lines = [
         "# clipdehaze demo: synthetic haze, CPU, offline",
         "",
-        f"Test split of the embedded synthetic haze set (scikit-image photos, atmospheric scattering model, "
-        f"disjoint source photos). Each learned model trained {args.epochs} epochs on CPU from scratch, best "
-        f"checkpoint by val/psnr. These are smoke-scale numbers, not paper results.",
+        "Test split of the embedded synthetic haze set (scikit-image photos, atmospheric scattering model with "
+        "homogeneous and non-homogeneous haze, source photos disjoint from training). Every learned generator "
+        f"trained from scratch for the same {args.budget} s CPU budget (crop 96, batch 4, AdamW 2e-4, L1), best "
+        "checkpoint by val/psnr. These are smoke-scale numbers, not paper results.",
+        "",
+        f"**CLIP prior: `clip={args.clip}`**"
+        + (" -- a tiny CLIP with RANDOM weights: the CLIP-guided models get no real prior here."
+           if args.clip == "tiny_random" else ""),
         "",
         f"Metric protocol: {protocol}",
         "",
-        "| method | params | PSNR (dB) | SSIM | train time | run |",
-        "|---|---|---|---|---|---|",
-        *[_row(s, d) for s, d in rows],
+        "| method | params (M) | MACs @256² (G) | PSNR (dB) | SSIM | train | test s/img |",
+        "|---|---|---|---|---|---|---|",
+        *[_row(summaries[n], macs[n], out / n) for n in summaries],
         "",
-        f"Total demo wall time: {time.perf_counter() - start:.0f} s.",
+        f"Total demo wall time: {time.perf_counter() - start:.0f} s on {os.cpu_count()} CPU cores.",
         "",
-        "Image grids (hazy | output | ground truth):",
+        "![PSNR vs params and MACs](scatter.png)",
         "",
-        *grids,
+        "Image grids (hazy | output | ground truth), first test images:",
         "",
+        *[f"**{n}**\n\n![{n}]({n}/grid.png)\n" for n in grid_models],
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    print("\n".join(lines[5:5 + 3 + len(rows)]))
+    table_start = lines.index("| method | params (M) | MACs @256² (G) | PSNR (dB) | SSIM | train | test s/img |")
+    print("\n".join(lines[table_start:table_start + 2 + len(summaries) + 2]))
     print(f"\nreport: {report}")
     return report
 

@@ -21,6 +21,7 @@ from clipdehaze.pipeline import (
     build_trainer,
     floats,
     run_summary,
+    save_grid,
     write_json,
     write_rows_csv,
 )
@@ -67,7 +68,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_metrics = floats(trainer.callback_metrics)
 
     test_metrics: dict[str, float] = {}
+    test_s = None
     if cfg.get("test", True):
+        start = time.perf_counter()
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             best_module = type(module).load_checkpoint(best)
@@ -77,13 +80,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.warning("no best checkpoint recorded; testing the current weights")
             trainer.test(module, datamodule=datamodule)
         test_metrics = floats(trainer.callback_metrics)
+        test_s = time.perf_counter() - start
 
     metrics = {**train_metrics, **test_metrics}
     summary = run_summary(cfg, module, metrics, fit_seconds=round(fit_s, 2),
+                          test_seconds=round(test_s, 2) if test_s is not None else None,
+                          global_step=trainer.global_step,
                           best_ckpt=trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None)
     if trainer.is_global_zero:  # under DDP every rank holds the same synced numbers; one writes them
         if cfg.get("test", True):
             write_rows_csv(output_dir / "test_per_image.csv", getattr(module, "test_rows", []))
+            save_grid(module.test_samples, output_dir / "grid.png")
         write_json(output_dir / "metrics.json", summary)
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     log.info("metrics (%s): %s", summary["metric_protocol"], metrics)
