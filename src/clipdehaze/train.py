@@ -94,6 +94,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / "metrics.json", summary)
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
     log.info("metrics (%s): %s", summary["metric_protocol"], metrics)
+    for lg in trainer.loggers:
+        # Multirun jobs share one process: close each job's wandb run so the next job starts its own.
+        if type(lg).__name__ == "WandbLogger":
+            lg.experiment.finish()
     return summary
 
 

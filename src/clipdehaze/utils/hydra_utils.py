@@ -39,8 +39,18 @@ def _clip_dim(model_name: str) -> int:
     return int(cfg["embed_dim"])
 
 
+def sweep_group() -> str | None:
+    """The multirun folder's name (one wandb group per sweep); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
+
+
 def register_resolvers() -> None:
-    for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim)):
+    for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim), ("sweep_group", sweep_group)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
 
