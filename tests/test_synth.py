@@ -1,4 +1,5 @@
-"""Synthetic haze: the scattering model, depth priors, density fields, dataset writer and default dataset."""
+"""Synthetic degradations: the haze scattering model, depth priors, density fields, rain / snow / raindrop /
+all-weather, the dataset writer and the default datasets."""
 
 from __future__ import annotations
 
@@ -11,15 +12,25 @@ import pytest
 
 from clipdehaze.data import PairedImageDataset, SyntheticHazeDataModule
 from clipdehaze.data.cli import main as data_cli
+from clipdehaze.data.datamodule import SyntheticWeatherDataModule
 from clipdehaze.data.synth import (
     DEFAULT_SPLITS,
     DEGRADATIONS,
+    SYNTH_VERSION,
+    AllWeatherConfig,
     HazeConfig,
+    RainConfig,
+    RaindropConfig,
+    SnowConfig,
     SplitRecipe,
     add_haze,
+    add_rain,
+    add_raindrop,
+    add_snow,
     density_field,
     depth_map,
     ensure_default_dataset,
+    is_dataset_complete,
     synthesize_dataset,
 )
 
@@ -87,6 +98,7 @@ def test_depth_priors():
 
 def test_degradation_registry_and_config_validation():
     assert DEGRADATIONS["haze"].input_dir == "hazy" and DEGRADATIONS["haze"].config_type is HazeConfig
+    assert DEGRADATIONS["haze"].target_dir == "GT"
     with pytest.raises(ValueError, match="depth_priors"):
         HazeConfig(depth_priors=("nope",))
     with pytest.raises(ValueError, match="beta_range"):
@@ -218,3 +230,119 @@ def test_synthetic_datamodule(default_dataset):
     assert batch["input"].shape == batch["target"].shape == (4, 3, 64, 64)
     dm.setup("test")
     assert next(iter(dm.test_dataloader()))["input"].shape == (1, 3, 256, 400)
+
+
+# ----------------------------------------------------------------------------------------------
+# adverse weather: rain, snow, raindrop and the all-weather mixture
+
+WEATHER = ["rain", "snow", "raindrop", "allweather"]
+
+
+def _smooth_photo(h: int = 64, w: int = 80) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    return np.stack([0.3 + 0.3 * x, 0.4 + 0.2 * y, 0.5 - 0.2 * x * y], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["rain", "snow", "raindrop"])
+def test_weather_kinds_degrade_deterministically(kind):
+    clean = _smooth_photo()
+    deg = DEGRADATIONS[kind]
+    out, params = deg.apply(clean, np.random.default_rng(0), deg.config_type())
+    again, _ = deg.apply(clean, np.random.default_rng(0), deg.config_type())
+    assert out.dtype == np.float32 and out.shape == clean.shape and 0.0 <= out.min() and out.max() <= 1.0
+    assert np.array_equal(out, again) and np.abs(out - clean).mean() > 1e-4
+    json.dumps(params)  # recorded in meta.json
+    assert (deg.input_dir, deg.target_dir) == ("input", "gt")
+
+
+def test_rain_adds_light_along_a_slant():
+    clean = np.full((96, 96, 3), 0.3, np.float32)
+    cfg = RainConfig(layers=(1, 1), angle_range=(0.0, 0.0), angle_jitter=0.0, veil_range=(0.0, 0.0),
+                     length_range=(0.3, 0.3))
+    rainy, params = add_rain(clean, np.random.default_rng(1), cfg)
+    assert (rainy >= clean - 1e-6).all()  # screen blend: streaks only brighten
+    streaks = rainy[..., 0] - 0.3
+    # Vertical streaks: brightness varies far less along a column than along a row.
+    assert np.abs(np.diff(streaks, axis=0)).mean() < 0.5 * np.abs(np.diff(streaks, axis=1)).mean()
+    assert params["layers"][0]["angle"] == 0.0 and params["veil"] == 0.0
+
+
+def test_snow_layers_have_several_sizes_and_raindrops_stay_local():
+    clean = np.full((128, 128, 3), 0.2, np.float32)
+    snowy, params = add_snow(clean, np.random.default_rng(2), SnowConfig(layers=(3, 3), veil_range=(0.0, 0.0)))
+    radii = [layer["radius_px"] for layer in params["layers"]]
+    assert len(radii) == 3 and radii[-1] > 3 * radii[0]
+    assert (snowy >= clean - 1e-6).all()  # near-white flakes on a dark scene
+    dropped, params = add_raindrop(_smooth_photo(128, 128), np.random.default_rng(3),
+                                   RaindropConfig(drops_range=(2, 2), radius_range=(0.05, 0.05)))
+    changed = np.abs(dropped - _smooth_photo(128, 128)).max(axis=-1) > 1e-4
+    assert params["drops"] == 1 and 0 < changed.mean() < 0.05  # one drop of radius ~6 px, nothing else touched
+
+
+def test_weather_config_validation():
+    with pytest.raises(ValueError, match="length_range"):
+        RainConfig(length_range=(0.2, 0.1))
+    with pytest.raises(ValueError, match="layers"):
+        SnowConfig(layers=(0, 2))
+    with pytest.raises(ValueError, match="radius_range"):
+        RaindropConfig(radius_range=(0.1, 0.01))
+    with pytest.raises(ValueError, match="kinds"):
+        AllWeatherConfig(kinds=("fog",))
+
+
+def test_allweather_mixes_every_kind(tmp_path):
+    root = synthesize_dataset(_photos(4, size=(40, 40)), tmp_path / "aw", seed=0, kind="allweather",
+                              recipe=SplitRecipe(variants=6, multiple_of=8))
+    meta = json.loads((root / "meta.json").read_text())
+    weathers = {r["weather"] for split in meta["pairs"].values() for r in split}
+    assert weathers == {"haze", "rain", "snow", "raindrop"}
+    assert meta["kind"] == "allweather" and meta["config"]["rain"]["layers"] == [1, 3]
+    only = synthesize_dataset(_photos(2, size=(40, 40)), tmp_path / "snow_only", seed=0, kind="allweather",
+                              config=AllWeatherConfig(kinds=("snow",)), recipe=SplitRecipe(variants=2))
+    assert {r["weather"] for s in json.loads((only / "meta.json").read_text())["pairs"].values() for r in s} == {"snow"}
+
+
+@pytest.mark.parametrize("kind", WEATHER)
+def test_weather_dataset_layout_and_check(kind, tmp_path, capsys):
+    root = synthesize_dataset(_photos(3), tmp_path / kind, seed=1, kind=kind, recipe=RECIPE)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["gt", "input"]
+    ds = PairedImageDataset(root, "train", input_dir="input", target_dir="gt", mode="test")
+    assert len(ds) == len(json.loads((root / "meta.json").read_text())["pairs"]["train"]) > 0
+    assert ds[0]["input"].shape == ds[0]["target"].shape == (3, 32, 32)
+    # check finds the kind's folders from meta.json.
+    assert data_cli(["check", str(root)]) == 0 and "OK" in capsys.readouterr().out
+
+
+def test_synth_cli_weather_kinds(tmp_path, capsys):
+    src = tmp_path / "clean"
+    src.mkdir()
+    from PIL import Image
+
+    for name, arr in _photos(3, size=(40, 40)).items():
+        Image.fromarray(arr).save(src / f"{name}.png")
+    out = tmp_path / "rain"
+    assert data_cli(["synth", "--source", str(src), "--out", str(out), "--kind", "rain", "--crops", "1",
+                     "--patch-size", "32", "--variants", "1"]) == 0
+    assert json.loads((out / "meta.json").read_text())["kind"] == "rain" and (out / "train" / "input").is_dir()
+    assert data_cli(["check", str(out)]) == 0
+    assert data_cli(["check", str(out), "--input-dir", "hazy"]) == 1  # explicit folders still win
+    capsys.readouterr()
+    assert data_cli(["synth", "--source", str(src), "--out", str(tmp_path / "x"), "--kind", "snow",
+                     "--beta", "1", "2"]) == 2
+    assert "apply to --kind haze only" in capsys.readouterr().err
+
+
+def test_default_allweather_dataset_and_datamodule(tmp_path):
+    start = time.perf_counter()
+    root = ensure_default_dataset(tmp_path, seed=0, kind="allweather")
+    assert time.perf_counter() - start < 30
+    assert root.name == f"synthetic_allweather_{SYNTH_VERSION}_seed0" and is_dataset_complete(root)
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["counts"]["train"]["pairs"] == 144 and len({r["weather"] for r in meta["pairs"]["train"]}) == 4
+    assert ensure_default_dataset(tmp_path, seed=0, kind="allweather") == root  # reused
+    dm = SyntheticWeatherDataModule(cache_dir=str(tmp_path), crop_size=64, batch_size=4, num_workers=0)
+    assert dm.root == str(root) and (dm.input_dir, dm.target_dir) == ("input", "gt")
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["input"].shape == (4, 3, 64, 64)
+    with pytest.raises(ValueError, match="unknown synthetic kind"):
+        SyntheticWeatherDataModule(cache_dir=str(tmp_path), kind="fog")

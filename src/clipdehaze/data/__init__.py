@@ -1,6 +1,12 @@
 """Data: image I/O, paired datasets, synthetic degradations and the Lightning data modules."""
 
-from clipdehaze.data.datamodule import PairedDataModule, SyntheticHazeDataModule, seed_worker
+from clipdehaze.data.datamodule import (
+    EpochSeededSampler,
+    PairedDataModule,
+    SyntheticHazeDataModule,
+    SyntheticWeatherDataModule,
+    seed_worker,
+)
 from clipdehaze.data.datasets import ListPairedDataset, PairedImageDataset, match_pairs
 from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, save_image
 from clipdehaze.data.synth import HazeConfig, add_haze, ensure_default_dataset, synthesize_dataset
@@ -13,6 +19,8 @@ __all__ = [
     "PairedDataModule",
     "PairedImageDataset",
     "SyntheticHazeDataModule",
+    "SyntheticWeatherDataModule",
+    "EpochSeededSampler",
     "add_haze",
     "ensure_default_dataset",
     "load_image",
