@@ -1,0 +1,134 @@
+"""CLIPHaze: variants, odd sizes, gradients through both paths and the CAM, the CAM's CLIP cues and switches."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from clipdehaze.models import create_generator
+from clipdehaze.models.generators.cliphaze import CLIPAggregation, ConcatAggregation, SumAggregation
+
+CLIP_DIM = 512
+
+
+def clip_kwargs(model, x, seed=0):
+    """Random CLIP inputs of the right shapes, exactly those the model names in ``clip_inputs``."""
+    g = torch.Generator().manual_seed(seed)
+    B, _, H, W = x.shape
+    made = {"density_map": torch.rand(B, 1, H, W, generator=g),
+            "image_embedding": F.normalize(torch.randn(B, model.clip_dim, generator=g), dim=-1)}
+    return {name: made[name] for name in model.clip_inputs}
+
+
+@pytest.fixture(scope="module")
+def test_model():
+    torch.manual_seed(0)
+    return create_generator("cliphaze_test").eval()
+
+
+@pytest.mark.parametrize("name,low,high", [("cliphaze_t", 1.1e6, 1.5e6), ("cliphaze_s", 2.2e6, 2.8e6),
+                                           ("cliphaze_b", 4.2e6, 5.0e6), ("cliphaze_test", 1e4, 1e5)])
+def test_variant_size_and_odd_input(name, low, high):
+    torch.manual_seed(0)
+    model = create_generator(name, clip_dim=CLIP_DIM).eval()
+    n = sum(p.numel() for p in model.parameters())
+    assert low <= n <= high, f"{name}: {n} params"
+    x = torch.rand(1, 3, 37, 53)
+    with torch.no_grad():
+        y = model(x, **clip_kwargs(model, x))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("hw", [(3, 5), (1, 9), (40, 17)])
+def test_tiny_and_odd_sizes_are_padded_and_cropped(test_model, hw):
+    x = torch.rand(2, 3, *hw)
+    with torch.no_grad():
+        y = test_model(x, **clip_kwargs(test_model, x))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_backward_reaches_both_paths_the_cam_and_the_clip_inputs():
+    torch.manual_seed(0)
+    model = create_generator("cliphaze_test")
+    x = torch.rand(2, 3, 21, 19)
+    inputs = {k: v.requires_grad_(True) for k, v in clip_kwargs(model, x).items()}
+    model(x, **inputs).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    blk = model.layer3.blocks[0]
+    for param in (blk.attn.qkv.weight, blk.ssm.in_proj.weight, blk.ssm.A_logs, blk.aggregate.reduce.weight,
+                  blk.aggregate.film.weight, blk.aggregate.logits.weight, model.embed_adapter[1].weight):
+        assert param.grad.abs().sum() > 0
+    for name, value in inputs.items():
+        assert value.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize("kwargs,expected,aggregator", [
+    ({}, ("density_map", "image_embedding"), CLIPAggregation),
+    ({"cam_density": False}, ("image_embedding",), CLIPAggregation),
+    ({"cam_embedding": False}, ("density_map",), CLIPAggregation),
+    ({"cam_density": False, "cam_embedding": False}, (), CLIPAggregation),
+    ({"aggregation": "sum"}, (), SumAggregation),
+    ({"aggregation": "concat"}, (), ConcatAggregation),
+])
+def test_switches_set_clip_inputs_and_run(kwargs, expected, aggregator):
+    torch.manual_seed(0)
+    model = create_generator("cliphaze_test", **kwargs)
+    assert model.clip_inputs == expected
+    assert all(isinstance(b.aggregate, aggregator) for b in model.layer1.blocks)
+    assert (model.embed_adapter is not None) == ("image_embedding" in expected)
+    x = torch.rand(1, 3, 24, 30)
+    model(x, **clip_kwargs(model, x)).mean().backward()
+
+
+def test_clip_inputs_are_checked(test_model):
+    x = torch.rand(1, 3, 16, 16)
+    inputs = clip_kwargs(test_model, x)
+    with pytest.raises(ValueError, match="needs density_map"):
+        test_model(x, image_embedding=inputs["image_embedding"])
+    with pytest.raises(ValueError, match="clip_dim"):
+        test_model(x, density_map=inputs["density_map"], image_embedding=torch.zeros(1, 64))
+    plain = create_generator("cliphaze_test", aggregation="sum")
+    with pytest.raises(TypeError, match="does not use density_map"):
+        plain(x, density_map=inputs["density_map"])
+    with pytest.raises(ValueError, match="aggregation"):
+        create_generator("cliphaze_test", aggregation="max")
+
+
+def test_cam_weights_are_a_per_pixel_softmax():
+    cam = CLIPAggregation(dim=8, hidden=4, use_density=True, cond_dim=6)
+    a, s = torch.randn(2, 5, 7, 8), torch.randn(2, 5, 7, 8)
+    w = cam.path_weights(a, s, torch.rand(2, 5, 7, 1), torch.randn(2, 6))
+    assert w.shape == (2, 5, 7, 2)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 5, 7))
+    out = cam(a, s, torch.rand(2, 5, 7, 1), torch.randn(2, 6))
+    assert out.shape == a.shape
+
+
+def test_cam_uses_the_density_map_and_the_embedding(test_model):
+    x = torch.rand(1, 3, 32, 32)
+    base = clip_kwargs(test_model, x, seed=0)
+    with torch.no_grad():
+        y = test_model(x, **base)
+        other_density = test_model(x, **{**base, "density_map": 1 - base["density_map"]})
+        other_embedding = test_model(x, **{**base, "image_embedding": clip_kwargs(test_model, x, seed=1)[
+            "image_embedding"]})
+        # A density map served at another resolution (a cached grid) is resized, not rejected.
+        low_res = test_model(x, **{**base, "density_map": F.avg_pool2d(base["density_map"], 4)})
+    assert (y - other_density).abs().max() > 1e-6
+    assert (y - other_embedding).abs().max() > 1e-6
+    assert low_res.shape == x.shape
+
+
+def test_tiny_random_clip_end_to_end(compose_cfg):
+    cfg = compose_cfg("train", ["model=cliphaze_test", "clip=tiny_random", "clip.warn_random=false"])
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    clip = instantiate(cfg.clip)
+    assert model_cfg["clip_dim"] == clip.embed_dim  # the ${clip_dim:...} resolver follows the chosen CLIP
+    model = create_generator(model_cfg.pop("name"), **model_cfg)
+    x = torch.rand(2, 3, 45, 61)
+    inputs = clip.generator_inputs(model.clip_inputs, x)
+    assert set(inputs) == {"density_map", "image_embedding"}
+    y = model(x, **inputs)
+    assert y.shape == x.shape and torch.isfinite(y).all()
