@@ -35,7 +35,8 @@ def read_manifest(path: Path) -> list[tuple[str, tuple[int, ...]]]:
         if not line.strip() or line.startswith("#"):
             continue
         key, shape = line.split("\t")
-        dims = tuple(int(s) for s in shape.split("x")) if shape else ()
+        # BatchNorm's num_batches_tracked is written as "scalar" (a 0-d tensor).
+        dims = () if shape in ("", "scalar") else tuple(int(s) for s in shape.split("x"))
         rows.append((key, dims))
     return rows
 

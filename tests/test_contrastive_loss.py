@@ -9,6 +9,15 @@ import torchvision
 from clipdehaze.losses.contrastive import ContrastiveRegularization, L1WithCR
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # Tiny tensors: on a shared CPU, OpenMP barriers between threads cost far more than the work itself.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def loss_fn() -> L1WithCR:
     # ResNet-18 keeps the file fast (ResNet-152, the default, shares its 4-stage layout); built once.

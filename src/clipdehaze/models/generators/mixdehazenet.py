@@ -1,8 +1,7 @@
 """MixDehazeNet and MixCLDehazeNet, reproduced parameter for parameter.
 
 MixDehazeNet
-    Paper: L. Lu, Q. Xiong, B. Xu, D. Chu, "MixDehazeNet: Mix Structure Block For Image Dehazing Network",
-    IJCNN 2024 (arXiv:2305.17654, 2023).
+    Paper: L. Lu et al., "MixDehazeNet: Mix Structure Block For Image Dehazing Network", arXiv:2305.17654, 2023.
     Upstream: https://github.com/AmeryXiong/MixDehazeNet (``models/MixDehazeNet.py``), MIT licence (file
     ``LISENCE``); it builds on DehazeFormer's skeleton (https://github.com/IDKiro/DehazeFormer, MIT).
 MixCLDehazeNet
@@ -20,9 +19,9 @@ upstream to float32 round-off. Only the execution differs, for speed (same maths
 
 * activations run in ``channels_last`` memory format (oneDNN's 1x1 and depthwise convolutions are much faster
   on CPU that way);
-* in each block the 1x1 ``conv1`` is folded into the 5x5 ``conv2`` (reflect padding commutes with a pointwise
-  map), and the three dilated depthwise convolutions run as one (shared reflect padding, kernels zero-padded
-  to 7 taps; no concatenation);
+* in each block the 1x1 ``conv1`` (and, in eval mode, ``norm1``) is folded into the 5x5 ``conv2`` (reflect
+  padding commutes with a pointwise map), and the three dilated depthwise convolutions run as one (shared
+  reflect padding, kernels zero-padded to 7 taps; no concatenation);
 * ``Wg`` and ``ca`` share one global average pool;
 * the fusion attention is reduced to its exact 1-dimensional form and run by ``F.scaled_dot_product_attention``
   (never materialises the HW x D attention map); the text branch whose result upstream discards is not
@@ -102,12 +101,20 @@ class MixStructureBlock(nn.Module):
         self.mlp2 = nn.Sequential(nn.Conv2d(dim * 3, dim * 4, 1), nn.GELU(), nn.Conv2d(dim * 4, dim, 1))
 
     def _large_kernels(self, x: Tensor) -> Tensor:
-        """conv1 -> conv2 -> conv3_19, conv3_13, conv3_7 -> mlp (upstream concatenates the three branches)."""
+        """norm1 -> conv1 -> conv2 -> conv3_19, conv3_13, conv3_7 -> mlp (upstream concatenates the branches)."""
         # conv2(conv1(x)) with conv1 pointwise is one 5x5 conv: W = W2·W1, b = b2 + sum_taps(W2)·b1 (reflect
         # padding commutes with a pointwise map).
         w2 = self.conv2.weight
         weight = torch.einsum("omhw,mi->oihw", w2, self.conv1.weight.flatten(1))
         bias = self.conv2.bias + torch.einsum("omhw,m->o", w2, self.conv1.bias)
+        bn = self.norm1
+        if bn.training or bn.running_var is None:
+            x = bn(x)
+        else:
+            # Eval-mode BatchNorm is a per-channel affine map: folded into the conv the same way.
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bias + torch.einsum("oihw,i->o", weight, bn.bias - bn.running_mean * scale)
+            weight = weight * scale.view(1, -1, 1, 1)
         x = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), weight, bias)
         # The three dilation-3 depthwise convs as one: the 5- and 3-tap kernels zero-padded to 7 taps (reflect
         # padding by 9 then a 7-tap kernel whose outer taps are 0 is exactly upstream's padding by 6 or 3),
@@ -132,7 +139,7 @@ class MixStructureBlock(nn.Module):
         return torch.cat([self.Wv(x) * gate, channel * x, self.pa(x) * x], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self._large_kernels(self.norm1(x))
+        x = x + self._large_kernels(x)
         return x + self.mlp2(self._parallel_attention(self.norm2(x)))
 
 
