@@ -7,8 +7,8 @@ comparison table (PSNR / SSIM / params / MACs / time), a PSNR-vs-size scatter pl
 
 The CLIP-guided generators run with ``clip=tiny_random``: a tiny CLIP with RANDOM weights (nothing can be
 downloaded here), so their CLIP prior carries no information in this demo. With real weights:
-``python -m clipdehaze.demo --clip vit_b32_openai`` (cached OpenAI weights) or ``--clip local`` plus
-``CLIP_CHECKPOINT=/path``.
+``python -m clipdehaze.demo --clip vit_b32_openai`` (cached OpenAI weights) or ``--clip local`` with
+``CLIP_CHECKPOINT=/path`` (and ``CLIP_MODEL=<architecture>`` unless ViT-B-32).
 
     python -m clipdehaze.demo [--budget 75] [--out outputs/demo] [--models dehazeformer_t cliphaze_t ...]
 """
@@ -77,10 +77,16 @@ def main(argv: list[str] | None = None) -> Path:
     for name in CONTROLS:
         summaries[name] = _run("clipdehaze.evaluate", [f"model={name}", "data=synthetic", "trainer=cpu",
                                                        "num_grid_images=3"], out / name)
+    clip = [f"clip={args.clip}"]
+    if args.clip == "local":
+        if not os.environ.get("CLIP_CHECKPOINT"):
+            raise SystemExit("--clip local needs CLIP_CHECKPOINT=/path/to/open_clip/weights "
+                             "(and CLIP_MODEL=<open_clip architecture> unless it is ViT-B-32)")
+        clip += [f"clip.checkpoint={os.environ['CLIP_CHECKPOINT']}",
+                 f"clip.model_name={os.environ.get('CLIP_MODEL', 'ViT-B-32')}"]
     budget = f"trainer.max_time=00:00:{args.budget // 60:02d}:{args.budget % 60:02d}"
     for name in args.models:
-        summaries[name] = _run("clipdehaze.train", [f"model={name}", f"clip={args.clip}", budget, *COMMON],
-                               out / name)
+        summaries[name] = _run("clipdehaze.train", [f"model={name}", *clip, budget, *COMMON], out / name)
 
     from clipdehaze.bench import generator_macs
     from clipdehaze.table import aggregate, build_rows, collect_runs, plot
