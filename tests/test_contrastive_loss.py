@@ -9,13 +9,6 @@ import torchvision
 from clipdehaze.losses.contrastive import ContrastiveRegularization, L1WithCR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: on a shared CPU, OpenMP barriers between threads cost far more than the work itself.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,6 @@ from clipdehaze.models import clip_inputs_of, create_generator, list_generators
 from clipdehaze.models.generators import mixdehazenet as M
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: on a shared CPU, OpenMP barriers between threads cost far more than the work itself.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 VARIANTS = [f"{family}_{v}" for family in ("mixdehazenet", "mixcldehazenet") for v in "tsbl"]

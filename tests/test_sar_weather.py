@@ -36,15 +36,6 @@ def _embedding(batch: int = 1, dim: int = 512) -> torch.Tensor:
     return F.normalize(torch.randn(batch, dim), dim=-1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    """These tests run many tiny CPU kernels; on a shared machine, OpenMP's barrier between two intra-op threads
-    stalls each kernel for a scheduler slice (one 37x53 forward/backward: 0.13 s on one thread, 18 s on two
-    under load), so this module runs single-threaded and restores the setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
