@@ -15,10 +15,10 @@ mechanism as v1 describes it, MIT licence (this project's). What v1 fixes, we fo
 
 Every choice v1 leaves open is ours and listed here and in ``experiments/cliphaze/README.md``:
 
-1. CAM = per-pixel softmax over the two paths. A pointwise layer reads the concatenated path outputs, the
-   density map at the stage's resolution (area-averaged from the input resolution) and nothing else spatial;
-   the image embedding modulates its hidden units by FiLM (per-channel scale ``1 + γ`` and shift ``β``), then
-   GELU and a pointwise layer give two logits per pixel: ``out = w_attn · attn + w_ssm · ssm`` with
+1. CAM = per-pixel softmax over the two paths. A pointwise layer (``cam_ratio`` x channels hidden units) reads
+   the concatenated path outputs and the density map at the stage's resolution (area-averaged from the input
+   resolution); the image embedding modulates its hidden units by FiLM (per-channel scale ``1 + γ`` and shift
+   ``β``), then GELU and a pointwise layer give two logits per pixel: ``out = w_attn · attn + w_ssm · ssm`` with
    ``w_attn + w_ssm = 1``. One weight per pixel (not per channel): v1 chooses "the neural operation range for
    each pixel".
 2. The embedding goes through one shared adapter (LayerNorm, linear ``clip_dim -> cond_dim``, GELU) and each
