@@ -55,15 +55,19 @@ def read_manifest(path: Path) -> list[tuple[str, tuple[int, ...]]]:
     return rows
 
 
+VENDORED_MANIFESTS = REPO / "tests" / "reference" / "manifests"
+
+
 @pytest.fixture(scope="session")
 def manifest():
-    """``manifest(name)`` -> [(key, shape), ...] from ``shared/reference/manifests/<name>.tsv``."""
-    d = _shared_dir()
+    """``manifest(name)`` -> [(key, shape), ...] from the vendored copy of ``shared/reference/manifests/<name>.tsv``
+    (kept identical to shared/ by tests/test_reference_vendored.py), so fidelity tests never skip."""
 
     def load(name: str):
-        if d is None:
-            pytest.skip("reference manifests not found (see shared_dir fixture)")
-        return read_manifest(d / "reference" / "manifests" / f"{name}.tsv")
+        path = VENDORED_MANIFESTS / f"{name}.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no vendored manifest for variant {name!r}")
+        return read_manifest(path)
 
     return load
 
