@@ -58,6 +58,14 @@ def read_manifest(path: Path) -> list[tuple[str, tuple[int, ...]]]:
 VENDORED_MANIFESTS = REPO / "tests" / "reference" / "manifests"
 
 
+def manifest_param_count(name: str) -> int:
+    """The published implementation's parameter count, from the manifest's comment line."""
+    import re
+
+    header = (VENDORED_MANIFESTS / f"{name}.tsv").read_text().splitlines()[0]
+    return int(re.search(r"(\d+) parameters", header).group(1))
+
+
 @pytest.fixture(scope="session")
 def manifest():
     """``manifest(name)`` -> [(key, shape), ...] from the vendored copy of ``shared/reference/manifests/<name>.tsv``

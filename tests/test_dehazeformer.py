@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from conftest import manifest_param_count
 
 from clipdehaze.models import create_generator, list_generators
 from clipdehaze.models.generators.dehazeformer import DehazeFormer, WindowAttention, dehazeformer_t, dehazeformer_test
@@ -13,18 +14,13 @@ from clipdehaze.models.generators.dehazeformer import DehazeFormer, WindowAttent
 VARIANTS = ["t", "s", "b", "m", "l", "w", "d"]
 
 
-def _manifest_param_count(shared_dir, name: str) -> int:
-    header = (shared_dir / "reference" / "manifests" / f"{name}.tsv").read_text().splitlines()[0]
-    return int(re.search(r"(\d+) parameters", header).group(1))
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_state_dict_matches_manifest(variant, manifest, shared_dir):
+def test_state_dict_matches_manifest(variant, manifest):
     name = f"dehazeformer_{variant}"
     with torch.device("meta"):  # shapes only: no allocation for the 25 M-parameter L
         model = create_generator(name)
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == manifest(name)
-    assert sum(p.numel() for p in model.parameters()) == _manifest_param_count(shared_dir, name)
+    assert sum(p.numel() for p in model.parameters()) == manifest_param_count(name)
 
 
 def test_golden_output_matches_upstream(shared_dir):

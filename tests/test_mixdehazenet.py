@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import manifest_param_count
 
 from clipdehaze.models import clip_inputs_of, create_generator, list_generators
 from clipdehaze.models.generators import mixdehazenet as M
 
-
-
-
 VARIANTS = [f"{family}_{v}" for family in ("mixdehazenet", "mixcldehazenet") for v in "tsbl"]
 FUSIONS = ("parametric", "calip", "none")
-
-
-def _manifest(path: Path) -> tuple[int, list[tuple[str, tuple[int, ...]]]]:
-    """(parameter count, [(key, shape)]) of a reference manifest; BN counters are listed as shape ``scalar``."""
-    header, *lines = path.read_text().splitlines()
-    n_params = int(header.split(":")[1].split()[0])
-    rows = []
-    for line in lines:
-        key, shape = line.split("\t")
-        rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))))
-    return n_params, rows
 
 
 def _text(batch: int, dim: int = 512) -> torch.Tensor:
@@ -38,8 +23,8 @@ def _kwargs(model, batch: int, dim: int = 512) -> dict:
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_state_dict_matches_upstream_manifest(name, shared_dir):
-    n_params, expected = _manifest(shared_dir / "reference" / "manifests" / f"{name}.tsv")
+def test_state_dict_matches_upstream_manifest(name, manifest):
+    n_params, expected = manifest_param_count(name), manifest(name)
     with torch.device("meta"):
         model = create_generator(name)
     assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == expected
