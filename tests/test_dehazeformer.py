@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import manifest_param_count
 
-from clipdehaze.models import create_generator, list_generators
+from clipdehaze.models import create_generator, list_generators, upstream_graph
 from clipdehaze.models.generators.dehazeformer import DehazeFormer, WindowAttention, dehazeformer_t, dehazeformer_test
 
 VARIANTS = ["t", "s", "b", "m", "l", "w", "d"]
@@ -37,6 +37,9 @@ def test_relative_position_bias_equals_mlp_on_every_pair(window_size):
     attn = WindowAttention(dim=12, window_size=window_size, num_heads=3)
     dense = attn.meta(attn.relative_positions).permute(2, 0, 1)  # upstream: the MLP on all N x N pairs
     torch.testing.assert_close(attn.relative_position_bias(), dense, rtol=0, atol=1e-6)
+    with upstream_graph(attn):
+        torch.testing.assert_close(attn.relative_position_bias(), dense, rtol=0, atol=0)
+
 
 
 def test_odd_size_keeps_shape():

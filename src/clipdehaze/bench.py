@@ -48,10 +48,22 @@ def _timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
-def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.Tensor]) -> int:
+def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.Tensor],
+               graph: str = "upstream") -> int:
+    """Multiply-accumulates of one forward: torch.utils.flop_counter's FLOPs / 2 (convolutions and matmuls).
+
+    ``graph="upstream"`` (default) counts the published implementation's operations (modules with a fused
+    equivalent run their literal upstream form, see :class:`clipdehaze.models.layers.UpstreamGraph`): the
+    architecture's MACs, comparable with the papers' figures. ``graph="executed"`` counts what this code runs.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    from clipdehaze.models import upstream_graph
+
+    if graph not in ("upstream", "executed"):
+        raise ValueError(f"graph must be 'upstream' or 'executed', got {graph!r}")
+    with torch.no_grad(), upstream_graph(model, enabled=graph == "upstream"), \
+            FlopCounterMode(display=False) as counter:
         model(x, **inputs)
     return counter.get_total_flops() // 2
 
@@ -67,13 +79,16 @@ def dummy_clip_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torc
     return {n: torch.rand(shapes[n], device=x.device) for n in clip_inputs_of(model)}
 
 
-def generator_macs(name: str, size: int = 256, **kwargs) -> int:
-    """MACs of the generator alone (the frozen CLIP's own cost excluded) at ``size``²."""
+def generator_macs(name: str, size: int = 256, graph: str = "upstream", **kwargs) -> int:
+    """MACs of the generator alone (the frozen CLIP's own cost excluded) at ``size``², counted on the meta
+    device (shapes only: instant, no memory)."""
     from clipdehaze.models import create_generator
 
-    model = create_generator(name, **kwargs).eval()
-    x = torch.rand(1, 3, size, size)
-    return count_macs(model, x, dummy_clip_inputs(model, x))
+    with torch.device("meta"):
+        model = create_generator(name, **kwargs).eval()
+        x = torch.empty(1, 3, size, size)
+        inputs = dummy_clip_inputs(model, x)
+    return count_macs(model, x, inputs, graph=graph)
 
 
 def _build(name: str, clip_cfg: dict[str, Any] | None, device: torch.device):
@@ -152,7 +167,9 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
     params = sum(p.numel() for p in model.parameters())
     x = torch.rand(1, 3, mac_size, mac_size, device=device)
     macs = count_macs(model, x, _clip_inputs(model, prior, x))
-    row: dict[str, Any] = {"model": name, "params": params, "macs_g": round(macs / 1e9, 3), "mac_size": mac_size,
+    executed = count_macs(model, x, _clip_inputs(model, prior, x), graph="executed")
+    row: dict[str, Any] = {"model": name, "params": params, "macs_g": round(macs / 1e9, 3),
+                           "exec_macs_g": round(executed / 1e9, 3), "mac_size": mac_size,
                            "clip": prior.model_id if prior is not None else None, "device": device.type}
     gmacs_256 = macs / 1e9 * (256 / mac_size) ** 2
     for size in sizes:
@@ -214,7 +231,7 @@ def _fmt(v: Any) -> str:
 
 def models_markdown(rows: list[dict[str, Any]]) -> str:
     sizes = sorted({int(k.split("_")[2]) for r in rows for k in r if k.startswith("latency_s_")})
-    cols = [("model", "model"), ("params", "params (M)"), ("macs_g", "MACs (G)")]
+    cols = [("model", "model"), ("params", "params (M)"), ("macs_g", "MACs (G)"), ("exec_macs_g", "executed MACs (G)")]
     for n in sizes:
         for suffix, tag in (("", ""), ("_tiled", " tiled")):
             if any(f"latency_s_{n}{suffix}" in r for r in rows):
@@ -247,8 +264,10 @@ def run_models(names: list[str], out: Path, **kw) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     md = (f"# clipdehaze-bench models\n\n{environment()}\n\nMACs: torch.utils.flop_counter (FLOPs/2, conv+matmul) at "
-          f"{kw.get('mac_size', 256)}². Latency: median, batch 1, no grad. Train step: AdamW, batch "
-          f"{kw.get('train_batch', 4)}, {kw.get('train_crop', 128)}² crops, L1; CLIP inputs cached unless noted.\n\n"
+          f"{kw.get('mac_size', 256)}², generator alone: 'MACs' on the published implementation's graph (the "
+          f"papers' convention), 'executed MACs' on the fused equivalent this code runs. Latency: median, batch 1, "
+          f"no grad. Train step: AdamW, batch {kw.get('train_batch', 4)}, {kw.get('train_crop', 128)}² crops, L1; "
+          f"CLIP inputs cached unless noted.\n\n"
           + models_markdown(rows) + "\n")
     (out / "bench.md").write_text(md)
     print(md)

@@ -8,13 +8,43 @@ DehazeFormer and of the networks built on its skeleton (MixDehazeNet, MixCLDehaz
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion"]
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "upstream_graph"]
+
+
+class UpstreamGraph:
+    """Mixin for a module that runs a cheaper, numerically equivalent form of a published computation.
+
+    Some published layers do work that can be skipped or fused without changing the result (DehazeFormer's
+    relative-position MLP on all N x N pairs instead of the (2w-1)^2 distinct offsets; MixDehazeNet's
+    1x1 -> 5x5 conv pair and three dilated depthwise convs; MixCLDehazeNet's attention over 1-D text tokens and
+    the text-side update it computes and throws away). Such a module sets ``upstream_graph = True`` to run the
+    published operations literally instead. Uses: an oracle for the fused form in tests, and the published
+    implementation's MAC count (``clipdehaze-bench`` reports both the architecture's MACs on the upstream graph
+    and the MACs this code executes). Weights and outputs are the same either way.
+    """
+
+    upstream_graph: bool = False
+
+
+@contextmanager
+def upstream_graph(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, every :class:`UpstreamGraph` submodule of ``model`` runs the literal published graph."""
+    mods = [m for m in model.modules() if isinstance(m, UpstreamGraph)]
+    previous = [m.upstream_graph for m in mods]
+    for m in mods:
+        m.upstream_graph = enabled
+    try:
+        yield model
+    finally:
+        for m, old in zip(mods, previous):
+            m.upstream_graph = old
 
 
 class PatchEmbed(nn.Module):

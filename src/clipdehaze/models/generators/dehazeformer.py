@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out, trunc_normal_
 
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion
+from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, UpstreamGraph
 from clipdehaze.models.registry import register_generator
 
 __all__ = ["RLN", "Mlp", "WindowAttention", "Attention", "TransformerBlock", "BasicLayer", "DehazeFormer",
@@ -114,8 +114,11 @@ def get_relative_positions(window_size: int) -> Tensor:
     return torch.sign(rel) * torch.log(1.0 + rel.abs())
 
 
-class WindowAttention(nn.Module):
-    """Multi-head attention inside each window, with a relative-position bias predicted by a small MLP."""
+class WindowAttention(UpstreamGraph, nn.Module):
+    """Multi-head attention inside each window, with a relative-position bias predicted by a small MLP.
+
+    The MLP runs on the (2w-1)^2 distinct offsets; ``upstream_graph=True`` runs it on all w^4 pairs as upstream.
+    """
 
     def __init__(self, dim: int, window_size: int, num_heads: int):
         super().__init__()
@@ -139,6 +142,8 @@ class WindowAttention(nn.Module):
 
     def relative_position_bias(self) -> Tensor:
         """(num_heads, N, N) additive attention bias."""
+        if self.upstream_graph:  # upstream: the MLP on every one of the N x N (query, key) pairs
+            return self.meta(self.relative_positions).permute(2, 0, 1)
         n = self.window_size ** 2
         table = self.meta(self.relative_positions.view(-1, 2)[self._offset_rows])  # ((2w-1)^2, heads)
         return table[self._offset_index].view(n, n, self.num_heads).permute(2, 0, 1)

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion
+from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, UpstreamGraph
 from clipdehaze.models.registry import register_generator
 
 __all__ = ["MixStructureBlock", "BasicLayer", "ParametricAttention", "CALIPAttention", "MixDehazeNet",
@@ -60,8 +60,10 @@ FUSIONS = ("parametric", "calip", "none")
 _MAX_BLOCK_PAD = 9
 
 
-class MixStructureBlock(nn.Module):
+class MixStructureBlock(UpstreamGraph, nn.Module):
     """Multi-scale parallel large-kernel module, then enhanced parallel attention module, each residual.
+
+    Runs a fused equivalent of upstream's layers (below); ``upstream_graph=True`` runs them literally.
 
     Attribute names and layer order are upstream's (``conv3_19`` is the 7-tap depthwise conv with dilation 3,
     receptive field 19; ``Wv``/``Wg`` the simple pixel attention, ``ca`` channel attention, ``pa`` pixel
@@ -102,6 +104,9 @@ class MixStructureBlock(nn.Module):
 
     def _large_kernels(self, x: Tensor) -> Tensor:
         """norm1 -> conv1 -> conv2 -> conv3_19, conv3_13, conv3_7 -> mlp (upstream concatenates the branches)."""
+        if self.upstream_graph:
+            x = self.conv2(self.conv1(self.norm1(x)))
+            return self.mlp(torch.cat([self.conv3_19(x), self.conv3_13(x), self.conv3_7(x)], dim=1))
         # conv2(conv1(x)) with conv1 pointwise is one 5x5 conv: W = W2·W1, b = b2 + sum_taps(W2)·b1 (reflect
         # padding commutes with a pointwise map).
         w2 = self.conv2.weight
@@ -133,6 +138,8 @@ class MixStructureBlock(nn.Module):
 
     def _parallel_attention(self, x: Tensor) -> Tensor:
         """[Wv(x)·Wg(x) | ca(x)·x | pa(x)·x] concatenated on channels."""
+        if self.upstream_graph:
+            return torch.cat([self.Wv(x) * self.Wg(x), self.ca(x) * x, self.pa(x) * x], dim=1)
         pooled = x.mean(dim=(2, 3), keepdim=True)  # the AdaptiveAvgPool2d(1) of both Wg and ca
         gate = torch.sigmoid(self.Wg[1](pooled))
         channel = self.ca[1:](pooled)
@@ -168,7 +175,7 @@ def _tokens_to_image(tokens: Tensor, height: int, width: int) -> Tensor:
     return tokens.reshape(tokens.shape[0], height, width, -1).permute(0, 3, 1, 2)
 
 
-class ParametricAttention(nn.Module):
+class ParametricAttention(UpstreamGraph, nn.Module):
     """MixCLDehazeNet's image-text fusion (upstream ``ParametricAttention2``, proj_dim 5): 3 extra image channels.
 
     Upstream's definition, reconstructed from the parameter shapes and matched to the published implementation's
@@ -186,7 +193,8 @@ class ParametricAttention(nn.Module):
     the attention is, per pixel, the scalar a_i = u·x_i + c (affine in the pixel's RGB), the softmax-weighted
     mean g(a_i) = sum_j softmax_j(a_i·t_j)·t_j of the text coordinates (a tone curve whose shape the prompt sets),
     and an output affine in g: ``postProj_s(w_v·g + b_v)``. Same values up to float round-off, about 3x fewer
-    operations (attention with 1-dimensional instead of p-dimensional tokens).
+    operations (attention with 1-dimensional instead of p-dimensional tokens). ``upstream_graph=True`` computes
+    upstream's p-dimensional attention maps literally, the discarded text update included.
 
     Parameters kept only for ``strict=True`` loading of official checkpoints, frozen (``requires_grad=False``;
     a parameter that requires grad but gets none makes DistributedDataParallel fail):
@@ -216,6 +224,8 @@ class ParametricAttention(nn.Module):
     def forward(self, x: Tensor, text: Tensor) -> Tensor:
         """x: (B, 3, H, W) image in [-1, 1]; text: (B, 1, D) -> (B, 3, H, W) fused channels."""
         H, W = x.shape[-2:]
+        if self.upstream_graph:
+            return self._upstream_forward(x, text)
         w_k = self.k2.weight.flatten() / math.sqrt(self.proj_dim)
         u = w_k @ self.q1.weight.flatten(1)  # (3,)
         c = w_k @ self.q1.bias
@@ -227,6 +237,18 @@ class ParametricAttention(nn.Module):
         proj = self.postProj_s.weight.flatten(1)  # 3, p
         out = F.linear(g, (proj @ self.v2.weight.flatten())[:, None], proj @ self.v2.bias + self.postProj_s.bias)
         return _tokens_to_image(out, H, W)
+
+    def _upstream_forward(self, x: Tensor, text: Tensor) -> Tensor:
+        """Upstream's operations one by one: (HW x D) and (D x HW) attention maps over p-dimensional tokens."""
+        H, W = x.shape[-2:]
+        scale = self.proj_dim ** -0.5
+        q_img = self.q1(x).flatten(2).transpose(1, 2)  # B, HW, p
+        attn = torch.softmax(q_img @ self.k2(text) * scale, dim=-1)  # B, HW, D
+        img = (attn @ self.v2(text).transpose(1, 2)).transpose(1, 2)  # B, p, HW
+        # The symmetric text update: computed upstream and never read (kept so the graph is the published one).
+        attn_t = torch.softmax(self.q2(text).transpose(1, 2) @ self.k1(x).flatten(2) * scale, dim=-1)  # B, D, HW
+        self.postProj_t((attn_t @ self.v1(x).flatten(2).transpose(1, 2)).transpose(1, 2))
+        return self.postProj_s(img.reshape(x.shape[0], self.proj_dim, H, W))
 
 
 class CALIPAttention(nn.Module):
