@@ -21,11 +21,12 @@ def test_state_dict_matches_manifest(variant, manifest):
     assert sum(p.numel() for p in model.parameters()) == manifest_param_count(name)
 
 
-def test_golden_output_matches_upstream(shared_dir):
+@pytest.mark.parametrize("graph", ["fused", "upstream"])
+def test_golden_output_matches_upstream(graph, shared_dir):
     golden = torch.load(shared_dir / "reference" / "golden" / "dehazeformer_t.pt", weights_only=True)
     model = dehazeformer_t().eval()
     model.load_state_dict(golden["state_dict"], strict=True)
-    with torch.no_grad():
+    with torch.no_grad(), upstream_graph(model, enabled=graph == "upstream"):
         out = model((golden["input"] + 1) / 2)
     expected = (golden["output"] + 1) / 2
     assert out.shape == expected.shape
