@@ -78,3 +78,22 @@ def test_bench_json_schema(tmp_path):
     assert "train_step_s" not in {r["model"]: r for r in saved["rows"]}["identity"]
     assert "| dehazeformer_test |" in (tmp_path / "bench.md").read_text()
     assert result["rows"] == saved["rows"]
+
+
+@pytest.mark.parametrize("name", ["dehazeformer_test", "mixcldehazenet_test", "cliphaze_test", "sar_weather_test",
+                                  "dcp"])
+def test_generator_macs_equal_a_real_forward(name):
+    """The meta-device count (no memory, instant) equals a count on a real forward, for both graphs."""
+    import torch
+
+    from clipdehaze.bench import count_macs, dummy_clip_inputs, generator_macs
+    from clipdehaze.models import create_generator
+
+    torch.manual_seed(0)
+    model = create_generator(name).eval()
+    x = torch.rand(1, 3, 64, 64)
+    inputs = dummy_clip_inputs(model, x)
+    for graph in ("upstream", "executed"):
+        real = count_macs(model, x, inputs, graph=graph)
+        assert real > 0
+        assert generator_macs(name, size=64, graph=graph) == real, graph

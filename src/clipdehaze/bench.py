@@ -80,13 +80,19 @@ def dummy_clip_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torc
 
 
 def generator_macs(name: str, size: int = 256, graph: str = "upstream", **kwargs) -> int:
-    """MACs of the generator alone (the frozen CLIP's own cost excluded) at ``size``², counted on the meta
-    device (shapes only: instant, no memory)."""
+    """MACs of the generator alone (the frozen CLIP's own cost excluded) at ``size``².
+
+    Networks are counted on the meta device (shapes only: instant, no memory). Parameter-free priors (dcp) run on
+    real CPU tensors: they are cheap, and kornia's box filter picks a different, uncounted kernel on meta.
+    """
     from clipdehaze.models import create_generator
 
     with torch.device("meta"):
         model = create_generator(name, **kwargs).eval()
-        x = torch.empty(1, 3, size, size)
+    device = "meta" if any(True for _ in model.parameters()) else "cpu"
+    with torch.device(device):
+        model = create_generator(name, **kwargs).eval() if device == "cpu" else model
+        x = torch.rand(1, 3, size, size)
         inputs = dummy_clip_inputs(model, x)
     return count_macs(model, x, inputs, graph=graph)
 
