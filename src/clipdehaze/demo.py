@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> Path:
     summaries = {}
     for name in CONTROLS:
         summaries[name] = _run("clipdehaze.evaluate", [f"model={name}", "data=synthetic", "trainer=cpu",
-                                                       "num_grid_images=3"], out / name)
+                                                       "num_grid_images=4"], out / name)
     clip = [f"clip={args.clip}"]
     if args.clip == "local":
         if not os.environ.get("CLIP_CHECKPOINT"):
