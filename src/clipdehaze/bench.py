@@ -6,7 +6,8 @@
     clipdehaze-bench all
 
 ``models`` reports per generator variant: parameters; MACs at a given size (``torch.utils.flop_counter``, MACs =
-FLOPs / 2: convolutions and matmuls, elementwise ops not counted); inference latency, images/s and peak memory at
+FLOPs / 2: convolutions and matmuls, elementwise ops not counted), on the published implementation's graph (the
+papers' figures) and on the fused graph this code executes; inference latency, images/s and peak memory at
 256² and 1024² (untiled, and tiled at 256 px with 32 px overlap); a training-step time (AdamW, batch 4, 128² crops);
 for CLIP-conditioned generators the step is timed with the CLIP inputs computed live and served from the cache.
 Peak memory is measured in a fresh subprocess per case (CPU: max RSS growth over the process after the model is
