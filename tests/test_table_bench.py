@@ -97,3 +97,18 @@ def test_generator_macs_equal_a_real_forward(name):
         real = count_macs(model, x, inputs, graph=graph)
         assert real > 0
         assert generator_macs(name, size=64, graph=graph) == real, graph
+
+
+def test_peak_memory_worker_measures_its_own_growth():
+    """The per-case memory worker reports its own peak even when started by a process that used more memory
+    (Linux's ru_maxrss inherits the parent's peak across fork + exec; the worker must not read that)."""
+    import torch
+
+    from clipdehaze.bench import _peak_memory
+
+    ballast = torch.ones(96 * 2**20)  # 384 MB resident in this (parent) process
+    small = _peak_memory("dehazeformer_test", 64, False, 256, None, timeout=300)
+    large = _peak_memory("dehazeformer_test", 384, False, 256, None, timeout=300)
+    del ballast
+    assert small is not None and large is not None
+    assert large > 5 and large > small

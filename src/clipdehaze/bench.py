@@ -134,7 +134,7 @@ def _memory_worker(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict 
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _reset_peak_rss()
     with torch.no_grad():
         if tiled:
             def fn(t, box):
@@ -148,8 +148,41 @@ def _memory_worker(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        peak = _peak_rss() - base
     return {"peak_mb": round(max(peak, 0) / 2**20, 1)}
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> int:
+    """Reset this process's RSS high-water mark where the OS allows; return the baseline to subtract.
+
+    Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS, so the peak counts from now on.
+    getrusage's ru_maxrss is avoided there: it carries the *parent's* peak over fork + exec, so a worker started
+    by a process that had already used more memory would report no growth at all.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    now = _proc_status_bytes("VmRSS" if reset else "VmHWM")
+    return now if now is not None else _peak_rss()
+
+
+def _peak_rss() -> int:
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def _peak_memory(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | None,
