@@ -49,6 +49,30 @@ def _timeit(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of softmax(q kᵀ) v as two batched matmuls, as torch counts the CUDA attention kernels."""
+    *batch, s_q, d = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    heads = 1
+    for n in batch:
+        heads *= n
+    return 2 * heads * s_q * s_k * (d + d_v)
+
+
+def _uncounted_attention_kernels() -> dict[Any, Callable[..., int]]:
+    """Fused attention kernels that torch's flop counter does not know in some versions (torch 2.14 has no
+    formula for the CPU flash kernel, so every ``F.scaled_dot_product_attention`` on CPU counted 0 MACs, while
+    the same call on meta or CUDA counted its two matmuls). Counted here with the same formula."""
+    from torch.utils.flop_counter import flop_registry
+
+    kernels = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None and op not in flop_registry:
+            kernels[op] = _sdpa_flops
+    return kernels
+
+
 def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.Tensor],
                graph: str = "upstream") -> int:
     """Multiply-accumulates of one forward: torch.utils.flop_counter's FLOPs / 2 (convolutions and matmuls).
@@ -64,7 +88,7 @@ def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.
     if graph not in ("upstream", "executed"):
         raise ValueError(f"graph must be 'upstream' or 'executed', got {graph!r}")
     with torch.no_grad(), upstream_graph(model, enabled=graph == "upstream"), \
-            FlopCounterMode(display=False) as counter:
+            FlopCounterMode(display=False, custom_mapping=_uncounted_attention_kernels()) as counter:
         model(x, **inputs)
     return counter.get_total_flops() // 2
 
@@ -88,11 +112,13 @@ def generator_macs(name: str, size: int = 256, graph: str = "upstream", **kwargs
     """
     from clipdehaze.models import create_generator
 
-    with torch.device("meta"):
-        model = create_generator(name, **kwargs).eval()
-    device = "meta" if any(True for _ in model.parameters()) else "cpu"
+    device = "meta"
     with torch.device(device):
-        model = create_generator(name, **kwargs).eval() if device == "cpu" else model
+        model = create_generator(name, **kwargs).eval()
+    if not any(True for _ in model.parameters()):
+        device = "cpu"
+        model = create_generator(name, **kwargs).eval()
+    with torch.device(device):
         x = torch.rand(1, 3, size, size)
         inputs = dummy_clip_inputs(model, x)
     return count_macs(model, x, inputs, graph=graph)
@@ -206,8 +232,9 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
     model, prior = _build(name, clip_cfg, device)
     params = sum(p.numel() for p in model.parameters())
     x = torch.rand(1, 3, mac_size, mac_size, device=device)
-    macs = count_macs(model, x, _clip_inputs(model, prior, x))
-    executed = count_macs(model, x, _clip_inputs(model, prior, x), graph="executed")
+    inputs = _clip_inputs(model, prior, x)
+    macs = count_macs(model, x, inputs)
+    executed = count_macs(model, x, inputs, graph="executed")
     row: dict[str, Any] = {"model": name, "params": params, "macs_g": round(macs / 1e9, 3),
                            "exec_macs_g": round(executed / 1e9, 3), "mac_size": mac_size,
                            "clip": prior.model_id if prior is not None else None, "device": device.type}

@@ -42,6 +42,8 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import Tensor
 
+from clipdehaze.models.clip.prompts import options_from_mapping
+
 METHODS = ("auto", "vv", "value", "windows")
 
 
@@ -66,11 +68,7 @@ class DensityOptions:
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | None) -> "DensityOptions":
-        options = dict(options or {})
-        unknown = set(options) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown density options {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        return cls(**options)
+        return options_from_mapping(cls, options, "density")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

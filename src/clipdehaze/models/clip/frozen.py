@@ -62,7 +62,7 @@ from clipdehaze.models.clip.density import (
     upsample_density,
     vit_dense,
 )
-from clipdehaze.models.clip.prompts import PromptSet, as_plain, resolve_prompt_sets
+from clipdehaze.models.clip.prompts import PromptSet, as_plain, options_from_mapping, resolve_prompt_sets
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +251,7 @@ class TextFeatureOptions:
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any] | None) -> "TextFeatureOptions":
-        options = dict(options or {})
-        unknown = set(options) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown text_feature options {sorted(unknown)}; valid: prompt_set, soft")
-        return cls(**options)
+        return options_from_mapping(cls, options, "text_feature")
 
 
 class _DropMessage(logging.Filter):

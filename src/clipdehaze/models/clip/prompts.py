@@ -114,6 +114,15 @@ def as_plain(obj: Any) -> Any:
     return obj
 
 
+def options_from_mapping(cls: type, options: Mapping[str, Any] | None, what: str):
+    """Build the options dataclass ``cls`` from a mapping, naming unknown keys and the valid ones."""
+    options = dict(options or {})
+    unknown = set(options) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {what} options {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
+    return cls(**options)
+
+
 def _as_str_list(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         return [value]
