@@ -13,7 +13,7 @@ help:
 	@echo "make test   - run the test suite (CPU, offline)"
 	@echo "make bench  - params / MACs / latency / memory of every generator -> outputs/bench/"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
