@@ -63,6 +63,36 @@ def test_table_errors_name_the_problem(tmp_path):
         make_table([tmp_path], "nopaper", tmp_path / "t", experiments_root=tmp_path)
 
 
+def test_every_published_csv_reads_with_our_dataset_names():
+    """Each experiments/*/published.csv parses (plain numbers) and names datasets as our data configs do, so
+    ``clipdehaze-table --paper`` places the published rows next to ours."""
+    import yaml
+
+    from clipdehaze.table import EXPERIMENTS, read_published
+
+    conf = EXPERIMENTS.parent / "conf" / "data"
+    names = {yaml.safe_load(f.read_text()).get("name") for f in conf.glob("*.yaml")}
+    papers = sorted(p.parent.name for p in EXPERIMENTS.glob("*/published.csv"))
+    assert {"mixdehazenet", "sar_weather"} <= set(papers)
+    for paper in papers:
+        rows = read_published(paper)
+        assert rows, paper
+        for r in rows:
+            assert r["dataset"] in names, (paper, r["dataset"])
+            assert r["psnr"] is not None and r["source"], (paper, r["method"])
+            assert r["params"] is None or 0 < r["params"] < 1000, (paper, r["method"], "params in M")
+
+
+def test_published_csv_with_units_names_the_cell(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "published.csv").write_text("method,dataset,psnr,ssim,params,macs,source\n"
+                                                 "X,raindrop,30.0,0.9,44.00M,12.26G,somewhere\n")
+    from clipdehaze.table import read_published
+
+    with pytest.raises(ValueError, match="X on raindrop: params='44.00M' is not a number"):
+        read_published("p", tmp_path)
+
+
 def test_bench_json_schema(tmp_path):
     from clipdehaze.bench import run_models
 

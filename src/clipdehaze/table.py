@@ -5,7 +5,8 @@
 Finds every ``metrics.json`` below the given folders (train or eval runs), groups them by (generator, dataset,
 metric protocol), and reports mean ± std over seeds. ``--paper NAME`` reads ``experiments/NAME/published.csv``
 (columns ``method, dataset, psnr, ssim, params, macs, source`` and optionally ``generator``, our registry name
-of the same method) and places each published row next to ours with the difference. Writes ``table.md``,
+of the same method; ``dataset`` is our data config's ``name``, so published rows group with ours; params in M and
+MACs in G, plain numbers) and places each published row next to ours with the difference. Writes ``table.md``,
 ``table.csv``, ``table.tex`` and ``plots.png`` (PSNR vs params and vs MACs; PSNR bars per dataset).
 Runs measured under different metric protocols are never averaged together: the protocol is part of the key
 and printed under the table.
@@ -105,7 +106,11 @@ def read_published(paper: str, root: Path = EXPERIMENTS) -> list[dict[str, Any]]
     for r in rows:
         for k in ("psnr", "ssim", "params", "macs"):
             v = (r.get(k) or "").strip()
-            r[k] = float(v) if v else None
+            try:
+                r[k] = float(v) if v else None
+            except ValueError:
+                raise ValueError(f"{path}: {r['method']} on {r['dataset']}: {k}={v!r} is not a number "
+                                 "(params in M and MACs in G, without a unit suffix)") from None
     return rows
 
 
