@@ -351,6 +351,33 @@ def test_datamodule_batches(split_root):
     assert len(full.train_dataloader()) == 1  # fewer samples than batch_size: keep the partial batch
 
 
+def test_datamodule_pad_if_smaller_from_config(split_root, compose_cfg):
+    """``data.pad_if_smaller`` reaches the datasets: false names the small file and sizes, true pads it."""
+    from hydra.utils import instantiate
+
+    def datamodule(pad: bool):
+        cfg = compose_cfg("train", ["data=paired", f"data.root={split_root}", "data.crop_size=48", "data.batch_size=2",
+                                    "data.num_workers=0", f"data.pad_if_smaller={str(pad).lower()}"])
+        dm = instantiate(cfg.data)
+        dm.setup("fit")
+        return dm
+
+    with pytest.raises(ValueError, match=r"test/hazy/0100\.png is 36x30 \(WxH\), smaller than crop_size=48"):
+        next(iter(datamodule(False).val_dataloader()))
+    with pytest.raises(ValueError, match=r"train/hazy/\S+\.jpg is 44x40 \(WxH\), smaller than crop_size=48"):
+        next(iter(datamodule(False).train_dataloader()))
+    padded = datamodule(True)
+    assert next(iter(padded.train_dataloader()))["input"].shape == (2, 3, 48, 48)
+    assert next(iter(padded.val_dataloader()))["input"].shape == (1, 3, 48, 48)
+
+
+def test_pad_if_smaller_overridable_for_every_data_config(compose_cfg):
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "data").glob("*.yaml"))
+    for name in names:
+        cfg = compose_cfg("train", [f"data={name}", "data.pad_if_smaller=false"])
+        assert cfg.data.pad_if_smaller is False, name
+
+
 def test_datamodule_reproducible_with_workers(split_root):
     def first_batch(**kw):
         dm = PairedDataModule(str(split_root), crop_size=16, batch_size=4, num_workers=2, **kw)

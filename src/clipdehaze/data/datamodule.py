@@ -99,6 +99,8 @@ class PairedDataModule(L.LightningDataModule):
             paths relative to each folder); None: ``root``.
         max_train_samples, max_val_samples, max_test_samples: evenly spaced subsets for quick runs.
         on_unpaired: ``"error"`` or ``"skip"`` for inputs without a target.
+        pad_if_smaller: images smaller than the train/val crop are reflect-padded up to it (True) or an error
+            naming the file and its size (False: a set that should not hold small images is checked, not padded).
         seed: seed of the train shuffling generator; None draws it from torch's global RNG, which
             ``lightning.seed_everything`` controls.
     """
@@ -127,6 +129,7 @@ class PairedDataModule(L.LightningDataModule):
         max_val_samples: int | None = None,
         max_test_samples: int | None = None,
         on_unpaired: str = "error",
+        pad_if_smaller: bool = True,
         seed: int | None = None,
         val_root: str | None = None,
         test_root: str | None = None,
@@ -158,6 +161,7 @@ class PairedDataModule(L.LightningDataModule):
         self.max_val_samples = max_val_samples
         self.max_test_samples = max_test_samples
         self.on_unpaired = on_unpaired
+        self.pad_if_smaller = bool(pad_if_smaller)
         self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -175,7 +179,7 @@ class PairedDataModule(L.LightningDataModule):
     def _dataset(self, root: str, split: str | None, list_file: str | None, mode: str, crop_size: int | None,
                  input_only: bool = False) -> Dataset:
         common = dict(mode=mode, crop_size=crop_size, augment=self.augment, edge_decay=self.edge_decay,
-                      input_only=input_only)
+                      pad_if_smaller=self.pad_if_smaller, input_only=input_only)
         if list_file:
             return ListPairedDataset(list_file, root, **common)
         return PairedImageDataset(root, split or None, self.input_dir, self.target_dir,
