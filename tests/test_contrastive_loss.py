@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 import torchvision
 
 from clipdehaze.losses.contrastive import ContrastiveRegularization, L1WithCR
-
-
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +70,8 @@ def test_input_norm_upstream(cr):
     assert torch.isfinite(upstream) and upstream != imagenet
     with pytest.raises(ValueError, match="input_norm"):
         ContrastiveRegularization(arch="resnet18", random_weights=True, input_norm="none")
+    with pytest.raises(ValueError, match="batchnorm"):
+        ContrastiveRegularization(arch="resnet18", random_weights=True, batchnorm="train")
     with pytest.raises(ValueError, match="arch"):
         ContrastiveRegularization(arch="vgg19", random_weights=True)
 
@@ -78,9 +79,84 @@ def test_input_norm_upstream(cr):
 def test_l1_with_cr(loss_fn, cr):
     output, target, hazy = _images()
     total = loss_fn(output, target, hazy)
-    l1 = (output - target).abs().mean()
+    l1 = 2 * (output - target).abs().mean()  # upstream's L1 on [-1, 1] images
     torch.testing.assert_close(total, l1 + 0.1 * cr(output, target, hazy))
     assert set(loss_fn.last_terms) == {"l1", "cr"}
+    torch.testing.assert_close(loss_fn.last_terms["l1"], l1)
+
+
+def _random_resnet18() -> nn.Module:
+    """A ResNet-18 with random weights AND random BatchNorm affine parameters / running statistics."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def _upstream_l1_cr(resnet: nn.Module, output, target, hazy):
+    """MixDehazeNet's train.py loss written out from upstream's code, on its [-1, 1] images.
+
+    ``L1Loss()(output, target) + 0.1·ContrastLoss_res(output, target, hazy)``; ``ContrastLoss_res``
+    (utils/CR_res.py) slices ``resnet.children()`` into [:-5], [-5:-4], [-4:-3], [-3:-2], runs the three
+    images through separately, and sums w·L1(a, p.detach()) / (L1(a, n.detach()) + 1e-7), w = 1/16 … 1.
+    """
+    children = list(resnet.children())
+    slices = [nn.Sequential(*children[:-5]), nn.Sequential(*children[-5:-4]),
+              nn.Sequential(*children[-4:-3]), nn.Sequential(*children[-3:-2])]
+
+    def feats(x):
+        out = []
+        for s in slices:
+            x = s(x)
+            out.append(x)
+        return out
+
+    a, p, n = (2 * x - 1 for x in (output, target, hazy))
+    l1 = nn.L1Loss()
+    a_f, p_f, n_f = feats(a), feats(p), feats(n)
+    cr = 0
+    for w, fa, fp, fn in zip([1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0], a_f, p_f, n_f):
+        cr += w * (l1(fa, fp.detach()) / (l1(fa, fn.detach()) + 1e-7))
+    return l1(a, p) + 0.1 * cr
+
+
+@pytest.mark.parametrize("batchnorm", ["batch", "frozen"])
+def test_matches_upstream_formula(batchnorm, tmp_path):
+    """input_norm=upstream reproduces upstream's loss value and gradient (batch: upstream's never-eval'd
+    BatchNorm; frozen: the same network in eval mode)."""
+    resnet = _random_resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(resnet.state_dict(), path)
+    loss_fn = L1WithCR(arch="resnet18", weights_path=path, input_norm="upstream", batchnorm=batchnorm)
+    resnet.train(batchnorm == "batch").requires_grad_(False)
+    output, target, hazy = _images(1)
+    out_ref = output.clone().requires_grad_(True)
+    out_ours = output.clone().requires_grad_(True)
+    ref = _upstream_l1_cr(resnet, out_ref, target, hazy)
+    ours = loss_fn.train()(out_ours, target, hazy)
+    torch.testing.assert_close(ours, ref)
+    ref.backward()
+    ours.backward()
+    torch.testing.assert_close(out_ours.grad, out_ref.grad)
+
+
+def test_batchnorm_modes(tmp_path):
+    """batch: a sample's features depend on the rest of the batch (as upstream); frozen: they do not.
+    train()/eval() never change the mode."""
+    torch.save(_random_resnet18().state_dict(), tmp_path / "r.pth")
+    x = _images()[0]
+    for batchnorm, independent in (("batch", False), ("frozen", True)):
+        cr = ContrastiveRegularization(arch="resnet18", weights_path=tmp_path / "r.pth", batchnorm=batchnorm)
+        for mode in (True, False):
+            cr.train(mode)
+            assert all(m.training == (batchnorm == "batch") for m in cr._backbone.modules())
+            alone, in_batch = cr._backbone(x[:1])[-1], cr._backbone(x)[-1][:1]
+            assert torch.allclose(alone, in_batch, atol=1e-5) == independent
 
 
 def test_missing_weights_raise_offline(tmp_path, monkeypatch):
