@@ -96,18 +96,55 @@ def test_published_csv_with_units_names_the_cell(tmp_path):
 def test_bench_json_schema(tmp_path):
     from clipdehaze.bench import run_models
 
-    result = run_models(["dehazeformer_test", "identity"], tmp_path, sizes=(64, 96), mac_size=64, repeats=1, tile=64,
-                        memory=False, train_batch=2, train_crop=32)
+    tiny_clip = {"model_name": "clipdehaze_tiny", "pretrained": None, "warn_random": False}
+    result = run_models(["dehazeformer_test", "identity", "cliphaze_test", "sar_weather_test"], tmp_path,
+                        sizes=(64, 96), mac_size=64, repeats=1, tile=64, memory=False, train_batch=2, train_crop=32,
+                        clip_cfg=tiny_clip)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["schema_version"] == 1 and saved["kind"] == "models"
-    row = {r["model"]: r for r in saved["rows"]}["dehazeformer_test"]
-    for key in ("params", "macs_g", "exec_macs_g", "latency_s_64", "images_per_s_64", "latency_s_96",
-                "latency_s_96_tiled", "train_step_s"):
-        assert key in row, key
-    assert row["params"] > 0 and row["macs_g"] > 0 and row["train_step_s"] > 0
-    assert "train_step_s" not in {r["model"]: r for r in saved["rows"]}["identity"]
-    assert "| dehazeformer_test |" in (tmp_path / "bench.md").read_text()
+    rows = {r["model"]: r for r in saved["rows"]}
+    common = ("params", "macs_g", "exec_macs_g", "latency_s_64", "images_per_s_64", "latency_s_96",
+              "images_per_s_96", "latency_s_96_tiled", "images_per_s_96_tiled", "train_step_s", "train_loss")
+    for name in ("dehazeformer_test", "cliphaze_test", "sar_weather_test"):
+        row = rows[name]
+        for key in common:
+            assert key in row, (name, key)
+        assert row["params"] > 0 and row["macs_g"] > 0 and row["train_step_s"] > 0
+    assert rows["dehazeformer_test"]["clip"] is None and "train_step_s_clip_live" not in rows["dehazeformer_test"]
+    for name in ("cliphaze_test", "sar_weather_test"):
+        assert "clipdehaze_tiny" in rows[name]["clip"] and rows[name]["train_step_s_clip_live"] > 0
+    assert rows["dehazeformer_test"]["train_loss"] == rows["cliphaze_test"]["train_loss"] == "l1"
+    assert rows["sar_weather_test"]["train_loss"] == "l1 + srd"  # CLIP-SRD is part of the timed step
+    assert "train_step_s" not in rows["identity"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "| dehazeformer_test |" in md and "| cliphaze_test |" in md and "64² img/s" in md and "| l1 + srd |" in md
     assert result["rows"] == saved["rows"]
+
+
+def test_bench_cli_scan_and_clip_create_out_and_print_tables(tmp_path, capsys, monkeypatch):
+    """``scan`` / ``clip`` alone create --out, pass --repeats through, and print their tables."""
+    from clipdehaze import bench
+    from clipdehaze.models.clip import bench as clip_bench
+    from clipdehaze.models.ssm import bench as scan_bench
+
+    seen = {}
+    real_scan, real_clip = scan_bench.run_scan_benchmark, clip_bench.run_clip_benchmark
+
+    def small_scan(repeats):
+        seen["repeats"] = repeats
+        return real_scan(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=repeats, sequential_steps=8)
+
+    monkeypatch.setattr(scan_bench, "run_scan_benchmark", small_scan)
+    monkeypatch.setattr(clip_bench, "run_clip_benchmark",
+                        lambda: real_clip(models=("clipdehaze_tiny",), n_images=2, size=64))
+    out = tmp_path / "new" / "bench"
+    assert bench.main(["scan", "--repeats", "2", "--out", str(out)]) == 0
+    assert seen["repeats"] == 2 and json.loads((out / "scan.json").read_text())["config"]["repeats"] == 2
+    assert "selective scan, forward + backward" in capsys.readouterr().out
+    out2 = tmp_path / "other"
+    assert bench.main(["clip", "--out", str(out2)]) == 0
+    assert "clipdehaze_tiny" in json.dumps(json.loads((out2 / "clip.json").read_text())["models"])
+    assert "live ms" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["dehazeformer_test", "mixcldehazenet_test", "cliphaze_test", "sar_weather_test",

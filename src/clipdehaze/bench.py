@@ -10,6 +10,9 @@ FLOPs / 2: convolutions and matmuls, elementwise ops not counted), on the publis
 papers' figures) and on the fused graph this code executes; inference latency, images/s and peak memory at
 256² and 1024² (untiled, and tiled at 256 px with 32 px overlap); a training-step time (AdamW, batch 4, 128² crops);
 for CLIP-conditioned generators the step is timed with the CLIP inputs computed live and served from the cache.
+The step is the one training runs: L1 plus the generator's ``auxiliary_losses`` where it has any (the SAR weather
+net's CLIP-SRD, whose frozen-CLIP teacher features of input and target are computed live in both columns, as in
+training); the row's ``train_loss`` names the terms.
 Peak memory is measured in a fresh subprocess per case (CPU: max RSS growth over the process after the model is
 built; CUDA: ``torch.cuda.max_memory_allocated``). Results go to ``bench.json`` and ``bench.md``. Speed targets
 live here, never as timed assertions in tests.
@@ -125,11 +128,12 @@ def generator_macs(name: str, size: int = 256, graph: str = "upstream", **kwargs
 
 
 def _build(name: str, clip_cfg: dict[str, Any] | None, device: torch.device):
+    from clipdehaze.lit_module import auxiliary_terms
     from clipdehaze.models import clip_inputs_of, create_generator
 
     model = create_generator(name).to(device).eval()
     prior = None
-    if clip_inputs_of(model):
+    if clip_inputs_of(model) or auxiliary_terms(model):
         from clipdehaze.models.clip import FrozenCLIP
 
         prior = FrozenCLIP(**(clip_cfg or DEFAULT_CLIP)).to(device)
@@ -225,6 +229,7 @@ def _peak_memory(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | 
 def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: int = 3, train_batch: int = 4,
                 train_crop: int = 128, clip_cfg: dict | None = None, memory: bool = True, tile: int = 256,
                 max_untiled_gmacs: float = 60.0, timeout: float = 600.0) -> dict[str, Any]:
+    from clipdehaze.lit_module import auxiliary_terms
     from clipdehaze.utils.tiling import tiled_forward
 
     torch.manual_seed(0)
@@ -272,10 +277,14 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
         xb = torch.rand(train_batch, 3, train_crop, train_crop, device=device)
         yb = torch.rand_like(xb)
         cached = _clip_inputs(model, prior, xb)
+        aux = auxiliary_terms(model)
 
         def step(live: bool):
             inputs = _clip_inputs(model, prior, xb) if live else cached
-            loss = torch.nn.functional.l1_loss(model(xb, **inputs), yb)
+            out = model(xb, **inputs)
+            loss = torch.nn.functional.l1_loss(out, yb)
+            if aux:  # unit weights: a term's weight does not change the step's cost
+                loss = loss + sum(model.auxiliary_losses(xb, yb, out, prior).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -284,6 +293,7 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
         if prior is not None:
             row["train_step_s_clip_live"] = round(_timeit(lambda: step(True), repeats=repeats), 4)
         row["train_batch"], row["train_crop"] = train_batch, train_crop
+        row["train_loss"] = " + ".join(("l1", *aux))
     return row
 
 
@@ -302,8 +312,10 @@ def models_markdown(rows: list[dict[str, Any]]) -> str:
     for n in sizes:
         for suffix, tag in (("", ""), ("_tiled", " tiled")):
             if any(f"latency_s_{n}{suffix}" in r for r in rows):
-                cols += [(f"latency_s_{n}{suffix}", f"{n}²{tag} s"), (f"peak_mb_{n}{suffix}", f"{n}²{tag} MB")]
-    cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)")]
+                cols += [(f"latency_s_{n}{suffix}", f"{n}²{tag} s"), (f"images_per_s_{n}{suffix}", f"{n}²{tag} img/s"),
+                         (f"peak_mb_{n}{suffix}", f"{n}²{tag} MB")]
+    cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)"),
+             ("train_loss", "train loss")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = []
@@ -333,8 +345,10 @@ def run_models(names: list[str], out: Path, **kw) -> dict[str, Any]:
     md = (f"# clipdehaze-bench models\n\n{environment()}\n\nMACs: torch.utils.flop_counter (FLOPs/2, conv+matmul) at "
           f"{kw.get('mac_size', 256)}², generator alone: 'MACs' on the published implementation's graph (the "
           f"papers' convention), 'executed MACs' on the fused equivalent this code runs. Latency: median, batch 1, "
-          f"no grad. Train step: AdamW, batch {kw.get('train_batch', 4)}, {kw.get('train_crop', 128)}² crops, L1; "
-          f"CLIP inputs cached unless noted.\n\n"
+          f"no grad; img/s = 1 / latency. Train step: AdamW, batch {kw.get('train_batch', 4)}, "
+          f"{kw.get('train_crop', 128)}² crops, L1 plus the generator's training-only terms ('train loss': "
+          f"srd = the SAR weather net's CLIP-SRD, frozen-CLIP teacher computed live in both columns); the "
+          f"generator's CLIP inputs cached unless noted.\n\n"
           + models_markdown(rows) + "\n")
     (out / "bench.md").write_text(md)
     print(md)
@@ -359,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=None, help="generator names (default: every non-test variant)")
     ap.add_argument("--sizes", nargs="+", type=int, default=[256, 1024])
     ap.add_argument("--mac-size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case (models and scan)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     ap.add_argument("--max-untiled-gmacs", type=float, default=60.0,
                     help="skip untiled inference above 256 px for models heavier than this at 256²")
@@ -367,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/bench")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.what in ("models", "all"):
         run_models(args.models or default_model_list(), out, sizes=tuple(args.sizes), mac_size=args.mac_size,
                    repeats=args.repeats, memory=not args.no_memory, max_untiled_gmacs=args.max_untiled_gmacs,
@@ -375,13 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         from clipdehaze.models.clip import bench as clip_bench
 
         res = clip_bench.run_clip_benchmark()
-        (out / "clip.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "clip.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        print(clip_bench.format_table(res))
     if args.what in ("scan", "all"):
         from clipdehaze.models.ssm import bench as scan_bench
 
-        res = scan_bench.run_scan_benchmark()
+        res = scan_bench.run_scan_benchmark(repeats=args.repeats)
         (out / "scan.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        print(scan_bench.format_table(res))
     return 0
 
 

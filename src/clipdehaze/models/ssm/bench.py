@@ -29,7 +29,7 @@ import torch
 
 from clipdehaze.models.ssm.selective_scan import selective_scan_torch
 
-__all__ = ["run_scan_benchmark"]
+__all__ = ["format_table", "run_scan_benchmark"]
 
 
 def _time(fn: Callable[[], None], repeats: int) -> float:
@@ -126,7 +126,7 @@ def run_scan_benchmark(lengths=(4096, 16384), batch: int = 2, d_inner: int = 192
     return {"config": config, "results": results}
 
 
-def _format(report: dict) -> str:
+def format_table(report: dict) -> str:
     cfg = report["config"]
     lines = [f"selective scan, forward + backward, CPU, batch={cfg['batch']} d_inner={cfg['d_inner']} "
              f"d_state={cfg['d_state']}, {cfg['threads']} threads, torch {cfg['torch']}, best of {cfg['repeats']}",
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sequential-steps", type=int, default=512)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    print(_format(run_scan_benchmark(tuple(args.lengths), args.batch, args.d_inner, args.d_state, args.repeats,
+    print(format_table(run_scan_benchmark(tuple(args.lengths), args.batch, args.d_inner, args.d_state, args.repeats,
                                      args.sequential_steps, args.threads)))
 
 
