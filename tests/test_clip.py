@@ -87,6 +87,9 @@ def test_output_shapes_and_ranges(tiny, images):
 
     soft = tiny.text_feature(images, soft=True)
     assert soft.shape == (2, 1, d) and _unit(soft, -1)
+    # the soft option: the probability-weighted mixture of the class text embeddings, renormalised
+    probs = tiny.zero_shot(images, "domain")
+    torch.testing.assert_close(soft[:, 0], F.normalize(probs @ classes, dim=-1), atol=1e-6, rtol=1e-5)
 
     dens = tiny.density_map(images)
     assert dens.shape == (2, 1, 72, 88) and dens.min() >= 0 and dens.max() <= 1
@@ -196,6 +199,22 @@ def test_frozen_and_never_checkpointed():
     assert all(not p.requires_grad for p in clip.parameters())
     parent.train()
     assert prior.training and not clip.training  # train() never switches CLIP out of eval
+
+
+def test_lit_module_holds_no_clip_weights(compose_cfg):
+    """A MixCLDehazeNet LitModule builds the prior, yet neither its state_dict nor its optimizer's parameters
+    contain a CLIP tensor: checkpoints hold the generator only."""
+    from clipdehaze.pipeline import build_module
+
+    module = build_module(compose_cfg("train", ["model=mixcldehazenet_test", "clip=tiny_random"]))
+    clip = module.clip_prior.open_clip_model
+    clip_tensors = {t.data_ptr() for t in clip.state_dict().values()}
+    assert clip_tensors
+    state = module.state_dict()
+    assert set(state) == {f"generator.{k}" for k in module.generator.state_dict()}
+    assert not clip_tensors & {t.data_ptr() for t in state.values()}
+    assert [id(p) for p in module.parameters()] == [id(p) for p in module.generator.parameters()]
+    assert not clip_tensors & {p.data_ptr() for p in module.parameters()}
 
 
 def test_dtype_and_device_moves_reach_the_hidden_model(images):
