@@ -46,3 +46,33 @@ def test_clip_cache_end_to_end_with_real_prior(tmp_path, tiny_paired_root):
     live = prior.generator_inputs(["text_feature", "density_map"], sample["input"])
     torch.testing.assert_close(sample["clip"]["text_feature"], live["text_feature"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(sample["clip"]["density_map"], live["density_map"], atol=1e-4, rtol=1e-3)
+
+
+def test_clip_cache_cli_computes_then_reuses_then_recomputes_a_changed_image(tmp_path, capsys):
+    """``clipdehaze-data clip-cache``: the first run computes every input image, the second reuses them all,
+    and after one image changes only that one is computed again."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import make_paired_folder
+
+    from clipdehaze.data.clip_cache import run_clip_cache
+
+    root = make_paired_folder(tmp_path / "data", {"train": [(40, 48)] * 3, "test": [(37, 45)] * 2})
+    cache_dir = tmp_path / "cache"
+    overrides = ["data=paired", f"data.root={root}", "data.num_workers=0", "model=mixcldehazenet_test",
+                 "clip=tiny_random", f"paths.cache_dir={cache_dir}"]
+    visits = 3 + 2 + 2  # train, val (= test split), test
+
+    first = run_clip_cache(overrides)
+    assert first == {"built": 5, "reused": visits - 5, "replaced": 0}
+    assert "names: text_feature" in capsys.readouterr().out  # the model's CLIP inputs only
+    entries = sorted((cache_dir / "clip").rglob("*.safetensors"))
+    assert len(entries) == 5
+
+    assert run_clip_cache(overrides) == {"built": 0, "reused": visits, "replaced": 0}
+
+    changed = root / "train" / "hazy" / "0001.png"
+    Image.fromarray(np.asarray(Image.open(changed))[::-1].copy()).save(changed)  # new content, same name
+    assert run_clip_cache(overrides) == {"built": 1, "reused": visits - 1, "replaced": 0}
+    assert len(sorted((cache_dir / "clip").rglob("*.safetensors"))) == 6
