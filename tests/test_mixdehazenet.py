@@ -132,6 +132,20 @@ def test_mixdehazenet_backward_finite():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_published_variant_odd_size_forward_backward(name):
+    """Every published variant (not only the *_test ones): odd-size input, shape kept, finite gradients."""
+    torch.manual_seed(0)
+    model = create_generator(name).train()
+    x = torch.rand(1, 3, 37, 41)
+    y = model(x, **_kwargs(model, 1))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    (y - x).abs().mean().backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in trainable), \
+        [n for n, p in trainable if p.grad is None]
+
+
 def test_fusion_modes_share_the_backbone():
     keys = {f: list(M.mixcldehazenet_test(fusion=f).state_dict()) for f in FUSIONS}
     plain = list(M.mixdehazenet_test().state_dict())
