@@ -40,6 +40,17 @@ def test_variant_size_and_odd_input(name, low, high):
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize("name", ["cliphaze_t", "cliphaze_s", "cliphaze_b"])
+def test_variant_backward_finite(name):
+    """The published-size variants train: finite gradients for every parameter on a small odd input."""
+    torch.manual_seed(0)
+    model = create_generator(name, clip_dim=CLIP_DIM).train()
+    x = torch.rand(1, 3, 19, 23)
+    (model(x, **clip_kwargs(model, x)) - x).abs().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
 @pytest.mark.parametrize("hw", [(3, 5), (1, 9), (40, 17)])
 def test_tiny_and_odd_sizes_are_padded_and_cropped(test_model, hw):
     x = torch.rand(2, 3, *hw)
