@@ -1,4 +1,5 @@
-"""Paper-table aggregation on fixture runs, and the bench JSON schema on a test variant."""
+"""Paper-table aggregation on fixture runs, the bench JSON schema on test variants, and the demo report's MACs and
+combined image grid."""
 
 import json
 from pathlib import Path
@@ -179,3 +180,36 @@ def test_peak_memory_worker_measures_its_own_growth():
     del ballast
     assert small is not None and large is not None
     assert large > 5 and large > small
+
+
+def test_demo_macs_follow_the_run_config(tmp_path):
+    """The demo's MACs come from the generator the run built (64-d tiny CLIP), not the 512-d registry default."""
+    from clipdehaze.bench import generator_macs
+    from clipdehaze.demo import run_macs
+
+    (tmp_path / "config_resolved.yaml").write_text("model:\n  name: mixcldehazenet_test\n  text_dim: 64\n"
+                                                  "  fusion: parametric\nseed: 0\n")
+    macs = run_macs(tmp_path)
+    assert macs == generator_macs("mixcldehazenet_test", text_dim=64) / 1e9
+    assert macs != generator_macs("mixcldehazenet_test") / 1e9
+
+
+def test_demo_combined_grid_has_a_row_per_method(tmp_path):
+    import torch
+    from PIL import Image
+
+    from clipdehaze.demo import combined_grid
+    from clipdehaze.pipeline import save_grid
+
+    runs = {}
+    for i, name in enumerate(("dcp", "mixdehazenet_t", "cliphaze_t")):
+        samples = [{k: torch.full((3, 40, 60), 0.1 * (i + j)) for k in ("input", "output", "target")}
+                   for j in range(4)]
+        runs[name] = tmp_path / name
+        save_grid(samples, runs[name] / "grid.png")
+    path = combined_grid(runs, tmp_path / "grid.jpg", n_images=3, height=64)
+    img = Image.open(path)
+    assert img.height >= 3 * 64 and img.width > 3 * 3 * 64 * 60 / 40  # 3 rows; 3 images x 3 tiles per row
+    for row, name in enumerate(runs):  # each row's first tile is that method's first image
+        value = img.convert("L").getpixel((150 + 5, 20 + row * (64 + 8) + 5))
+        assert abs(value - 0.1 * row * 255) < 8, name

@@ -3,7 +3,10 @@
 Trains every learned generator for the same short CPU time budget with the real entry point
 (``clipdehaze-train``), evaluates the parameter-free controls with ``clipdehaze-eval`` (``identity``: the hazy
 input as is, the floor; ``dcp``: the dark channel prior), and writes ``outputs/demo/report.md`` with the
-comparison table (PSNR / SSIM / params / MACs / time), a PSNR-vs-size scatter plot and an image grid.
+comparison table (PSNR / SSIM / params / MACs / time), a PSNR-vs-size scatter plot and ``grid.jpg``, one image
+grid of every method (a row per method: hazy | output | GT for the first test images) composed from the runs' own
+``grid.png`` files, so it costs no extra inference. MACs are counted on the generator each run built (its resolved
+``model`` config, e.g. the 64-d tiny CLIP's width), so params and MACs in a row describe the same model.
 
 The CLIP-guided generators run with ``clip=tiny_random``: a tiny CLIP with RANDOM weights (nothing can be
 downloaded here), so their CLIP prior carries no information in this demo. With real weights:
@@ -59,6 +62,53 @@ def _row(s: dict, macs_g: float | None, run_dir: Path) -> str:
             f"{'-' if fit is None else f'{fit:.0f} s / {steps} steps'} | {per_img} |")
 
 
+def run_macs(run_dir: Path) -> float:
+    """GMACs at 256² of the generator a run built: its resolved ``model`` config (every factory argument, e.g.
+    ``clip_dim`` from the run's CLIP), not the registry defaults, which assume a 512-d CLIP."""
+    from omegaconf import OmegaConf
+
+    from clipdehaze.bench import generator_macs
+
+    model = OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml").model, resolve=True)
+    return generator_macs(model.pop("name"), **model) / 1e9
+
+
+def combined_grid(runs: dict[str, Path], path: Path, n_images: int = 3, height: int = 128) -> Path:
+    """One image of every method: a row per method, each row hazy | output | GT for the first ``n_images`` test
+    images, the method's name on the left. Cut from each run's ``grid.png`` (``save_grid``: one row per image,
+    rows of its default height); every run tested the same images in the same order, so the columns line up."""
+    import inspect
+
+    from PIL import Image, ImageDraw
+
+    from clipdehaze.pipeline import save_grid
+
+    row_h = inspect.signature(save_grid).parameters["height"].default
+    rows = {}
+    for name, run_dir in runs.items():
+        grid = Image.open(run_dir / "grid.png").convert("RGB")
+        if grid.height % row_h:
+            raise ValueError(f"{run_dir / 'grid.png'}: height {grid.height} is not a multiple of {row_h}")
+        k = min(n_images, grid.height // row_h)
+        rows[name] = [grid.crop((0, i * row_h, grid.width, (i + 1) * row_h)) for i in range(k)]
+    k = min(len(r) for r in rows.values())
+    gap, label_w = 8, 150
+    scale = height / row_h
+    tile_w = max(r[0].width for r in rows.values())
+    row_w = round(tile_w * scale)
+    canvas = Image.new("RGB", (label_w + k * (row_w + gap), 20 + len(rows) * (height + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((label_w, 4), f"each image: hazy | output | GT ({k} test images)", fill="black")
+    for j, (name, tiles) in enumerate(rows.items()):
+        y = 20 + j * (height + gap)
+        draw.text((4, y + height // 2 - 6), name, fill="black")
+        for i, tile in enumerate(tiles[:k]):
+            tile = tile.resize((round(tile.width * scale), height), Image.LANCZOS)
+            canvas.paste(tile, (label_w + i * (row_w + gap), y))
+    canvas.save(path, quality=90)
+    return path
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="outputs/demo")
@@ -88,15 +138,15 @@ def main(argv: list[str] | None = None) -> Path:
     for name in args.models:
         summaries[name] = _run("clipdehaze.train", [f"model={name}", *clip, budget, *COMMON], out / name)
 
-    from clipdehaze.bench import generator_macs
     from clipdehaze.table import aggregate, build_rows, collect_runs, plot
 
-    macs = {n: generator_macs(n) / 1e9 for n in summaries}
+    macs = {n: run_macs(out / n) for n in summaries}
     protocol = summaries["dcp"]["metric_protocol"]
     plot_rows = build_rows(aggregate(collect_runs([out / n for n in summaries])), [])
     for r in plot_rows:
         r["macs_g"] = macs.get(r["method"])
     plot(plot_rows, out / "scatter.png")
+    combined_grid({n: out / n for n in summaries}, out / "grid.jpg")
 
     grid_models = ["dcp", *args.models]
     lines = [
@@ -117,9 +167,16 @@ def main(argv: list[str] | None = None) -> Path:
         "|---|---|---|---|---|---|---|",
         *[_row(summaries[n], macs[n], out / n) for n in summaries],
         "",
+        "MACs: torch's flop counter on the generator each run built (its CLIP inputs at that run's CLIP width), "
+        "the published implementation's graph; the frozen CLIP's own cost is excluded.",
+        "",
         f"Total demo wall time: {time.perf_counter() - start:.0f} s on {os.cpu_count()} CPU cores.",
         "",
         "![PSNR vs params and MACs](scatter.png)",
+        "",
+        "Every method, first test images (rows: methods; each image hazy | output | ground truth):",
+        "",
+        "![all methods](grid.jpg)",
         "",
         "Image grids (hazy | output | ground truth), first test images:",
         "",
