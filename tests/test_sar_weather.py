@@ -324,3 +324,33 @@ def test_weather_loader_configs_on_fake_layouts(compose_cfg, tmp_path):
     dm.setup("test")
     assert [(i.name, t.name) for i, t in dm.test_set.pairs] == [
         ("0_rain.png", "0_clean.png"), ("12_rain.png", "12_clean.png"), ("5_rain.png", "5_clean.png")]
+
+
+def test_outdoor_rain_native_names_pair_by_name(compose_cfg, tmp_path):
+    """Outdoor-Rain Test1's native naming (im_0001_s80_a04.png -> im_0001.png) loads without a list file, and the
+    rule strips only the rain parameters: other ids, identical names and RESIDE names pair as before."""
+    from clipdehaze.data import match_pairs
+
+    p = Path
+    pairs, unpaired = match_pairs(
+        [p("in/im_0001_s80_a04.png"), p("in/im_0002_s95_a06.png"), p("in/im_0003_s80_a04.png"),
+         p("in/im_0004.png"), p("in/0007_0.8_0.2.jpg")],
+        [p("gt/im_0001.png"), p("gt/im_0002.png"), p("gt/im_0004.png"), p("gt/0007.png"), p("gt/im_0003_s80.png")])
+    assert [(i.name, t.name) for i, t in pairs] == [
+        ("im_0001_s80_a04.png", "im_0001.png"), ("im_0002_s95_a06.png", "im_0002.png"),
+        ("im_0004.png", "im_0004.png"), ("0007_0.8_0.2.jpg", "0007.png")]
+    assert unpaired == [p("in/im_0003_s80_a04.png")]
+
+    rng = np.random.default_rng(0)
+    names = {"im_0001_s80_a04.png": "im_0001.png", "im_0002_s95_a06.png": "im_0002.png",
+             "im_0010_s100_a10.png": "im_0010.png"}
+    for inp, gt in names.items():
+        _png(tmp_path / "Test1" / "test" / "in" / inp, rng)
+        _png(tmp_path / "Test1" / "test" / "gt" / gt, rng)
+    cfg = compose_cfg("train", ["data=outdoor_rain", f"data.root={tmp_path / 'Test1'}", "data.test_list=null",
+                                "data.val_list=null", "data.test_split=test", "data.input_dir=in",
+                                "data.target_dir=gt", "data.num_workers=0"])
+    dm = instantiate(cfg.data)
+    dm.setup("test")
+    assert [(i.name, t.name) for i, t in dm.test_set.pairs] == sorted(names.items())
+    assert dm.test_set[0]["input"].shape == dm.test_set[0]["target"].shape == (3, 24, 32)

@@ -5,7 +5,8 @@ Two ways to describe the pairs:
 * :class:`PairedImageDataset` — folders ``<root>/<split>/<input_dir>/`` and ``<root>/<split>/<target_dir>/``.
   File names are matched by :func:`match_pairs`, which understands the DehazeFormer layout (identical
   names), RESIDE's native naming (``hazy/0001_0.8_0.2.jpg`` -> ``GT/0001.png``; one GT serves many hazy
-  inputs) and NH-HAZE/O-HAZE tagged names (``01_hazy.png`` -> ``01_GT.png``).
+  inputs), Outdoor-Rain's native naming (``im_0001_s80_a04.png`` -> ``im_0001.png``) and NH-HAZE/O-HAZE
+  tagged names (``01_hazy.png`` -> ``01_GT.png``).
 * :class:`ListPairedDataset` — a text file of ``input target`` lines, or TransWeather-style single-column
   lists whose target path is the input path with its ``input`` folder replaced by ``gt``.
 
@@ -66,6 +67,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 _TAG = re.compile(r"[^\W\d]+(?:_[^\W\d]+)*")
 
 
+# Outdoor-Rain's rain parameters after the image id: streak ``s<N>`` and accumulation ``a<N>``
+# ("im_0001_s80_a04"); the id itself keeps its underscore, so the RESIDE prefix rule cannot find it.
+_RAIN_PARAMS = re.compile(r"_s\d+_a\d+$")
+
+
 def _prefix(stem: str) -> str:
     return stem.split("_", 1)[0]
 
@@ -81,9 +87,11 @@ def match_pairs(inputs: Sequence[Path], targets: Sequence[Path]) -> tuple[list[t
     For each input the first rule that finds a target wins (extensions are ignored throughout):
 
     1. identical stem (DehazeFormer layout, Rain100L): ``hazy/0001.png`` -> ``GT/0001.png``;
-    2. the input stem's prefix before the first ``_`` is a target stem (RESIDE):
+    2. the input stem without a trailing ``_s<N>_a<N>`` is a target stem (Outdoor-Rain, Li et al. 2019):
+       ``in/im_0001_s80_a04.png`` -> ``gt/im_0001.png``;
+    3. the input stem's prefix before the first ``_`` is a target stem (RESIDE):
        ``hazy/0001_0.8_0.2.jpg`` -> ``GT/0001.png``;
-    3. both are ``<id>_<tag>`` with a digit-free tag and the id names exactly one target
+    4. both are ``<id>_<tag>`` with a digit-free tag and the id names exactly one target
        (NH-HAZE, Dense-HAZE, O-HAZE, I-HAZE): ``hazy/01_hazy.png`` -> ``GT/01_GT.png``.
 
     A target may serve several inputs (RESIDE ITS has ten hazy images per GT). Two targets with the
@@ -100,7 +108,7 @@ def match_pairs(inputs: Sequence[Path], targets: Sequence[Path]) -> tuple[list[t
             by_id.setdefault(tid, []).append(t)
     pairs, unpaired = [], []
     for i in inputs:
-        t = by_stem.get(i.stem) or by_stem.get(_prefix(i.stem))
+        t = by_stem.get(i.stem) or by_stem.get(_RAIN_PARAMS.sub("", i.stem)) or by_stem.get(_prefix(i.stem))
         if t is None:
             iid = _tagged_id(i.stem)
             candidates = by_id.get(iid, []) if iid is not None else []
