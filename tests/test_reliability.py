@@ -141,6 +141,28 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         DehazeLitModule.load_checkpoint(str(evil))
 
 
+def test_train_checks_resume_checkpoint_before_fitting(compose_cfg, tiny_paired_root, tmp_path):
+    """ckpt_path= is read with the suite's loader before anything is built: a torn file or another generator's
+    checkpoint is a clear error naming the file (and both generators), not Lightning's zip error or key list."""
+    other = DehazeLitModule(generator={"name": "sar_weather_test", "clip_dim": 64, "cwp": False, "srd": False})
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}, foreign)
+    torn = tmp_path / "torn.ckpt"
+    torn.write_bytes(foreign.read_bytes()[: foreign.stat().st_size // 2])
+
+    def run(ckpt: Path):
+        cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=fast_dev_run", f"ckpt_path={ckpt}",
+                                    *_data(tiny_paired_root)], out=tmp_path / "run")
+        train(cfg)
+
+    with pytest.raises(CheckpointError, match=r"torn\.ckpt: corrupt or truncated"):
+        run(torn)
+    with pytest.raises(ValueError, match=r"foreign\.ckpt: checkpoint holds generator 'sar_weather_test', "
+                                         r"but model='dehazeformer_test'"):
+        run(foreign)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before the trainer started
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_metrics_equal_single_process(tmp_path):
     # 3 test images over 2 ranks: the DistributedSampler pads one duplicate, which de-duplication must drop.

@@ -230,20 +230,29 @@ class DehazeLitModule(L.LightningModule):
             raise NonFiniteLossError(f"refusing to save a checkpoint at global step {self.global_step}: non-finite "
                                      f"weights in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
 
-    @classmethod
-    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", **overrides) -> "DehazeLitModule":
-        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files."""
+    @staticmethod
+    def read_checkpoint(path: str, map_location: str | torch.device = "cpu",
+                        expect_generator: str | None = None) -> dict[str, Any]:
+        """A training checkpoint's dict, read with ``weights_only=True`` and checked: a corrupt, truncated or
+        foreign file is a CheckpointError naming it; another generator than ``expect_generator`` a ValueError
+        naming both."""
         from clipdehaze.utils.checkpoint import load_checkpoint_file
 
         ckpt = load_checkpoint_file(path, map_location=map_location)
-        hp = dict(ckpt.get("hyper_parameters") or {})
+        hp = ckpt.get("hyper_parameters") or {}
         if "generator" not in hp:
             raise ValueError(f"{path}: not a clipdehaze training checkpoint (no 'generator' in hyper_parameters)")
-        expected = overrides.pop("expect_generator", None)
-        if expected and expected != hp["generator"]["name"]:
+        if expect_generator and expect_generator != hp["generator"]["name"]:
             raise ValueError(
-                f"{path}: checkpoint holds generator {hp['generator']['name']!r}, but model={expected!r} was "
-                f"requested; drop the model= override or pick the matching checkpoint")
+                f"{path}: checkpoint holds generator {hp['generator']['name']!r}, but model={expect_generator!r} "
+                f"was requested; drop the model= override or pick the matching checkpoint")
+        return ckpt
+
+    @classmethod
+    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", **overrides) -> "DehazeLitModule":
+        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files."""
+        ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None))
+        hp = dict(ckpt["hyper_parameters"])
         hp.update({k: v for k, v in overrides.items() if v is not None})
         module = cls(**hp)
         module.load_state_dict(ckpt["state_dict"], strict=True)

@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from clipdehaze.lit_module import DehazeLitModule
 from clipdehaze.pipeline import (
     attach_clip_cache,
     build_module,
@@ -45,9 +46,20 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return ckpt
 
 
+def checked_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to resume from, read and checked before anything is built: Lightning's own load would
+    fail on a corrupt file with a bare zip/unpickling error and on another generator's weights with a list of
+    state_dict keys; this names the file (and both generators)."""
+    ckpt = resolve_ckpt_path(cfg, output_dir)
+    if ckpt is not None:
+        DehazeLitModule.read_checkpoint(ckpt, expect_generator=cfg.model.name)
+    return ckpt
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; returns (and writes to ``<run>/metrics.json``) the final metrics."""
     output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = checked_ckpt_path(cfg, output_dir) if cfg.get("train", True) else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -63,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+        # weights_only: whatever the torch version's default, resuming never unpickles arbitrary objects.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fit_s = time.perf_counter() - start
     train_metrics = floats(trainer.callback_metrics)
 
