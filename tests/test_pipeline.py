@@ -61,6 +61,62 @@ def test_train_then_eval_from_last_ckpt(compose_cfg, tiny_paired_root, tmp_path)
     assert summary["metrics"]["test/psnr_tiny"] > 0
 
 
+def _sar_batch():
+    torch.manual_seed(0)
+    return {"input": torch.rand(2, 3, 32, 32), "target": torch.rand(2, 3, 32, 32), "name": ["a.png", "b.png"],
+            "index": torch.tensor([0, 1])}
+
+
+def _spy_aux(module) -> list:
+    calls, original = [], module.generator.auxiliary_losses
+
+    def spy(*args, **kwargs):
+        calls.append(terms := original(*args, **kwargs))
+        return terms
+
+    module.generator.auxiliary_losses = spy
+    return calls
+
+
+def test_srd_without_loss_weight_is_off_and_warned(compose_cfg):
+    """model=sar_weather_* with a loss that does not weight SRD: SRD is not silently added at weight 1."""
+    from clipdehaze.pipeline import build_module
+
+    module = build_module(compose_cfg("train", ["model=sar_weather_test", "loss=l1", "clip=tiny_random"]))
+    calls = _spy_aux(module)
+    batch = _sar_batch()
+    loss = module.training_step(batch, 0)
+    assert calls == []
+    module.eval()
+    torch.testing.assert_close(loss, (module(batch["input"], batch) - batch["target"]).abs().mean())
+    with pytest.warns(UserWarning, match=r"auxiliary loss term\(s\) \['srd'\].*weight \['none'\]"):
+        module.on_fit_start()
+
+
+def test_srd_weight_zero_needs_no_clip(compose_cfg):
+    """loss.srd_weight=0 with a CWP-free model: no CLIP is built and training runs (no misleading ValueError)."""
+    from clipdehaze.pipeline import build_module
+
+    module = build_module(compose_cfg("train", ["model=sar_weather_test", "model.cwp=false", "loss=sar_weather",
+                                                "loss.srd_weight=0", "clip=tiny_random"]))
+    assert module.clip_prior is None
+    calls = _spy_aux(module)
+    assert torch.isfinite(module.training_step(_sar_batch(), 0)) and calls == []
+    with pytest.warns(UserWarning, match=r"\['srd'\].*weight \[0\.0\]"):
+        module.on_fit_start()
+
+
+def test_srd_added_with_its_loss_weight(compose_cfg):
+    from clipdehaze.pipeline import build_module
+
+    module = build_module(compose_cfg("train", ["model=sar_weather_test", "loss=sar_weather", "loss.srd_weight=0.25",
+                                                "clip=tiny_random"]))
+    calls = _spy_aux(module)
+    loss = module.training_step(_sar_batch(), 0)
+    assert len(calls) == 1
+    torch.testing.assert_close(loss, module.loss_fn.last_terms["recon"] + 0.25 * calls[0]["srd"])
+
+
 def test_eval_dcp_without_checkpoint(compose_cfg, tiny_paired_root, tmp_path):
     cfg = compose_cfg("eval", ["model=dcp", *_data_overrides(tiny_paired_root)], out=tmp_path / "dcp")
     result = evaluate(cfg)

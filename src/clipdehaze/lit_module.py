@@ -8,8 +8,11 @@ knows the generator contract:
   ``density_map``, ``image_embedding`` ...); the data module may serve them from the embedding cache as
   ``batch["clip"]``, otherwise they are computed on the fly;
 * optionally ``generator.auxiliary_losses(x, target, output, clip_prior)`` returns training-only loss terms
-  (e.g. a distillation loss); each is weighted by ``loss_fn.aux_weights[name]`` (default 1) and added to the
-  reconstruction loss, so their weights are loss config (``loss=sar_weather``), not model config.
+  (e.g. a distillation loss); each is weighted by ``loss_fn.aux_weights[name]`` and added to the reconstruction
+  loss, so their weights are loss config (``loss=sar_weather``), not model config. A term the loss gives no
+  weight counts 0 (a loss that does not know a term cannot have meant 1), and when no term has a positive
+  weight the call is skipped, so it needs no CLIP; a term the generator was built for but the loss switches off
+  is warned about once per fit (its head then trains nothing).
 
 All constructor arguments are plain containers (dicts of numbers and strings), so checkpoints hold no pickled
 objects and load with ``torch.load(..., weights_only=True)``. The frozen CLIP is rebuilt from its config and is
@@ -25,6 +28,7 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.losses import L1Loss
@@ -39,6 +43,20 @@ def _plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def auxiliary_terms(generator: torch.nn.Module) -> tuple[str, ...]:
+    """Names of the training-only terms ``generator.auxiliary_losses`` returns, known without running it.
+
+    A generator lists them in ``auxiliary_terms``; SARWeatherNet instead has one term, ``srd``, switched by the
+    boolean attribute of that name.
+    """
+    if not hasattr(generator, "auxiliary_losses"):
+        return ()
+    declared = getattr(generator, "auxiliary_terms", None)
+    if declared is not None:
+        return tuple(declared)
+    return ("srd",) if getattr(generator, "srd", False) else ()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -130,18 +148,36 @@ class DehazeLitModule(L.LightningModule):
     def forward(self, x: torch.Tensor, batch: Mapping[str, Any] | None = None) -> torch.Tensor:
         return self.generator(x, **self.clip_inputs(x, batch))
 
+    @property
+    def aux_weights(self) -> dict[str, float]:
+        """Positive auxiliary-term weights from the loss config; absent or 0 means the term is off."""
+        weights = getattr(self.loss_fn, "aux_weights", None) or {}
+        return {k: float(w) for k, w in weights.items() if float(w) > 0}
+
+    def on_fit_start(self) -> None:
+        built = auxiliary_terms(self.generator)
+        weights = getattr(self.loss_fn, "aux_weights", None) or {}
+        if off := [t for t in built if t not in self.aux_weights]:
+            rank_zero_warn(
+                f"generator {self.generator_name!r} is built with auxiliary loss term(s) {off}, but loss "
+                f"{type(self.loss_fn).__name__} gives them weight {[weights.get(t, 'none') for t in off]}: they are "
+                "not computed and their heads do not train. Use a loss that weights them (e.g. loss=sar_weather) "
+                "or build the model without them (e.g. model.srd=false)")
+        if unused := [t for t in self.aux_weights if t not in built]:
+            rank_zero_warn(f"loss {type(self.loss_fn).__name__} weights auxiliary term(s) {unused}, but generator "
+                           f"{self.generator_name!r} does not produce them; the weight has no effect")
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, Any], batch_idx: int):
         x, y = batch["input"], batch["target"]
         out = self(x, batch)
         loss = self.loss_fn(out, y, x)
         terms = {}
-        aux = getattr(self.generator, "auxiliary_losses", None)
-        if aux is not None:
+        aux, weights = getattr(self.generator, "auxiliary_losses", None), self.aux_weights
+        if aux is not None and weights:
             terms = aux(x, y, out, self.clip_prior)
-            weights = getattr(self.loss_fn, "aux_weights", {})
             for k, v in terms.items():
-                loss = loss + weights.get(k, 1.0) * v
+                loss = loss + weights.get(k, 0.0) * v
         if not torch.isfinite(loss):
             names = list(batch.get("name", []))
             msg = (f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
