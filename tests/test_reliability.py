@@ -181,5 +181,13 @@ def test_ddp_two_processes_metrics_equal_single_process(tmp_path):
     single = _metrics(single_dir)
     for key in ("test/psnr_tiny", "test/ssim_tiny"):
         assert ddp_metrics[key] == pytest.approx(single[key], abs=1e-9), key
-    rows = (single_dir / "per_image.csv").read_text().strip().splitlines()
-    assert len(rows) == 4  # header + 3 images, no duplicate
+    # The DDP run's own per-image file: rank 0 writes rows scored on both ranks, each named, none duplicated.
+    import csv
+
+    with open(train_dir / "test_per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in rows) == ["0000.png", "0001.png", "0002.png"]
+    with open(single_dir / "per_image.csv", newline="") as f:
+        single_rows = {r["name"]: r for r in csv.DictReader(f)}
+    for r in rows:
+        assert float(r["psnr"]) == pytest.approx(float(single_rows[r["name"]]["psnr"]), abs=1e-9), r["name"]

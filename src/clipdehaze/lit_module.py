@@ -229,11 +229,21 @@ class DehazeLitModule(L.LightningModule):
         suffix = self.hparams.get("dataset_name")
         return f"test/{metric}_{suffix}" if suffix else f"test/{metric}"
 
+    def _gathered_test_names(self) -> dict[int, str]:
+        """Index -> file name of every test image, from all ranks: under DDP each rank saw only its shard, while
+        the per-image rows (gathered by the metric) cover them all. A collective: call it on every rank."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return dict(self._test_names)
+        shards: list[dict[int, str] | None] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, self._test_names)
+        return {i: name for shard in shards for i, name in (shard or {}).items()}
+
     def on_test_epoch_end(self) -> None:
         for k, v in self.test_metrics.compute().items():
             self.log(self.test_key(k), v, sync_dist=False)
+        names = self._gathered_test_names()
         self.test_rows = [
-            {"index": int(r["index"]), "name": self._test_names.get(int(r["index"]), ""), **{
+            {"index": int(r["index"]), "name": names.get(int(r["index"]), ""), **{
                 k: float(v) for k, v in r.items() if k != "index"}}
             for r in self.test_metrics.per_image()
         ]
