@@ -117,6 +117,21 @@ def test_srd_added_with_its_loss_weight(compose_cfg):
     torch.testing.assert_close(loss, module.loss_fn.last_terms["recon"] + 0.25 * calls[0]["srd"])
 
 
+def test_predict_refuses_inputs_sharing_a_stem(compose_cfg, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (16, 16)).save(src / "a.jpg")
+    Image.new("RGB", (16, 16)).save(src / "a.png")
+    Image.new("RGB", (16, 16)).save(src / "b.png")
+    out = tmp_path / "out"
+    cfg = compose_cfg("predict", ["model=dcp", f"input={src}", f"output={out}"])
+    with pytest.raises(ValueError, match=r"a\.jpg and .*a\.png would both be written to .*out/a\.png"):
+        predict(cfg)
+    assert not out.exists()  # refused before anything was written
+
+
 def test_eval_dcp_without_checkpoint(compose_cfg, tiny_paired_root, tmp_path):
     cfg = compose_cfg("eval", ["model=dcp", *_data_overrides(tiny_paired_root)], out=tmp_path / "dcp")
     result = evaluate(cfg)

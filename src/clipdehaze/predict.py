@@ -3,7 +3,9 @@
     clipdehaze-predict ckpt_path=<run>/checkpoints/last.ckpt input=photo.jpg output=restored/
     clipdehaze-predict model=dcp input=hazy_folder/ output=dehazed/ tile=512 overlap=32
 
-Never writes into the input folder and never overwrites an input file.
+Never writes into the input folder and never overwrites an input file. Outputs are ``<output>/<stem>.png``, so
+inputs that share a stem (``a.jpg`` and ``a.png``) would overwrite each other: such a folder is refused before
+anything is written, naming both files.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def _inputs(path: Path) -> list[Path]:
 
 
 def _check_output(inputs: list[Path], in_root: Path, out_dir: Path) -> None:
+    seen: dict[str, Path] = {}
+    for p in inputs:
+        if (other := seen.setdefault(p.stem, p)) is not p:
+            raise ValueError(f"{other} and {p} would both be written to {out_dir / (p.stem + '.png')}; "
+                             "rename one or predict them from separate folders")
     out = out_dir.resolve()
     src = in_root.resolve() if in_root.is_dir() else in_root.resolve().parent
     if out == src:
