@@ -163,6 +163,33 @@ def test_train_checks_resume_checkpoint_before_fitting(compose_cfg, tiny_paired_
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before the trainer started
 
 
+def test_slurm_run_dir_named_from_job_id(monkeypatch):
+    """A requeued SLURM job keeps its job id, so its run dir (and last.ckpt) is the same; elsewhere names are unique."""
+    from clipdehaze.utils.hydra_utils import run_stamp
+
+    for var in ("SLURM_JOB_ID", "SLURM_JOB_NAME", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID",
+                "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert run_stamp() != run_stamp()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    assert run_stamp() == run_stamp() == "slurm-4242"
+    monkeypatch.setenv("SLURM_STEP_ID", "1")
+    assert run_stamp() == "slurm-4242.1"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4240")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert run_stamp() == "slurm-4240_2.1"
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # an salloc shell: not requeued, many runs per job
+    assert run_stamp() != run_stamp()
+
+
+def test_slurm_trainer_resumes_automatically(compose_cfg):
+    cfg = compose_cfg("train", ["trainer=slurm"])
+    assert cfg.resume == "auto" and cfg.trainer.strategy == "ddp"
+    assert any(p.get("auto_requeue") for p in cfg.trainer.plugins)
+    assert compose_cfg("train", ["trainer=cpu"]).resume is None
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_metrics_equal_single_process(tmp_path):
     # 3 test images over 2 ranks: the DistributedSampler pads one duplicate, which de-duplication must drop.

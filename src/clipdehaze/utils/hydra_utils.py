@@ -19,10 +19,31 @@ def config_path() -> str:
     return "pkg://clipdehaze.conf"
 
 
+def slurm_run_name() -> str | None:
+    """``slurm-<job>`` (array tasks: ``slurm-<array job>_<task>``), plus ``.<step>`` inside an ``srun`` step, for a
+    SLURM batch job; None elsewhere.
+
+    A requeued job keeps its job id and replays its steps in order, so it lands in the run dir it was
+    checkpointing to and ``resume=auto`` finds ``last.ckpt`` there; every ``srun`` task of one step (DDP ranks)
+    agrees on it too. An interactive allocation (job name ``bash``/``interactive``, the test Lightning uses) is
+    not requeued and may run many jobs in one shell, so it keeps the timestamped names.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    name = f"slurm-{array}_{task}" if array and task else f"slurm-{job}"
+    step = os.environ.get("SLURM_STEP_ID")
+    return f"{name}.{step}" if step else name
+
+
 def run_stamp() -> str:
-    """Sub-second timestamp + job id (SLURM / torchrun) or a random suffix: two jobs never share a run dir."""
+    """The SLURM job's name (:func:`slurm_run_name`), else a sub-second timestamp + torchrun id or a random
+    suffix: two jobs never share a run dir, a requeued SLURM job reuses its own."""
+    if slurm := slurm_run_name():
+        return slurm
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
     return f"{stamp}_{job}" if job and job != "none" else f"{stamp}_{secrets.token_hex(2)}"
 
 
