@@ -9,7 +9,7 @@ import torch
 from clipdehaze.evaluate import evaluate
 from clipdehaze.models import create_generator, list_generators
 from clipdehaze.predict import predict
-from clipdehaze.train import train
+from clipdehaze.train import objective, train
 
 TEST_VARIANTS = [n for n in list_generators() if n.endswith("_test")]
 
@@ -35,7 +35,7 @@ def test_fast_dev_run_every_test_variant(name, compose_cfg, tiny_paired_root):
 
 
 @pytest.mark.slow
-def test_train_then_eval_from_last_ckpt(compose_cfg, tiny_paired_root, tmp_path):
+def test_train_then_eval_reproduces_test_metrics(compose_cfg, tiny_paired_root, tmp_path):
     run = tmp_path / "train_run"
     cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=2",
                                 *_data_overrides(tiny_paired_root)], out=run)
@@ -51,14 +51,28 @@ def test_train_then_eval_from_last_ckpt(compose_cfg, tiny_paired_root, tmp_path)
     ckpt = torch.load(last, weights_only=True)
     assert not any(k.startswith("clip_prior") for k in ckpt["state_dict"])
 
+    # The sweep objective is the best monitored score (the checkpoint kept and tested), not the last epoch's.
+    assert summary["monitor"] == "val/psnr"
+    assert objective(summary, "val/psnr") == summary["best_model_score"]
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert summary["best_model_score"] == state["best_model_score"].item()
+
+    # Evaluating the checkpoint the training run tested reproduces its test metrics exactly.
     ev = tmp_path / "eval_run"
-    ecfg = compose_cfg("eval", [f"ckpt_path={last}", *_data_overrides(tiny_paired_root)], out=ev)
+    ecfg = compose_cfg("eval", [f"ckpt_path={summary['best_ckpt']}", *_data_overrides(tiny_paired_root)], out=ev)
     result = evaluate(ecfg)
     assert (ev / "metrics.json").is_file() and (ev / "per_image.csv").is_file() and (ev / "grid.png").is_file()
-    # Same weights, same data, same protocol as the training run's final test of its best checkpoint when best
-    # == last; at minimum the eval metrics are finite and recorded under the dataset-suffixed key.
-    assert torch.isfinite(torch.tensor(result["metrics"]["test/psnr_tiny"]))
-    assert summary["metrics"]["test/psnr_tiny"] > 0
+    for key in ("test/psnr_tiny", "test/ssim_tiny"):
+        assert result["metrics"][key] == summary["metrics"][key], key
+    assert (ev / "per_image.csv").read_text() == (run / "test_per_image.csv").read_text()
+
+
+def test_objective_is_best_monitored_score_not_last():
+    summary = {"monitor": "val/psnr", "best_model_score": 21.5, "metrics": {"val/psnr": 19.0, "val/ssim": 0.7}}
+    assert objective(summary, "val/psnr") == 21.5
+    assert objective(summary, "val/ssim") == 0.7  # not monitored: as last logged
+    assert objective({**summary, "best_model_score": None}, "val/psnr") == 19.0
+    assert objective(summary, None) is None
 
 
 def _sar_batch():

@@ -96,10 +96,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_s = time.perf_counter() - start
 
     metrics = {**train_metrics, **test_metrics}
+    ckpt_cb = trainer.checkpoint_callback
+    best_score = ckpt_cb.best_model_score if ckpt_cb is not None else None
     summary = run_summary(cfg, module, metrics, fit_seconds=round(fit_s, 2),
                           test_seconds=round(test_s, 2) if test_s is not None else None,
                           global_step=trainer.global_step,
-                          best_ckpt=trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None)
+                          best_ckpt=ckpt_cb.best_model_path if ckpt_cb else None,
+                          monitor=ckpt_cb.monitor if ckpt_cb else None,
+                          best_model_score=float(best_score) if best_score is not None else None)
     if trainer.is_global_zero:  # under DDP every rank holds the same synced numbers; one writes them
         if cfg.get("test", True):
             write_rows_csv(output_dir / "test_per_image.csv", getattr(module, "test_rows", []))
@@ -114,12 +118,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def objective(summary: dict[str, Any], metric: str | None) -> float | None:
+    """The value hparams_search sweepers optimise: for the checkpoint callback's monitored metric, its best score
+    (the checkpoint the run keeps and tests), not the last epoch's value; any other metric as last logged."""
+    if not metric:
+        return None
+    if metric == summary.get("monitor") and summary.get("best_model_score") is not None:
+        return summary["best_model_score"]
+    return summary["metrics"].get(metric)
+
+
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    summary = train(cfg)
-    # The value hparams_search sweepers optimise.
-    metric = cfg.get("optimized_metric")
-    return summary["metrics"].get(metric) if metric else None
+    return objective(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":
