@@ -37,6 +37,14 @@ def test_model_configs_match_registry():
     assert set(_options("model")) == set(list_generators())
 
 
+def test_data_clip_cache_help_lists_config_groups():
+    out = subprocess.run([sys.executable, "-m", "clipdehaze.data.cli", "clip-cache", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Configuration groups" in out.stdout
+    assert "clip:" in out.stdout and "tiny_random" in out.stdout and "model:" in out.stdout
+
+
 def test_unknown_generator_lists_valid_names():
     from clipdehaze.models import create_generator
 

@@ -50,9 +50,27 @@ def run_clip_cache(overrides: list[str], names: list[str] | None = None) -> dict
     return totals
 
 
+class _HelpWithConfigGroups(argparse.Action):
+    """``-h``: the usage plus every config group and its options (composing them takes Hydra's start-up, so only
+    when help is asked for)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from clipdehaze.utils.hydra_utils import config_groups
+
+        parser.print_help()
+        print("\nConfiguration groups (override with group=option, as for clipdehaze-train):")
+        for group, options in config_groups().items():
+            print(f"  {group}: {', '.join(options)}")
+        parser.exit()
+
+
 def _add_clip_cache(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("clip-cache", help="precompute per-image CLIP outputs for a dataset (Hydra overrides)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=False)
+    p.add_argument("-h", "--help", action=_HelpWithConfigGroups, help="show this help, with the config groups")
     p.add_argument("overrides", nargs="*", help="Hydra overrides as for clipdehaze-train: data=... clip=... model=...")
     p.add_argument("--names", nargs="+", default=None,
                    help="what to cache (default: the model's CLIP inputs, else text_feature image_embedding "

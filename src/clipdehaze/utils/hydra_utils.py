@@ -76,20 +76,37 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
 
 
+def _initialize():
+    """Hydra initialised on this project's configs (checkout or wheel), as a context manager."""
+    from hydra import initialize_config_dir, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    where = config_path()
+    if where.startswith("pkg://"):
+        return initialize_config_module(config_module="clipdehaze.conf", version_base="1.3")
+    return initialize_config_dir(config_dir=where, version_base="1.3")
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Every config group and its options, as ``--help`` of the Hydra entry points lists them."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    with _initialize():
+        loader = GlobalHydra.instance().config_loader()
+        return {g: sorted(loader.get_group_options(g)) for g in sorted(loader.list_groups(""))
+                if not g.startswith("hydra")}
+
+
 def compose_config(config_name: str, overrides: list[str], output_dir: str | None = None):
     """Compose an entry point's config outside ``@hydra.main`` (CLIs, notebooks), with the Hydra runtime set
     so ``${hydra:...}`` interpolations resolve as in a run."""
-    from hydra import compose, initialize_config_dir, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra import compose
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     register_resolvers()
-    GlobalHydra.instance().clear()
-    where = config_path()
-    init = (initialize_config_module(config_module="clipdehaze.conf", version_base="1.3")
-            if where.startswith("pkg://") else initialize_config_dir(config_dir=where, version_base="1.3"))
-    with init:
+    with _initialize():
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.cwd = os.getcwd()
