@@ -218,3 +218,41 @@ def test_ddp_two_processes_metrics_equal_single_process(tmp_path):
         single_rows = {r["name"]: r for r in csv.DictReader(f)}
     for r in rows:
         assert float(r["psnr"]) == pytest.approx(float(single_rows[r["name"]]["psnr"]), abs=1e-9), r["name"]
+
+
+def test_interrupted_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    from clipdehaze.utils.checkpoint import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+    before = path.read_bytes()
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the partial temp file is gone
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_official_weights_wrapper_loads_strict_and_a_foreign_file_is_named(tmp_path):
+    """Upstream repos save ``{"state_dict": DataParallel(model).state_dict()}``: it loads strict=True; weights of
+    another architecture are refused naming the file and the generator."""
+    from clipdehaze.models import create_generator
+    from clipdehaze.utils.checkpoint import load_generator_weights
+
+    torch.manual_seed(0)
+    official = create_generator("dehazeformer_test")
+    path = tmp_path / "dehazeformer-test.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in official.state_dict().items()}}, path)
+    torch.manual_seed(1)
+    model = create_generator("dehazeformer_test")
+    load_generator_weights(model, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), official.state_dict().values()))
+    with pytest.raises(CheckpointError, match=r"dehazeformer-test\.pth: weights do not match generator"):
+        load_generator_weights(create_generator("mixdehazenet_test"), path)
