@@ -45,6 +45,16 @@ def test_data_clip_cache_help_lists_config_groups():
     assert "clip:" in out.stdout and "tiny_random" in out.stdout and "model:" in out.stdout
 
 
+def test_unknown_config_option_or_key_is_a_clear_error(compose_cfg):
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match=r"(?s)Could not find 'model/dehazeformer_xxl'.*Available options.*"
+                                             r"dehazeformer_t.*mixcldehazenet_s"):
+        compose_cfg("train", ["model=dehazeformer_xxl"])
+    with pytest.raises(HydraException, match=r"(?s)Could not override 'data\.crop_sise'.*crop_sise"):
+        compose_cfg("train", ["data.crop_sise=128"])
+
+
 def test_unknown_generator_lists_valid_names():
     from clipdehaze.models import create_generator
 
