@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -56,10 +57,7 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     """FLOPs of softmax(q kᵀ) v as two batched matmuls, as torch counts the CUDA attention kernels."""
     *batch, s_q, d = query_shape
     s_k, d_v = key_shape[-2], value_shape[-1]
-    heads = 1
-    for n in batch:
-        heads *= n
-    return 2 * heads * s_q * s_k * (d + d_v)
+    return 2 * math.prod(batch) * s_q * s_k * (d + d_v)
 
 
 def _uncounted_attention_kernels() -> dict[Any, Callable[..., int]]:

@@ -76,14 +76,11 @@ def run_macs(run_dir: Path) -> float:
 def combined_grid(runs: dict[str, Path], path: Path, n_images: int = 3, height: int = 128) -> Path:
     """One image of every method: a row per method, each row hazy | output | GT for the first ``n_images`` test
     images, the method's name on the left. Cut from each run's ``grid.png`` (``save_grid``: one row per image,
-    rows of its default height); every run tested the same images in the same order, so the columns line up."""
-    import inspect
-
+    rows of ``GRID_ROW_HEIGHT``); every run tested the same images in the same order, so the columns line up."""
     from PIL import Image, ImageDraw
 
-    from clipdehaze.pipeline import save_grid
+    from clipdehaze.pipeline import GRID_ROW_HEIGHT as row_h
 
-    row_h = inspect.signature(save_grid).parameters["height"].default
     rows = {}
     for name, run_dir in runs.items():
         grid = Image.open(run_dir / "grid.png").convert("RGB")

@@ -130,7 +130,11 @@ def write_rows_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: int = 192) -> None:
+#: Height of one image row in the ``grid.png`` that train/eval write (the demo cuts its combined grid from them).
+GRID_ROW_HEIGHT = 192
+
+
+def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: int = GRID_ROW_HEIGHT) -> None:
     """One row per image: input | output | target (each resized to ``height``)."""
     from clipdehaze.data.io import save_image
 
