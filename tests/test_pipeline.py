@@ -45,7 +45,7 @@ def test_train_then_eval_reproduces_test_metrics(compose_cfg, tiny_paired_root, 
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["generator"] == "dehazeformer_test"
     assert "DehazeFormer protocol" in saved["metric_protocol"]
-    assert (run / "test_per_image.csv").read_text().count("\n") == 3  # header + 2 test images
+    assert (run / "per_image.csv").read_text().count("\n") == 3  # header + 2 test images
 
     # The checkpoint holds only tensors and plain types.
     ckpt = torch.load(last, weights_only=True)
@@ -64,7 +64,7 @@ def test_train_then_eval_reproduces_test_metrics(compose_cfg, tiny_paired_root, 
     assert (ev / "metrics.json").is_file() and (ev / "per_image.csv").is_file() and (ev / "grid.png").is_file()
     for key in ("test/psnr_tiny", "test/ssim_tiny"):
         assert result["metrics"][key] == summary["metrics"][key], key
-    assert (ev / "per_image.csv").read_text() == (run / "test_per_image.csv").read_text()
+    assert (ev / "per_image.csv").read_text() == (run / "per_image.csv").read_text()
 
 
 def test_objective_is_best_monitored_score_not_last():
@@ -188,3 +188,99 @@ def test_predict_refuses_output_equal_to_input(compose_cfg, tmp_path):
     with pytest.raises(ValueError, match="is the input folder"):
         predict(cfg)
     assert (tmp_path / "a.png").is_file()
+
+
+@pytest.mark.slow
+def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compose_cfg, tiny_paired_root, tmp_path,
+                                                                         caplog):
+    """metrics.json says what was scored (image count, manifest), with which weights (file + sha256), code, software
+    and config; clipdehaze-eval of a checkpoint without data= scores the data it was trained on and says so."""
+    import hashlib
+    import re
+
+    import torch as _torch
+
+    from clipdehaze import provenance
+
+    run = tmp_path / "train_run"
+    cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=1", "seed=5",
+                                *_data_overrides(tiny_paired_root)], out=run)
+    train(cfg)
+    saved = json.loads((run / "metrics.json").read_text())
+    test_files = sorted((tiny_paired_root / "test").rglob("*.png"))
+    manifest = hashlib.sha256(json.dumps(sorted(
+        [p.relative_to(tiny_paired_root).as_posix(), p.stat().st_size] for p in test_files)).encode()).hexdigest()
+    assert saved["images"] == 2 and saved["dataset"] == {
+        "name": "tiny", "images": 2, "available": 2, "subset": False, "manifest_sha256": manifest,
+        "train_manifest_sha256": saved["dataset"]["train_manifest_sha256"], "train_images": 6}
+    best = Path(saved["best_ckpt"])
+    assert saved["weights"] == {"origin": "trained", "path": str(best.resolve()),
+                                "sha256": hashlib.sha256(best.read_bytes()).hexdigest()}
+    assert re.fullmatch(r"[0-9a-f]{40}", saved["code"]["git_commit"]) and isinstance(saved["code"]["git_dirty"], bool)
+    assert saved["environment"]["torch"] == _torch.__version__ and saved["environment"]["device"] == "cpu"
+    assert saved["config"]["model"]["name"] == "dehazeformer_test"
+    assert saved["config_sha256"] == provenance.config_sha256(saved["config"])
+    assert saved["clip"] is None
+
+    ev = tmp_path / "eval_run"
+    with caplog.at_level("INFO"):
+        result = evaluate(compose_cfg("eval", [f"ckpt_path={best}"], out=ev))
+    assert "scoring the checkpoint's training data 'tiny'" in caplog.text
+    assert result["data"] == "tiny" and result["dataset"]["manifest_sha256"] == manifest
+    assert result["metrics"]["test/psnr_tiny"] == saved["metrics"]["test/psnr_tiny"]
+    assert result["seed"] == 5 and result["train_config"]["seed"] == 5  # the table averages over training seeds
+    assert result["weights"]["origin"] == "checkpoint" and result["weights"]["sha256"] == saved["weights"]["sha256"]
+
+    # Another data set is allowed, and the difference is printed.
+    other = tmp_path / "other"
+    from conftest import make_paired_folder
+
+    make_paired_folder(other, {"test": [(40, 40)]}, seed=3)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        result = evaluate(compose_cfg("eval", [f"ckpt_path={best}", "data=paired", f"data.root={other}",
+                                               "data.num_workers=0"], out=tmp_path / "eval_other"))
+    assert result["images"] == 1 and f"scoring data 'paired' at {other}" in caplog.text
+    assert f"trained on data 'tiny' at {tiny_paired_root}" in caplog.text
+
+
+def test_eval_without_data_refuses_a_checkpoint_that_records_none(compose_cfg, tmp_path):
+    """An older checkpoint (no training config) or a model= without checkpoint: the error names the file/model and
+    says to pass data=; a stored data config naming a foreign _target_ is never built."""
+    from clipdehaze.lit_module import RUN_CONFIG_KEY, DehazeLitModule
+
+    module = DehazeLitModule(generator={"name": "dehazeformer_test"})
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    with pytest.raises(ValueError, match=r"old\.ckpt records no training data config.*pass data=<name>"):
+        evaluate(compose_cfg("eval", [f"ckpt_path={old}"]))
+    with pytest.raises(ValueError, match="model=dcp has no training run; pass data=<name>"):
+        evaluate(compose_cfg("eval", ["model=dcp"]))
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**ckpt, RUN_CONFIG_KEY: {"seed": 0, "data": {"_target_": "pathlib.Path.touch", "self": str(marker)}}},
+               evil)
+    with pytest.raises(ValueError, match=r"evil\.ckpt: its stored data config names _target_='pathlib.Path.touch'"):
+        evaluate(compose_cfg("eval", [f"ckpt_path={evil}"]))
+    assert not marker.exists()
+
+
+def test_eval_weights_provenance_published_and_random(compose_cfg, tiny_paired_root, tmp_path):
+    import hashlib
+
+    from clipdehaze.models import create_generator
+
+    weights = tmp_path / "dehazeformer-test.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in create_generator("dehazeformer_test").state_dict().items()}},
+               weights)
+    result = evaluate(compose_cfg("eval", ["model=dehazeformer_test", f"weights_path={weights}",
+                                           *_data_overrides(tiny_paired_root)], out=tmp_path / "pub"))
+    assert result["weights"] == {"origin": "published", "path": str(weights.resolve()),
+                                 "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    result = evaluate(compose_cfg("eval", ["model=dehazeformer_test", "allow_random_weights=true",
+                                           *_data_overrides(tiny_paired_root)], out=tmp_path / "rand"))
+    assert result["weights"] == {"origin": "random"}
+    result = evaluate(compose_cfg("eval", ["model=dcp", *_data_overrides(tiny_paired_root)], out=tmp_path / "dcp"))
+    assert result["weights"] == {"origin": "none"}

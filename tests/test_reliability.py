@@ -211,7 +211,7 @@ def test_ddp_two_processes_metrics_equal_single_process(tmp_path):
     # The DDP run's own per-image file: rank 0 writes rows scored on both ranks, each named, none duplicated.
     import csv
 
-    with open(train_dir / "test_per_image.csv", newline="") as f:
+    with open(train_dir / "per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["name"] for r in rows) == ["0000.png", "0001.png", "0002.png"]
     with open(single_dir / "per_image.csv", newline="") as f:

@@ -1,12 +1,18 @@
-"""Hydra multirun (two jobs, two metrics.json) and the wandb logger offline (the run log decoded record by record)."""
+"""Sweeps as a user types them (from a working directory outside the checkout, no hydra.sweep.dir) with every
+launcher, the table of a real ablation sweep, resume keeping the CSV history, and the loggers: wandb offline (the
+run log decoded record by record), TensorBoard image panels, the CSV log beside both, the learning rate."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import docs_harness as H
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
@@ -20,17 +26,99 @@ QUICK = ["trainer=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
          "callbacks.rich_progress_bar=null"]
 
 
+def _cli(tool: str, args: list[str], cwd: Path, timeout: int = 900) -> str:
+    out = subprocess.run([sys.executable, "-m", tool, *args], cwd=cwd, env=ENV, capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out.stdout + out.stderr
+
+
+def _only_sweep(cwd: Path) -> Path:
+    (sweep,) = (cwd / "outputs" / "train" / "multiruns").iterdir()
+    return sweep
+
+
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "submitit_local": ["hydra/launcher=submitit_local"],
+    "optuna": ["hparams_search=dehazeformer_optuna", "hydra.sweeper.n_trials=2"],
+}
+
+
 @pytest.mark.slow
-def test_multirun_two_jobs_write_two_metrics(tiny_paired_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "clipdehaze.train", "-m", "model=dehazeformer_test,mixdehazenet_test", *QUICK,
-           *_data(tiny_paired_root), f"hydra.sweep.dir={sweep}"]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_sweep_runs_as_documented_with_each_launcher(launcher, tiny_paired_root, tmp_path):
+    """``clipdehaze-train -m ...`` with no hydra.sweep.dir, from a directory outside the checkout: one multirun
+    folder under ./outputs, one run dir and metrics.json per job, no two jobs in one dir."""
+    sweep_args = [] if launcher == "optuna" else ["seed=0,1"]
+    _cli("clipdehaze.train", ["-m", "model=dehazeformer_test", *sweep_args, *LAUNCHERS[launcher], *QUICK,
+                              *_data(tiny_paired_root)], tmp_path)
+    sweep = _only_sweep(tmp_path)
     files = sorted(sweep.glob("*/metrics.json"))
-    assert len(files) == 2
-    assert {json.loads(f.read_text())["generator"] for f in files} == {"dehazeformer_test", "mixdehazenet_test"}
-    assert all((f.parent / "config_resolved.yaml").is_file() for f in files)
+    assert len(files) == 2, sorted(p.relative_to(tmp_path) for p in sweep.rglob("*") if p.is_file())[:40]
+    summaries = [json.loads(f.read_text()) for f in files]
+    dirs = {s["config"]["paths"]["output_dir"] for s in summaries}
+    assert dirs == {str(f.parent) for f in files}  # each job wrote into its own dir
+    if launcher == "optuna":
+        assert len({s["config"]["optimizer"]["lr"] for s in summaries}) == 2
+    else:
+        assert sorted(s["seed"] for s in summaries) == [0, 1]
+
+
+@pytest.mark.slow
+def test_ablation_sweep_table_has_a_row_per_variant(tmp_path):
+    """The README's ``clipdehaze-train -m experiment=cliphaze_ablation`` (shortened, two seeds) and then
+    ``clipdehaze-table``: four rows (the CAM switches) of n=2, not one row of eight runs."""
+    H.make_paper_datasets(tmp_path / "data")
+    _cli("clipdehaze.train", H.shortened("train", ["-m", "experiment=cliphaze_ablation", "seed=0,1"]), tmp_path,
+         timeout=1800)
+    sweep = _only_sweep(tmp_path)
+    assert len(list(sweep.glob("*/metrics.json"))) == 8
+    out = _cli("clipdehaze.table", [str(sweep), "--out", "table"], tmp_path)
+    with open(tmp_path / "table" / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["n"] for r in rows} == {"2"}
+    assert sorted(r["variant"] for r in rows) == [
+        "cam_density=false, cam_embedding=false", "cam_density=false, cam_embedding=true",
+        "cam_density=true, cam_embedding=false", "cam_density=true, cam_embedding=true"]
+    # Three variants read the (random) CLIP prior; the one with both cues off builds no CLIP at all.
+    assert ["random CLIP" in r["flags"] for r in rows] == [r["variant"] != "cam_density=false, cam_embedding=false"
+                                                           for r in rows]
+    assert "cliphaze_t (cam_density=false, cam_embedding=true)" in out
+
+
+@pytest.mark.slow
+def test_two_paired_folders_are_two_rows(tiny_paired_root, tmp_path):
+    """``data=paired`` on two different folders: same data name, different scored files -> two rows."""
+    other = tmp_path / "other_set"
+    from conftest import make_paired_folder
+
+    make_paired_folder(other, {"test": [(40, 56), (52, 44), (48, 48)]}, seed=5)
+    for root in (tiny_paired_root, other):
+        _cli("clipdehaze.evaluate", ["model=dcp", "data=paired", f"data.root={root}", "data.num_workers=0"], tmp_path)
+    _cli("clipdehaze.table", ["outputs/eval", "--out", "table"], tmp_path)
+    with open(tmp_path / "table" / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["dataset"] for r in rows} == {"paired"} and {r["images"] for r in rows} == {"2", "3"}
+    assert len({r["manifest"] for r in rows}) == 2
+
+
+@pytest.mark.slow
+def test_resume_appends_to_the_csv_log(tiny_paired_root, tmp_path):
+    run = tmp_path / "outputs" / "run"
+    base = ["model=dehazeformer_test", *QUICK, "trainer.log_every_n_steps=1", *_data(tiny_paired_root),
+            f"hydra.run.dir={run}"]
+    _cli("clipdehaze.train", base, tmp_path)
+    log = run / "csv" / "metrics.csv"
+    first = [(r["step"], r["train/loss"]) for r in csv.DictReader(log.open()) if r.get("train/loss")]
+    _cli("clipdehaze.train", [*base, "trainer.max_epochs=2", "resume=auto"], tmp_path)
+    rows = list(csv.DictReader(log.open()))
+    now = [(r["step"], r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(first) == 2 and now[:2] == first  # the first epoch's rows are still there, unchanged
+    assert len(now) == 4 and len({step for step, _ in now}) == 4  # and the second epoch's follow, no step twice
+    assert {r["epoch"] for r in rows if r.get("train/loss")} == {"0", "1"}
+    assert any(r.get("train/lr") for r in rows)
 
 
 def read_wandb_records(path: Path) -> list:
@@ -67,30 +155,30 @@ def read_wandb_records(path: Path) -> list:
 
 
 @pytest.mark.slow
-def test_wandb_offline_logs_scalars_config_and_tables(tiny_paired_root, tmp_path):
+def test_wandb_offline_logs_scalars_images_config_and_tables(tiny_paired_root, tmp_path):
     """A one-job multirun (so the run has a sweep group) logged offline; the run's records are decoded."""
-    sweep = tmp_path / "sweep_wb"
-    cmd = [sys.executable, "-m", "clipdehaze.train", "-m", "model=dehazeformer_test", "logger=wandb",
-           "tags=[wbtest,offline]", "callbacks.wandb_panels.every_n_epochs=1", "trainer.log_every_n_steps=1", *QUICK,
-           *_data(tiny_paired_root), f"hydra.sweep.dir={sweep}"]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cmd = ["-m", "model=dehazeformer_test", "logger=wandb", "tags=[wbtest,offline]",
+           "callbacks.image_panels.every_n_epochs=1", "callbacks.image_panels.num_images=2",
+           "trainer.log_every_n_steps=1", *QUICK, *_data(tiny_paired_root)]
+    _cli("clipdehaze.train", cmd, tmp_path)
+    sweep = _only_sweep(tmp_path)
     runs = list(sweep.glob("*/wandb/offline-run-*"))
     assert len(runs) == 1, list(sweep.rglob("offline-run-*"))
+    assert (sweep / "0" / "csv" / "metrics.csv").is_file()  # the CSV log is kept beside wandb
     records = read_wandb_records(next(runs[0].glob("run-*.wandb")))
     by_type: dict[str, list] = {}
     for r in records:
         by_type.setdefault(r.WhichOneof("record_type"), []).append(r)
 
     (run,) = (r.run for r in by_type["run"])
-    assert (run.project, run.run_group, run.job_type) == ("clipdehaze", "sweep_wb", "train")
+    assert (run.project, run.run_group, run.job_type) == ("clipdehaze", sweep.name, "train")
     assert list(run.tags) == ["wbtest", "offline"]
     assert run.display_name == "dehazeformer_test-tiny-s42"
 
     history = [{"/".join(i.nested_key) if i.nested_key else i.key: json.loads(i.value_json) for i in h.history.item}
                for h in by_type["history"]]
     logged = {k for step in history for k in step}
-    for key in ("train/loss", "val/psnr", "val/ssim", "test/psnr_tiny", "test/ssim_tiny"):
+    for key in ("train/loss", "train/lr", "val/psnr", "val/ssim", "test/psnr_tiny", "test/ssim_tiny"):
         assert key in logged, (key, sorted(logged))
         assert all(isinstance(s[key], float) for s in history if key in s), key
     assert sum("train/loss" in s for s in history) == 2  # one per training step (log_every_n_steps=1)
@@ -98,8 +186,14 @@ def test_wandb_offline_logs_scalars_config_and_tables(tiny_paired_root, tmp_path
     files = runs[0] / "files"
     panel = next(s for s in history if "val/images/filenames" in s)
     assert panel["val/images/_type"] == "images/separated"
-    assert "hazy | output | GT" in panel["val/images/captions"][0]
-    assert all((files / f).is_file() for f in panel["val/images/filenames"])
+    assert len(panel["val/images/filenames"]) == 2  # num_images, over the first validation batches (batch 1)
+    assert all(c.startswith("hazy | output | GT (") for c in panel["val/images/captions"])
+    from PIL import Image
+
+    for name in panel["val/images/filenames"]:
+        img = np.asarray(Image.open(files / name))
+        assert img.dtype == np.uint8 and img.shape[1] == 3 * img.shape[0]  # three 48x48 tiles side by side
+        assert img.mean() > 20, "panel is black"  # [0, 1] floats cast to uint8 as they are would give 0 and 1
     table = next(s for s in history if "test/per_image_tiny/path" in s)
     assert table["test/per_image_tiny/_type"] == "table-file" and table["test/per_image_tiny/nrows"] == 2
     content = json.loads((files / table["test/per_image_tiny/path"]).read_text())
@@ -108,3 +202,25 @@ def test_wandb_offline_logs_scalars_config_and_tables(tiny_paired_root, tmp_path
     config = {i.key: json.loads(i.value_json) for c in by_type["config"] for i in c.config.update}
     assert "dehazeformer_test" in json.dumps(config["model"]) and config["tags"] == ["wbtest", "offline"]
     assert config["seed"] == 42 and "metrics" in config
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_image_panels_and_the_csv_log_stays(tiny_paired_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "outputs" / "tb"
+    _cli("clipdehaze.train", ["model=cliphaze_test", "clip=tiny_random", "logger=tensorboard",
+                              "callbacks.image_panels.every_n_epochs=1", *QUICK, *_data(tiny_paired_root),
+                              f"hydra.run.dir={run}"], tmp_path)
+    assert (run / "csv" / "metrics.csv").is_file()
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert {"train/loss", "train/lr", "val/psnr"} <= set(acc.Tags()["scalars"])
+    images = sorted(acc.Tags()["images"])
+    assert images == ["val/images/0", "val/images/1"]
+    from io import BytesIO
+
+    from PIL import Image
+
+    event = acc.Images("val/images/0")[0]
+    img = np.asarray(Image.open(BytesIO(event.encoded_image_string)))
+    assert img.shape[1] == 4 * img.shape[0] and img.mean() > 20  # hazy | output | GT | CLIP density

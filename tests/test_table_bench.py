@@ -1,97 +1,10 @@
-"""Paper-table aggregation on fixture runs, the bench JSON schema on test variants, and the demo report's MACs and
-combined image grid."""
+"""The bench JSON schema on test variants, and the demo report's MACs and combined image grid (the table:
+tests/test_table.py)."""
 
 import json
 from pathlib import Path
 
 import pytest
-
-from clipdehaze.table import make_table
-
-PROTO = "DehazeFormer protocol: fixture"
-
-
-def _run(root: Path, name: str, gen: str, seed: int, psnr: float, ssim: float, data: str = "sots_indoor"):
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({
-        "generator": gen, "data": data, "seed": seed, "metric_protocol": PROTO, "params": 1_000_000,
-        "metrics": {f"test/psnr_{data}": psnr, f"test/ssim_{data}": ssim, "train/loss": 0.1}}))
-
-
-def test_table_mean_std_and_published_columns(tmp_path):
-    runs = tmp_path / "multirun"
-    _run(runs, "0", "mixdehazenet_t", 0, 30.0, 0.90)
-    _run(runs, "1", "mixdehazenet_t", 1, 32.0, 0.94)
-    _run(runs, "2", "dehazeformer_t", 0, 35.5, 0.98)
-    (runs / "bench.json").write_text("{}")  # unrelated json files are ignored
-    exp = tmp_path / "experiments" / "paperx"
-    exp.mkdir(parents=True)
-    (exp / "published.csv").write_text(
-        "method,generator,dataset,psnr,ssim,params,macs,source\n"
-        "MixDehazeNet-T,mixdehazenet_t,sots_indoor,35.00,0.988,1.62,,Lu et al. 2023 Table 1\n")
-    out = tmp_path / "tables"
-    result = make_table([runs], "paperx", out, experiments_root=tmp_path / "experiments")
-    ours = {r["method"]: r for r in result["rows"] if r["source"] == "ours"}
-    assert ours["mixdehazenet_t"]["psnr"] == pytest.approx(31.0)
-    assert ours["mixdehazenet_t"]["psnr_std"] == pytest.approx(2 ** 0.5)  # sample std of (30, 32)
-    assert ours["mixdehazenet_t"]["n"] == 2
-    assert ours["mixdehazenet_t"]["delta_psnr"] == pytest.approx(-4.0)
-    assert ours["dehazeformer_t"]["delta_psnr"] is None
-    md = (out / "table.md").read_text()
-    assert "31.00 ± 1.41" in md and "35.00 / 0.988" in md and PROTO in md and "Lu et al. 2023 Table 1" in md
-    assert (out / "table.csv").read_text().count("\n") == 4  # header + 2 ours + 1 published
-    assert "\\begin{tabular}" in (out / "table.tex").read_text()
-    assert (out / "plots.png").stat().st_size > 1000
-
-
-def test_table_never_mixes_protocols(tmp_path):
-    _run(tmp_path, "a", "dcp", 0, 20.0, 0.8)
-    d = tmp_path / "b"
-    d.mkdir()
-    (d / "metrics.json").write_text(json.dumps({"generator": "dcp", "data": "sots_indoor", "seed": 1,
-                                                "metric_protocol": "BasicSR protocol: fixture", "params": 0,
-                                                "metrics": {"test/psnr_sots_indoor": 22.0}}))
-    rows = make_table([tmp_path], None, tmp_path / "t")["rows"]
-    assert sorted(r["psnr"] for r in rows) == [20.0, 22.0]
-
-
-def test_table_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no clipdehaze metrics.json"):
-        make_table([tmp_path], None, tmp_path / "t")
-    _run(tmp_path, "a", "dcp", 0, 20.0, 0.8)
-    with pytest.raises(FileNotFoundError, match="published.csv not found"):
-        make_table([tmp_path], "nopaper", tmp_path / "t", experiments_root=tmp_path)
-
-
-def test_every_published_csv_reads_with_our_dataset_names():
-    """Each experiments/*/published.csv parses (plain numbers) and names datasets as our data configs do, so
-    ``clipdehaze-table --paper`` places the published rows next to ours."""
-    import yaml
-
-    from clipdehaze.table import EXPERIMENTS, read_published
-
-    conf = EXPERIMENTS.parent / "conf" / "data"
-    names = {yaml.safe_load(f.read_text()).get("name") for f in conf.glob("*.yaml")}
-    papers = sorted(p.parent.name for p in EXPERIMENTS.glob("*/published.csv"))
-    assert {"mixdehazenet", "sar_weather"} <= set(papers)
-    for paper in papers:
-        rows = read_published(paper)
-        assert rows, paper
-        for r in rows:
-            assert r["dataset"] in names, (paper, r["dataset"])
-            assert r["psnr"] is not None and r["source"], (paper, r["method"])
-            assert r["params"] is None or 0 < r["params"] < 1000, (paper, r["method"], "params in M")
-
-
-def test_published_csv_with_units_names_the_cell(tmp_path):
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "published.csv").write_text("method,dataset,psnr,ssim,params,macs,source\n"
-                                                 "X,raindrop,30.0,0.9,44.00M,12.26G,somewhere\n")
-    from clipdehaze.table import read_published
-
-    with pytest.raises(ValueError, match="X on raindrop: params='44.00M' is not a number"):
-        read_published("p", tmp_path)
 
 
 def test_bench_json_schema(tmp_path):

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -30,44 +31,75 @@ class PreemptionCheckpoint(L.Callback):
         log.warning("SIGTERM received at global step %d: saved %s; resume with resume=auto", trainer.global_step, path)
 
 
-class WandbPanels(L.Callback):
-    """wandb extras (no-op without a WandbLogger): a validation image panel (hazy | output | GT | CLIP density map
-    where the generator takes one) every ``every_n_epochs``, a per-image Table of test metrics, and optionally the
-    best checkpoint as an artifact."""
+PANEL_LABELS = ("hazy", "output", "GT", "CLIP density")
+
+
+def panel_row(tiles: list[torch.Tensor]) -> torch.Tensor:
+    """Side by side (3, H, W) images in [0, 1] -> one (H, W', 3) uint8 image (what image panels show: wandb
+    casts float arrays to uint8 as they are, which turns [0, 1] images black)."""
+    row = torch.cat([t.detach().float().cpu().clamp(0, 1).expand(3, -1, -1) for t in tiles], dim=2)
+    return (row * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+class ImagePanels(L.Callback):
+    """Validation image panels (hazy | output | GT | CLIP density map where the generator takes one) for wandb and
+    TensorBoard every ``every_n_epochs``, ``num_images`` of them collected over the first validation batches;
+    with wandb also a per-image Table of test metrics and optionally the best checkpoint as an artifact. A no-op
+    without a wandb or TensorBoard logger."""
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 4, log_best_checkpoint: bool = False) -> None:
+        if every_n_epochs < 1 or num_images < 0:
+            raise ValueError(f"image panels need every_n_epochs >= 1 and num_images >= 0, got {every_n_epochs} and "
+                             f"{num_images}")
         self.every_n_epochs, self.num_images, self.log_best_checkpoint = every_n_epochs, num_images, log_best_checkpoint
+        self._rows: list[tuple[torch.Tensor, str]] = []
 
     @staticmethod
-    def _wandb_logger(trainer: L.Trainer):
-        from lightning.pytorch.loggers import WandbLogger
+    def _logger(trainer: L.Trainer, kind: str):
+        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-        return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        cls = {"wandb": WandbLogger, "tensorboard": TensorBoardLogger}[kind]
+        return next((lg for lg in trainer.loggers if isinstance(lg, cls)), None)
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return (not trainer.sanity_checking and trainer.is_global_zero and trainer.current_epoch % self.every_n_epochs == 0
+                and (self._logger(trainer, "wandb") or self._logger(trainer, "tensorboard")) is not None)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._rows = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        lg = self._wandb_logger(trainer)
-        if lg is None or batch_idx != 0 or trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+        need = self.num_images - len(self._rows)
+        if need <= 0 or outputs is None or not self._active(trainer):
             return
-        import torch
-        import wandb
-
-        with torch.no_grad():
-            x = batch["input"][: self.num_images]
-            served = {"clip": {k: v[: self.num_images] for k, v in batch["clip"].items()}} if "clip" in batch else None
-            clip = pl_module.clip_inputs(x, served)
-            out = pl_module.generator(x, **clip).clamp(0, 1)
-        panels = []
+        x = batch["input"][:need]
+        density = None
+        if "density_map" in getattr(pl_module.generator, "clip_inputs", ()):
+            served = {"clip": {k: v[:need] for k, v in batch["clip"].items()}} if "clip" in batch else None
+            with torch.no_grad():
+                density = pl_module.clip_inputs(x, served)["density_map"]
         for i in range(x.shape[0]):
-            tiles = [x[i], out[i], batch["target"][i]]
-            if "density_map" in clip:
-                tiles.append(clip["density_map"][i].expand(3, -1, -1))
-            row = torch.cat([t.detach().float().cpu() for t in tiles], dim=2)
-            panels.append(wandb.Image(row.permute(1, 2, 0).numpy(), caption=" | ".join(
-                ["hazy", "output", "GT", "CLIP density"][: len(tiles)]) + f" ({batch['name'][i]})"))
-        lg.experiment.log({"val/images": panels, "trainer/global_step": trainer.global_step})
+            tiles = [x[i], outputs[i], batch["target"][i]] + ([density[i]] if density is not None else [])
+            caption = " | ".join(PANEL_LABELS[: len(tiles)]) + f" ({batch['name'][i]})"
+            self._rows.append((panel_row(tiles), caption))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._rows or not self._active(trainer):
+            return
+        step = trainer.global_step
+        if (lg := self._logger(trainer, "wandb")) is not None:
+            import wandb
+
+            panels = [wandb.Image(row.numpy(), caption=caption) for row, caption in self._rows]
+            lg.experiment.log({"val/images": panels, "trainer/global_step": step})
+        if (lg := self._logger(trainer, "tensorboard")) is not None:
+            for i, (row, caption) in enumerate(self._rows):
+                lg.experiment.add_image(f"val/images/{i}", row, step, dataformats="HWC")
+                lg.experiment.add_text(f"val/images/{i}", caption, step)
+        self._rows = []
 
     def on_test_end(self, trainer, pl_module) -> None:  # after the module's epoch end computed test_rows
-        lg = self._wandb_logger(trainer)
+        lg = self._logger(trainer, "wandb")
         rows = getattr(pl_module, "test_rows", None)
         if lg is None or not rows or not trainer.is_global_zero:
             return
@@ -78,7 +110,7 @@ class WandbPanels(L.Callback):
                                                                          data=[[r[c] for c in cols] for r in rows])})
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        lg = self._wandb_logger(trainer)
+        lg = self._logger(trainer, "wandb")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if lg is None or not self.log_best_checkpoint or not best or not trainer.is_global_zero:
             return

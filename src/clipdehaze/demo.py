@@ -46,9 +46,10 @@ def _run(module: str, overrides: list[str], run_dir: Path) -> dict:
 
 
 def _n_images(run_dir: Path) -> int:
-    for name in ("test_per_image.csv", "per_image.csv"):
-        if (run_dir / name).is_file():
-            return max(1, len((run_dir / name).read_text().strip().splitlines()) - 1)
+    from clipdehaze.pipeline import PER_IMAGE_CSV
+
+    if (run_dir / PER_IMAGE_CSV).is_file():
+        return max(1, len((run_dir / PER_IMAGE_CSV).read_text().strip().splitlines()) - 1)
     return 1
 
 

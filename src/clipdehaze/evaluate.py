@@ -1,10 +1,14 @@
 """``clipdehaze-eval``: test a checkpoint (or a parameter-free prior) on a dataset.
 
-    clipdehaze-eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt data=synthetic
-    clipdehaze-eval model=dcp data=sots_outdoor data.root=/data/SOTS/outdoor
+    clipdehaze-eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt             # the data it was trained on
+    clipdehaze-eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt data=sots_indoor
+    clipdehaze-eval model=dcp data=sots_outdoor
     clipdehaze-eval model=dehazeformer_s weights_path=dehazeformer-s.pth data=sots_indoor
 
-Writes ``metrics.json`` (with the metric protocol), ``per_image.csv`` and ``grid.png`` (input | output | GT).
+Without ``data=``, a training checkpoint is scored on the data config it was trained with (saved in the
+checkpoint; printed); ``data=`` scores another set (the difference is printed). Without ``metrics=``, the
+checkpoint's own protocol. Writes ``metrics.json`` (numbers, protocol, scored-image manifest, weights and code
+provenance), ``per_image.csv`` and ``grid.png`` (input | output | GT).
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clipdehaze.pipeline import (
+    PER_IMAGE_CSV,
     attach_clip_cache,
     build_trainer,
+    checkpoint_run_config,
+    eval_data_config,
     floats,
+    inference_weights,
     module_for_inference,
     run_summary,
     save_grid,
@@ -35,6 +43,9 @@ register_resolvers()
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
+    train_config = checkpoint_run_config(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    with open_dict(cfg):
+        cfg.data = eval_data_config(cfg, train_config)
     datamodule = hydra.utils.instantiate(cfg.data)
     module = module_for_inference(cfg)
     module.hparams["sample_images"] = cfg.get("num_grid_images", 4)
@@ -44,13 +55,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, datamodule=datamodule)
     seconds = time.perf_counter() - start
     metrics = floats(trainer.callback_metrics)
-    summary = run_summary(cfg, module, metrics, ckpt_path=cfg.get("ckpt_path"),
-                          weights_path=cfg.get("weights_path"), test_seconds=round(seconds, 2))
+    summary = run_summary(cfg, module, metrics, datamodule=datamodule, trainer=trainer,
+                          weights=inference_weights(cfg, module), train_config=train_config,
+                          ckpt_path=cfg.get("ckpt_path"), weights_path=cfg.get("weights_path"),
+                          test_seconds=round(seconds, 2))
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", summary)
-        write_rows_csv(output_dir / "per_image.csv", module.test_rows)
-        save_grid(module.test_samples, output_dir / "grid.png")
+        write_rows_csv(output_dir / PER_IMAGE_CSV, module.test_rows)
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        save_grid(module.test_samples, output_dir / "grid.png")
     log.info("%s on %s (%s): %s", module.generator_name, summary["data"], summary["metric_protocol"], metrics)
     log.info("wrote %s", output_dir)
     return summary

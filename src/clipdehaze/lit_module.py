@@ -59,6 +59,10 @@ def auxiliary_terms(generator: torch.nn.Module) -> tuple[str, ...]:
     return ("srd",) if getattr(generator, "srd", False) else ()
 
 
+#: Checkpoint key of the resolved training config (see ``DehazeLitModule.run_config``).
+RUN_CONFIG_KEY = "clipdehaze_run_config"
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss is NaN/Inf and the module is configured to stop."""
 
@@ -128,6 +132,9 @@ class DehazeLitModule(L.LightningModule):
         self.test_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
         self._test_names: dict[int, str] = {}
         self.test_samples: list[dict[str, torch.Tensor]] = []
+        # The resolved training config (plain containers), saved into every checkpoint so an evaluation can say
+        # which data and variant the weights come from; set by clipdehaze-train, restored by load_checkpoint.
+        self.run_config: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ forward
     @property
@@ -188,6 +195,8 @@ class DehazeLitModule(L.LightningModule):
             return None
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         for k, v in getattr(self.loss_fn, "last_terms", {}).items():
             self.log(f"train/loss_{k}", v, batch_size=bs)
         for k, v in terms.items():
@@ -201,8 +210,9 @@ class DehazeLitModule(L.LightningModule):
         metric.update(out, y, batch["index"])
         return out
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics)
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        # Returned so callbacks (image panels) see the outputs without running the generator again.
+        return self._eval_step(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
         for k, v in self.val_metrics.compute().items():
@@ -275,6 +285,8 @@ class DehazeLitModule(L.LightningModule):
         if bad:
             raise NonFiniteLossError(f"refusing to save a checkpoint at global step {self.global_step}: non-finite "
                                      f"weights in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+        if self.run_config is not None:
+            checkpoint[RUN_CONFIG_KEY] = self.run_config
 
     @staticmethod
     def read_checkpoint(path: str, map_location: str | torch.device = "cpu",
@@ -302,4 +314,6 @@ class DehazeLitModule(L.LightningModule):
         hp.update({k: v for k, v in overrides.items() if v is not None})
         module = cls(**hp)
         module.load_state_dict(ckpt["state_dict"], strict=True)
+        run_config = ckpt.get(RUN_CONFIG_KEY)
+        module.run_config = run_config if isinstance(run_config, dict) else None
         return module

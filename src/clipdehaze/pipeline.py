@@ -79,6 +79,64 @@ def module_for_inference(cfg: DictConfig) -> DehazeLitModule:
     return module
 
 
+#: The data modules a stored data config may build (clipdehaze-eval of a checkpoint without data=): a checkpoint is
+#: a file from anywhere, so its config may name only these, never an arbitrary importable callable.
+DATAMODULE_TARGETS = frozenset(
+    f"clipdehaze.data{sub}.{cls}" for sub in ("", ".datamodule")
+    for cls in ("PairedDataModule", "SyntheticHazeDataModule", "SyntheticWeatherDataModule"))
+
+
+def checkpoint_run_config(ckpt_path: str) -> dict[str, Any] | None:
+    """The resolved training config a clipdehaze checkpoint carries (None for checkpoints saved before it did)."""
+    from clipdehaze.lit_module import RUN_CONFIG_KEY
+
+    run_config = DehazeLitModule.read_checkpoint(ckpt_path).get(RUN_CONFIG_KEY)
+    return run_config if isinstance(run_config, dict) else None
+
+
+def _data_label(data: Any) -> str:
+    data = OmegaConf.to_container(data, resolve=True) if OmegaConf.is_config(data) else dict(data)
+    where = data.get("test_root") or data.get("root")
+    return f"{data.get('name')!r}" + (f" at {where}" if where else "")
+
+
+def eval_data_config(cfg: DictConfig, train_config: dict[str, Any] | None) -> DictConfig:
+    """The data an evaluation scores: ``data=`` when given (noting a difference from the checkpoint's training
+    data), else the training data config stored in the checkpoint; without either, an error naming both."""
+    trained_on = (train_config or {}).get("data")
+    if cfg.get("data") is not None:
+        if trained_on and _data_label(cfg.data) != _data_label(trained_on):
+            log.warning("scoring data %s; the checkpoint was trained on data %s", _data_label(cfg.data),
+                        _data_label(trained_on))
+        return cfg.data
+    if not trained_on:
+        what = (f"checkpoint {cfg.ckpt_path} records no training data config (saved by an older clipdehaze)"
+                if cfg.get("ckpt_path") else f"model={cfg.model.name if cfg.get('model') else None} has no training run")
+        raise ValueError(f"no data to score: {what}; pass data=<name> (e.g. data=synthetic, data=sots_indoor, "
+                         "data=paired data.root=/path/to/set)")
+    target = trained_on.get("_target_")
+    if target not in DATAMODULE_TARGETS:
+        raise ValueError(f"{cfg.ckpt_path}: its stored data config names _target_={target!r}, which is not one of "
+                         f"clipdehaze's data modules ({', '.join(sorted(DATAMODULE_TARGETS))}); refusing to build it. "
+                         "Pass data=<name> to choose the data yourself")
+    log.info("no data= given: scoring the checkpoint's training data %s (pass data=<name> for another set)",
+             _data_label(trained_on))
+    return OmegaConf.create(trained_on)
+
+
+def inference_weights(cfg: DictConfig, module: DehazeLitModule) -> dict[str, Any]:
+    """The ``weights`` provenance of an eval/predict module (see :mod:`clipdehaze.provenance`)."""
+    from clipdehaze.provenance import weights_provenance
+
+    if cfg.get("ckpt_path"):
+        return weights_provenance("checkpoint", cfg.ckpt_path)
+    if cfg.get("weights_path"):
+        return weights_provenance("published", cfg.weights_path)
+    if any(True for _ in module.generator.parameters()):
+        return weights_provenance("random")
+    return weights_provenance("none")
+
+
 def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module: DehazeLitModule) -> None:
     """With ``clip_cache=true``, serve the generator's cacheable CLIP inputs from disk (computed once per image,
     keyed by content hash + CLIP model id + prompts; stale entries are rebuilt, never used)."""
@@ -93,6 +151,24 @@ def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module
     if names:
         cache = ClipCache(Path(cfg.paths.cache_dir) / "clip", module.clip_prior, names=names, loader_fn=load_image)
         datamodule.attach_clip_cache(cache, names)
+
+
+#: Per-image metrics of the test split, written by clipdehaze-train and clipdehaze-eval alike.
+PER_IMAGE_CSV = "per_image.csv"
+
+
+def finish_loggers(trainer: L.Trainer, failed: bool = False) -> None:
+    """Close the job's wandb run, also when the job failed (marked so): a multirun runs its jobs in one process,
+    and a run left open would swallow the next job's logs. Lightning finalizes the other loggers itself."""
+    if not any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        try:
+            wandb.finish(exit_code=1 if failed else 0)
+        except Exception as e:  # noqa: BLE001 - closing the logger must not hide the job's own error
+            log.warning("could not finish the wandb run: %s", e)
 
 
 def floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -159,14 +235,34 @@ def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: 
     save_image(torch.cat(rows, dim=1).clamp(0, 1), path)
 
 
-def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, float], **extra) -> dict[str, Any]:
-    """What metrics.json holds: numbers, the protocol they were computed under, and what produced them."""
+def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, float], *, datamodule: Any = None,
+                trainer: L.Trainer | None = None, weights: dict[str, Any] | None = None,
+                train_config: dict[str, Any] | None = None, **extra) -> dict[str, Any]:
+    """What metrics.json holds: numbers, the protocol they were computed under, and what produced them
+    (:mod:`clipdehaze.provenance`: scored images and their manifest, weights, code, environment, config)."""
+    from clipdehaze import provenance
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    rows = getattr(module, "test_rows", None)
+    dataset = provenance.dataset_provenance(datamodule, [r["index"] for r in rows] if rows is not None else None)
+    prior = getattr(module, "clip_prior", None)
+    # An evaluated checkpoint's numbers belong to the run that trained it: its seed is the one a table averages.
+    seed = (train_config or {}).get("seed", cfg.get("seed"))
     return {
         "generator": module.generator_name,
         "data": cfg.data.get("name") if cfg.get("data") else None,
-        "seed": cfg.get("seed"),
+        "seed": seed,
         "metric_protocol": module.protocol_description(),
         "params": sum(p.numel() for p in module.generator.parameters()),
         "metrics": metrics,
+        "images": dataset.get("images"),
+        "dataset": dataset,
+        "weights": weights or {"origin": "unknown"},
+        "clip": getattr(prior, "model_id", None),
+        "code": provenance.code_provenance(),
+        "environment": provenance.environment_provenance(provenance.trainer_device(trainer)),
+        "config_sha256": provenance.config_sha256({"eval": config, "train": train_config} if train_config else config),
+        "config": config,
+        **({"train_config": train_config} if train_config is not None else {}),
         **extra,
     }

@@ -16,16 +16,20 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.lit_module import DehazeLitModule
+from clipdehaze.loggers import ResumableCSVLogger
 from clipdehaze.pipeline import (
+    PER_IMAGE_CSV,
     attach_clip_cache,
     build_module,
     build_trainer,
+    finish_loggers,
     floats,
     run_summary,
     save_grid,
     write_json,
     write_rows_csv,
 )
+from clipdehaze.provenance import weights_provenance
 from clipdehaze.utils.hydra_utils import config_path, register_resolvers
 
 log = logging.getLogger("clipdehaze.train")
@@ -46,20 +50,20 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return ckpt
 
 
-def checked_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint to resume from, read and checked before anything is built: Lightning's own load would
-    fail on a corrupt file with a bare zip/unpickling error and on another generator's weights with a list of
-    state_dict keys; this names the file (and both generators)."""
+def checked_ckpt_path(cfg: DictConfig, output_dir: Path) -> tuple[str | None, int]:
+    """The checkpoint to resume from and the global step it was saved at, read and checked before anything is
+    built: Lightning's own load would fail on a corrupt file with a bare zip/unpickling error and on another
+    generator's weights with a list of state_dict keys; this names the file (and both generators)."""
     ckpt = resolve_ckpt_path(cfg, output_dir)
-    if ckpt is not None:
-        DehazeLitModule.read_checkpoint(ckpt, expect_generator=cfg.model.name)
-    return ckpt
+    if ckpt is None:
+        return None, 0
+    return ckpt, int(DehazeLitModule.read_checkpoint(ckpt, expect_generator=cfg.model.name).get("global_step", 0))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; returns (and writes to ``<run>/metrics.json``) the final metrics."""
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = checked_ckpt_path(cfg, output_dir) if cfg.get("train", True) else None
+    ckpt_path, resume_step = checked_ckpt_path(cfg, output_dir) if cfg.get("train", True) else (None, 0)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -68,10 +72,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not any(p.requires_grad for p in module.generator.parameters()):
         raise ValueError(f"model={cfg.model.name} has no trainable parameters; evaluate it with "
                          f"`clipdehaze-eval model={cfg.model.name} data=...` instead of training it")
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
     attach_clip_cache(cfg, datamodule, module)
     trainer = build_trainer(cfg)
+    try:
+        summary = _fit_and_test(cfg, output_dir, datamodule, module, trainer, ckpt_path, resume_step)
+    except BaseException:
+        finish_loggers(trainer, failed=True)
+        raise
+    finish_loggers(trainer)
+    return summary
+
+
+def _fit_and_test(cfg: DictConfig, output_dir: Path, datamodule, module: DehazeLitModule, trainer: L.Trainer,
+                  ckpt_path: str | None, resume_step: int) -> dict[str, Any]:
+    if ckpt_path is not None:
+        for lg in trainer.loggers:
+            if isinstance(lg, ResumableCSVLogger) and (dropped := lg.keep_until(resume_step)):
+                log.info("resume: dropped %d CSV log rows after step %d (the resumed run logs them again)",
+                         dropped, resume_step)
     for lg in trainer.loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams(module.run_config)
 
     start = time.perf_counter()
     if cfg.get("train", True):
@@ -82,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     test_metrics: dict[str, float] = {}
     test_s = None
+    weights = {"origin": "trained"}
     if cfg.get("test", True):
         start = time.perf_counter()
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -89,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             best_module = type(module).load_checkpoint(best)
             trainer.test(best_module, datamodule=datamodule)
             module = best_module
+            weights = weights_provenance("trained", best)
         else:
             log.warning("no best checkpoint recorded; testing the current weights")
             trainer.test(module, datamodule=datamodule)
@@ -98,23 +121,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = {**train_metrics, **test_metrics}
     ckpt_cb = trainer.checkpoint_callback
     best_score = ckpt_cb.best_model_score if ckpt_cb is not None else None
-    summary = run_summary(cfg, module, metrics, fit_seconds=round(fit_s, 2),
+    summary = run_summary(cfg, module, metrics, datamodule=datamodule, trainer=trainer, weights=weights,
+                          fit_seconds=round(fit_s, 2),
                           test_seconds=round(test_s, 2) if test_s is not None else None,
                           global_step=trainer.global_step,
                           best_ckpt=ckpt_cb.best_model_path if ckpt_cb else None,
                           monitor=ckpt_cb.monitor if ckpt_cb else None,
                           best_model_score=float(best_score) if best_score is not None else None)
     if trainer.is_global_zero:  # under DDP every rank holds the same synced numbers; one writes them
-        if cfg.get("test", True):
-            write_rows_csv(output_dir / "test_per_image.csv", getattr(module, "test_rows", []))
-            save_grid(module.test_samples, output_dir / "grid.png")
         write_json(output_dir / "metrics.json", summary)
+        if cfg.get("test", True):
+            write_rows_csv(output_dir / PER_IMAGE_CSV, getattr(module, "test_rows", []))
         OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        if cfg.get("test", True):
+            save_grid(module.test_samples, output_dir / "grid.png")
     log.info("metrics (%s): %s", summary["metric_protocol"], metrics)
-    for lg in trainer.loggers:
-        # Multirun jobs share one process: close each job's wandb run so the next job starts its own.
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.finish()
     return summary
 
 
@@ -125,7 +146,11 @@ def objective(summary: dict[str, Any], metric: str | None) -> float | None:
         return None
     if metric == summary.get("monitor") and summary.get("best_model_score") is not None:
         return summary["best_model_score"]
-    return summary["metrics"].get(metric)
+    if metric not in summary["metrics"]:
+        logged = ", ".join(sorted(summary["metrics"])) or "nothing"
+        raise ValueError(f"optimized_metric={metric!r} was not logged by this run (logged: {logged}); a val/ metric "
+                         "needs at least one validation: check trainer.max_steps / check_val_every_n_epoch")
+    return summary["metrics"][metric]
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")

@@ -60,6 +60,17 @@ def _clip_dim(model_name: str) -> int:
     return int(cfg["embed_dim"])
 
 
+def launch_cwd() -> str:
+    """The directory the command runs in (``${cwd:}``): Hydra's ``runtime.cwd`` inside a job, the process's working
+    directory before Hydra's runtime exists (a multirun resolves ``hydra.sweep.dir`` then). Jobs never chdir
+    (``hydra.job.chdir=false``), so the two agree."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return HydraConfig.get().runtime.cwd
+    return os.getcwd()
+
+
 def sweep_group() -> str | None:
     """The multirun folder's name (one wandb group per sweep); None for a single run."""
     from hydra.core.hydra_config import HydraConfig
@@ -71,7 +82,8 @@ def sweep_group() -> str | None:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim), ("sweep_group", sweep_group)):
+    for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim), ("sweep_group", sweep_group),
+                     ("cwd", launch_cwd)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
 

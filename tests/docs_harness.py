@@ -1,0 +1,271 @@
+"""Run the commands the docs show, the way they show them (used by tests/test_docs_commands.py).
+
+Every fenced ``bash`` block of README.md and experiments/**/README.md runs as a bash script, unchanged except
+for three documented conventions, in a fresh working directory outside the checkout:
+
+* ``clipdehaze-*`` are shell functions that call the real entry point through :func:`main` (``run`` mode), which
+  appends a fixed set of shortening overrides (:data:`SHORTENING`: one short epoch, small crops, the tiny random
+  CLIP, few test images). An override of a key the command already sets replaces that value (Hydra's last
+  value wins). Nothing else is added: never ``hydra.run.dir``, ``hydra.sweep.dir`` or ``paths.*``.
+* ``<run>`` is the newest training run folder and ``<stamp>`` the newest multirun folder's name, resolved when the
+  command runs (what a user copies from the previous command's output).
+* A command whose comment says ``(needs: X)`` cannot run offline; it must fail, naming what it needs
+  (:data:`NEEDS`).
+
+The working directory holds what a user would have there: tiny paired datasets in every paper dataset's layout
+under ``./data`` (the default ``paths.data_dir``), the published weights a command names with ``weights_path=``
+(random values in the upstream format), and the input photos a predict command names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "experiments").rglob("README.md"))]
+
+#: The shortening overrides per tool (Hydra tools: key=value; argparse tools: option values).
+SHORTENING = {
+    "train": ["trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0",
+              "trainer.check_val_every_n_epoch=1", "data.crop_size=48", "data.batch_size=2", "data.num_workers=0",
+              "clip=tiny_random"],
+    "eval": ["trainer.limit_test_batches=2", "clip=tiny_random"],
+    "predict": ["clip=tiny_random"],
+    "data clip-cache": ["clip=tiny_random"],
+}
+#: argparse tools: option -> its values (a flag has none); a given option's values are replaced.
+SHORTENING_OPTIONS = {"bench": {"--sizes": ["64"], "--mac-size": ["64"], "--repeats": ["1"], "--no-memory": []}}
+#: More shortening when a command selects an Optuna search (its trial count).
+SHORTENING_OPTUNA = ["hydra.sweeper.n_trials=2"]
+
+#: ``(needs: X)`` -> text the command's output must contain when it stops offline.
+NEEDS = {
+    "resnet152": "resnet152 ImageNet weights",                 # the CR loss's frozen backbone (download once)
+    "slurm": "are you indeed on a slurm cluster",              # submitit_slurm off a cluster
+    "earlier-run": "no clipdehaze metrics.json",               # reads the results of a command above that needs one
+}
+
+TOOLS = {"train": "clipdehaze.train", "eval": "clipdehaze.evaluate", "predict": "clipdehaze.predict",
+         "data": "clipdehaze.data.cli", "table": "clipdehaze.table", "bench": "clipdehaze.bench"}
+_PLACEHOLDER = re.compile(r"<([A-Za-z][\w-]*)>")
+_NEEDS_MARK = re.compile(r"\(needs: ([\w-]+)\)")
+
+
+# ----------------------------------------------------------------------------------------------------- docs
+def code_blocks(text: str) -> list[str]:
+    """The fenced ```bash blocks of a Markdown file, in order."""
+    return re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def inline_commands(text: str) -> list[str]:
+    """Inline code spans that are a clipdehaze command with arguments (prose outside fenced blocks)."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    spans = re.findall(r"`([^`\n]+)`", prose)
+    return [s for s in spans if re.match(r"clipdehaze-[a-z]+ \S", s)]
+
+
+def logical_lines(block: str) -> list[str]:
+    """Lines with backslash continuations joined."""
+    out, cur = [], ""
+    for line in block.splitlines():
+        if line.rstrip().endswith("\\"):
+            cur += line.rstrip()[:-1] + " "
+            continue
+        out.append(cur + line)
+        cur = ""
+    if cur:
+        out.append(cur)
+    return out
+
+
+def commands_in(block: str) -> list[str]:
+    """The clipdehaze commands of a block (for the report), comments stripped."""
+    found = []
+    for line in logical_lines(block):
+        code = line.split(" #", 1)[0].strip()
+        m = re.search(r"(clipdehaze-[a-z]+\b.*)", code)
+        if m and not code.startswith("#"):
+            found.append(m.group(1).strip())
+    return found
+
+
+def to_script(block: str) -> str:
+    """A doc block as the bash the harness runs: placeholders resolved at run time, needs-markers as env."""
+    lines = []
+    for line in logical_lines(block):
+        if line.lstrip().startswith("#"):
+            continue
+        needs = _NEEDS_MARK.search(line)
+        code, sep, comment = line.partition(" #")
+        code = code.replace("<run>", "$(__latest_run)").replace("<stamp>", "$(__latest_stamp)")
+        if needs:
+            code = re.sub(r"(^\s*)(?=\S)", rf"\1CLIPDEHAZE_DOCS_NEEDS={needs.group(1)} ", code, count=1)
+            code = _PLACEHOLDER.sub(lambda m: f"PLACEHOLDER-{m.group(1)}", code)
+        if unknown := _PLACEHOLDER.findall(code):
+            raise ValueError(f"unknown placeholder(s) {unknown} in a runnable doc command: {line.strip()}")
+        lines.append(code)
+    return "\n".join(lines) + "\n"
+
+
+PREAMBLE = r"""
+set -euo pipefail
+__latest_stamp() { ls -1t outputs/train/multiruns | head -n 1; }
+__latest_run() {
+  local d
+  d=$(ls -1td outputs/train/runs/*/ outputs/train/multiruns/*/*/ 2>/dev/null | while read -r x; do
+        [ -f "$x/checkpoints/last.ckpt" ] && { echo "${x%/}"; break; }; done)
+  [ -n "$d" ] || { echo "no training run with checkpoints/last.ckpt yet" >&2; return 1; }
+  echo "$d"
+}
+"""
+
+
+def preamble(python: str) -> str:
+    fns = "\n".join(f'clipdehaze-{tool}() {{ "{python}" "{__file__}" run {tool} "$@"; }}' for tool in TOOLS)
+    return PREAMBLE + fns + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------- fixtures
+def _png(path: Path, seed: int, size: tuple[int, int] = (48, 64)) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    small = rng.random((size[0] // 8, size[1] // 8, 3))
+    img = Image.fromarray((small * 255).astype(np.uint8)).resize((size[1], size[0]), Image.BICUBIC)
+    img.save(path)
+
+
+def make_paper_datasets(data_dir: Path) -> list[str]:
+    """Two or three tiny pairs per split in the layout of every paper data config (``conf/data``), under
+    ``data_dir`` as ``paths.data_dir`` places them; returns the config names."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clipdehaze.utils.hydra_utils import register_resolvers
+
+    register_resolvers()
+    names = []
+    for cfg_file in sorted((REPO / "conf" / "data").glob("*.yaml")):
+        name = cfg_file.stem
+        if name in ("paired",) or name.startswith("synthetic"):
+            continue
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"data={name}", f"paths.data_dir={data_dir}",
+                                               f"paths.root_dir={data_dir.parent}"])
+        d = cfg.data
+        seed = len(names) * 100
+        for split, root, list_file in (("train", d.root, d.get("train_list")),
+                                       ("val", d.get("val_root") or d.root, d.get("val_list")),
+                                       ("test", d.get("test_root") or d.root, d.get("test_list"))):
+            if list_file:
+                lines = []
+                for k in range(3):
+                    _png(Path(root) / "input" / f"{split}{k}.png", seed + k)
+                    _png(Path(root) / "gt" / f"{split}{k}.png", seed + 50 + k)
+                    lines.append(f"input/{split}{k}.png")
+                (Path(root) / list_file).write_text("\n".join(lines) + "\n")
+                continue
+            sub = d.get(f"{split}_split")
+            if sub is None and split == "val":
+                sub = d.get("test_split")
+            if sub is None:
+                continue
+            for k in range(3):
+                _png(Path(root) / sub / d.input_dir / f"{k:04d}.png", seed + k)
+                _png(Path(root) / sub / d.target_dir / f"{k:04d}.png", seed + 50 + k)
+        names.append(name)
+    GlobalHydra.instance().clear()
+    return names
+
+
+def make_weights_file(path: Path, model: str) -> None:
+    """Random weights of ``model`` saved as the upstream repositories do ({"state_dict": {"module.<key>": ...}})."""
+    import torch
+
+    from clipdehaze.models import create_generator
+
+    torch.manual_seed(0)
+    sd = create_generator(model).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+
+
+def provide_user_files(args: list[str]) -> None:
+    """What a user has before running a documented command: its ``weights_path=`` file and ``input=`` images."""
+    kv = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    weights = kv.get("weights_path")
+    if weights and not Path(weights).exists() and kv.get("model"):
+        make_weights_file(Path(weights), kv["model"])
+    inp = kv.get("input")
+    if inp and not Path(inp).exists():
+        if Path(inp).suffix:
+            _png(Path(inp), 7, (72, 96))
+        else:
+            for k in range(2):
+                _png(Path(inp) / f"img{k}.jpg", 8 + k, (56, 80))
+
+
+# ----------------------------------------------------------------------------------------------------- runner
+def shortened(tool: str, args: list[str]) -> list[str]:
+    """``args`` with the tool's shortening appended; a key the command already sets gets the shortening's value."""
+    if tool in SHORTENING_OPTIONS:
+        options = SHORTENING_OPTIONS[tool]
+        out, i = [], 0
+        while i < len(args):
+            if args[i] in options:  # drop the option and its values; the shortening's are appended
+                i += 1
+                while i < len(args) and not args[i].startswith("-"):
+                    i += 1
+                continue
+            out.append(args[i])
+            i += 1
+        return out + [x for option, values in options.items() for x in (option, *values)]
+    sub = args[0] if tool == "data" and args else None
+    extra = SHORTENING.get(f"{tool} {sub}" if sub else tool, [])
+    if any(a.startswith("hparams_search=") for a in args):
+        extra = extra + SHORTENING_OPTUNA
+    keys = {e.split("=", 1)[0] for e in extra}
+    return [a for a in args if a.split("=", 1)[0].lstrip("+~") not in keys] + extra
+
+
+def run(tool: str, args: list[str]) -> int:
+    needs = os.environ.pop("CLIPDEHAZE_DOCS_NEEDS", None)
+    provide_user_files(args)
+    cmd = [sys.executable, "-m", TOOLS[tool], *shortened(tool, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    record = {"tool": f"clipdehaze-{tool}", "args": args, "cwd": os.getcwd(), "returncode": out.returncode,
+              "needs": needs}
+    ok = out.returncode == 0
+    if needs:
+        expected = NEEDS[needs]
+        ok = out.returncode != 0 and expected in text
+        record["expected"] = expected
+    record["status"] = "ok" if ok else "FAILED"
+    with open(os.environ["CLIPDEHAZE_DOCS_LOG"], "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if not ok:
+        sys.stderr.write(f"\n$ clipdehaze-{tool} {' '.join(args)}\n" + text[-6000:] + "\n")
+        if needs:
+            sys.stderr.write(f"expected to stop offline naming {NEEDS[needs]!r}\n")
+        return 1
+    sys.stdout.write(out.stdout[-2000:])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "run":
+        return run(argv[1], argv[2:])
+    raise SystemExit(f"usage: {__file__} run TOOL ARGS...")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
