@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from clipdehaze.pipeline import (
     attach_clip_cache,
@@ -23,11 +23,9 @@ from clipdehaze.pipeline import (
     floats,
     module_for_inference,
     run_summary,
-    save_grid,
-    write_json,
-    write_rows_csv,
+    write_run_results,
 )
-from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
 
 log = logging.getLogger("clipdehaze.eval")
 register_resolvers()
@@ -47,15 +45,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary = run_summary(cfg, module, metrics, ckpt_path=cfg.get("ckpt_path"),
                           weights_path=cfg.get("weights_path"), test_seconds=round(seconds, 2))
     if trainer.is_global_zero:
-        write_json(output_dir / "metrics.json", summary)
-        write_rows_csv(output_dir / "per_image.csv", module.test_rows)
-        save_grid(module.test_samples, output_dir / "grid.png")
-        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
+        write_run_results(output_dir, summary, cfg, rows=module.test_rows, samples=module.test_samples)
     log.info("%s on %s (%s): %s", module.generator_name, summary["data"], summary["metric_protocol"], metrics)
     log.info("wrote %s", output_dir)
     return summary
 
 
+@checked_overrides
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
