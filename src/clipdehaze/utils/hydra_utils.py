@@ -101,7 +101,8 @@ class RunDirGuard(Callback):
     @staticmethod
     def _check(run_dir: Path, task: str, option: str) -> None:
         if (why := foreign_run(run_dir, task)) is not None:
-            raise FileExistsError(
+            # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings and carries on.
+            raise SystemExit(
                 f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace. Leave {option} unset "
                 f"(every run gets a folder of its own) or name a new folder, e.g. {option}={run_dir}_{task}")
 
