@@ -283,7 +283,8 @@ def test_non_finite_weights_are_refused(tmp_path, value, fmt):
         gen_sd = {k[len("generator."):]: v.contiguous() for k, v in sd.items()}
         torch.save(gen_sd, path) if fmt == "pth" else save_file(gen_sd, str(path))
         load = lambda: load_generator_weights(module.generator, path)  # noqa: E731
-    with pytest.raises(CheckpointError, match=rf"{path.name}: non-finite weights \(NaN/Inf\) in .*{key.split('.')[-1]}"):
+    leaf = key.split(".")[-1]
+    with pytest.raises(CheckpointError, match=rf"{path.name}: non-finite weights \(NaN/Inf\) in .*{leaf}"):
         load()
 
 
@@ -416,7 +417,7 @@ def test_predict_replaces_only_its_own_outputs(compose_cfg, tmp_path):
     for case, make in foreign.items():
         make(out / "a.png")
         before = _snapshot(out)
-        with pytest.raises(FileExistsError, match=r"out/a\.png, not written by clipdehaze-predict; pass overwrite=true"):
+        with pytest.raises(FileExistsError, match=r"out/a\.png, not written by clipdehaze-predict; pass overwrite="):
             predict(_predict_cfg(compose_cfg, src, out))
         assert _snapshot(out) == before, case  # refused before anything was written (b.png neither)
         (out / "a.png").unlink()
@@ -559,3 +560,355 @@ def test_training_writes_metrics_before_the_grid(compose_cfg, tiny_paired_root, 
                                                r".*metrics\.json"):
         train(cfg)
     assert "test/psnr_tiny" in json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Silent wrong results: non-finite pixels and metrics
+
+
+def _float_tiff(path: Path, values: np.ndarray) -> Path:
+    Image.fromarray(values.astype(np.float32), mode="F").save(path)
+    return path
+
+
+def _float_corpus(h: int = 20, w: int = 24) -> dict[str, tuple[np.ndarray, int]]:
+    """case -> (float image, how many NaN pixels it holds)."""
+    base = np.linspace(0.1, 0.9, h * w, dtype=np.float32).reshape(h, w)
+    cases = {}
+    for name, rows, cols, value in [("NaN in a corner", 0, 0, np.nan),
+                                    ("a NaN block", slice(5, 9), slice(6, 10), np.nan),
+                                    ("all NaN", slice(None), slice(None), np.nan),
+                                    ("+Inf pixels", 3, slice(2, 7), np.inf), ("-Inf pixels", slice(0, 4), 5, -np.inf),
+                                    ("values above 1", 7, 7, 5.0)]:
+        img = base.copy()
+        img[rows, cols] = value
+        cases[name] = (img, int(np.isnan(img).sum()))
+    mixed = base.copy()
+    mixed[1, 2], mixed[3, 4] = np.inf, np.nan
+    cases["NaN and Inf"] = (mixed, 1)
+    return cases
+
+
+def test_float_images_nan_refused_naming_file_inf_clipped(tmp_path):
+    from clipdehaze.data.io import ImageReadError, load_image
+
+    for i, (case, (img, nans)) in enumerate(_float_corpus().items()):
+        path = _float_tiff(tmp_path / f"case{i}.tif", img)
+        if nans:
+            r, c = (int(a[0]) for a in np.nonzero(np.isnan(img)))
+            with pytest.raises(ImageReadError, match=rf"case{i}\.tif: {nans} NaN pixel\(s\) \(the first at row {r}, "
+                                                     rf"column {c}\)"):
+                load_image(path)
+        else:
+            x = load_image(path)
+            assert torch.isfinite(x).all(), case
+            assert torch.equal(x[0], torch.from_numpy(np.clip(img, 0, 1))), case
+
+
+def test_predict_skips_a_nan_image_by_name_and_restores_an_inf_one(compose_cfg, tmp_path):
+    corpus = _float_corpus()
+    src = tmp_path / "in"
+    src.mkdir()
+    _float_tiff(src / "nan.tif", corpus["a NaN block"][0])
+    _float_tiff(src / "inf.tif", corpus["+Inf pixels"][0])
+    Image.new("RGB", (24, 20), (90, 110, 130)).save(src / "plain.png")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"1 of 3 input\(s\) unreadable .*nan\.tif; 2 written"):
+        predict(_predict_cfg(compose_cfg, src, out))
+    assert sorted(p.name for p in out.iterdir()) == ["inf.png", "plain.png"]
+    restored = np.asarray(Image.open(out / "inf.png"))
+    assert restored.std() > 5  # not the black image a non-finite pixel used to give
+
+
+def test_nan_in_a_test_image_stops_eval_naming_it(compose_cfg, tmp_path):
+    from clipdehaze.data.io import ImageReadError
+    from conftest import make_paired_folder
+
+    root = make_paired_folder(tmp_path / "data", {"train": [(40, 40)] * 2, "test": [(20, 24)] * 2})
+    (root / "test" / "hazy" / "0001.png").unlink()
+    _float_tiff(root / "test" / "hazy" / "0001.tif", _float_corpus()["NaN in a corner"][0])
+    cfg = compose_cfg("eval", ["model=dcp", *_data(root)], out=tmp_path / "eval")
+    with pytest.raises(ImageReadError, match=r"hazy/0001\.tif: 1 NaN pixel"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def _strict_json(path: Path):
+    def refuse(token):
+        raise AssertionError(f"{path} holds {token}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_non_finite_outputs_give_valid_json_and_name_the_images(compose_cfg, tiny_paired_root, tmp_path, monkeypatch):
+    """An output with NaN pixels (an unstable model) makes that image's metrics and the means NaN: metrics.json
+    stays valid JSON (null) and a warning names the images. (+-Inf outputs are clamped by every protocol.)"""
+    real_forward = DehazeLitModule.forward
+
+    def whole(out):
+        return out.fill_(float("nan"))
+
+    def one_pixel(out):
+        out[..., 3, 4] = float("nan")
+        return out
+
+    cases = {"a NaN image": (whole, {0}), "one NaN pixel": (one_pixel, {1}), "both images NaN": (whole, {0, 1})}
+    for case, (poison, indices) in cases.items():
+        def forward(self, x, batch=None, poison=poison, indices=indices):
+            out = real_forward(self, x, batch)
+            return poison(out) if batch is not None and set(batch["index"].tolist()) & indices else out
+
+        monkeypatch.setattr(DehazeLitModule, "forward", forward)
+        out = tmp_path / case.replace(" ", "_")
+        names = ", ".join(f"{i:04d}.png" for i in sorted(indices))
+        with pytest.warns(UserWarning, match=rf"non-finite metric values .* {len(indices)} test image\(s\): {names};"):
+            evaluate(compose_cfg("eval", ["model=dcp", *_data(tiny_paired_root)], out=out))
+        summary = _strict_json(out / "metrics.json")
+        assert summary["metrics"]["test/psnr_tiny"] is None and summary["metrics"]["test/ssim_tiny"] is None, case
+
+
+def test_to_json_writes_null_for_every_non_finite_number():
+    from clipdehaze.utils.files import to_json
+
+    corpus = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"),
+              "nested": {"a": [1.0, float("nan"), {"b": float("inf")}]}, "tuple": (float("-inf"), 2),
+              "fine": 1.5, "text": "NaN", "path": Path("/x")}
+    parsed = json.loads(to_json(corpus), parse_constant=lambda t: pytest.fail(f"invalid JSON token {t}"))
+    assert parsed == {"nan": None, "inf": None, "-inf": None, "nested": {"a": [1.0, None, {"b": None}]},
+                      "tuple": [None, 2], "fine": 1.5, "text": "NaN", "path": "/x"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Silent wrong results: dataset listing, `clipdehaze-data check`, EXIF orientation
+
+
+def _junk(folder: Path, outside: Path) -> dict[str, str]:
+    """Entries a dataset folder collects, each with the reason the listing must give."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0009.png").symlink_to(outside / "moved_away.png")
+    (folder / "0010.png").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "0011.gif")
+    (folder / "._0000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (folder / ".DS_Store").write_bytes(b"\x00")
+    (folder / "Thumbs.db").write_bytes(b"\x00")
+    (folder / "notes.txt").write_text("x")
+    (folder / "0012.heic").write_bytes(b"\x00")
+    (folder / "old").mkdir()
+    os.mkfifo(folder / "0013.png")
+    return {"0009.png": "broken symlink", "0010.png": "a folder named like an image",
+            "0011.gif": "unsupported format .gif", "._0000.png": "macOS resource-fork", ".DS_Store": "hidden file",
+            "Thumbs.db": "not an image (.db)",
+            "notes.txt": "not an image (.txt)", "0012.heic": "unsupported format .heic", "old": "a folder",
+            "0013.png": "not a regular file"}
+
+
+def test_listing_reports_every_skipped_entry_with_its_reason(tmp_path):
+    from clipdehaze.data import PairedImageDataset
+    from conftest import make_paired_folder
+
+    root = make_paired_folder(tmp_path / "data", {"train": [(40, 40)] * 3})
+    reasons = _junk(root / "train" / "hazy", tmp_path)
+    with pytest.warns(UserWarning) as record:
+        ds = PairedImageDataset(root, "train", mode="test")
+    message = " ".join(str(w.message) for w in record)
+    assert f"{len(reasons)} entries are not readable images and were skipped" in message
+    for name, reason in reasons.items():
+        assert f"{name} ({reason}" in message, (name, message)
+    assert [p.name for p, _ in ds.pairs] == ["0000.png", "0001.png", "0002.png"]
+
+
+@pytest.mark.parametrize("names", [("0001.png", "0001.jpg"), ("0001.png", "0001.PNG"), ("0001.tif", "0001.tiff"),
+                                   ("0001_0.8_0.2.png", "0001_0.8_0.2.jpg")])
+def test_two_inputs_sharing_a_stem_are_refused(tmp_path, names):
+    from clipdehaze.data import PairedImageDataset
+    from conftest import make_paired_folder
+
+    root = make_paired_folder(tmp_path / "data", {"test": [(32, 32)] * 2})
+    hazy = root / "test" / "hazy"
+    for p in hazy.iterdir():
+        p.unlink()
+    for n in names:
+        Image.new("RGB", (32, 32), (200, 200, 200)).save(hazy / n, format="PNG" if "png" in n.lower() else None)
+    first, second = sorted(hazy / n for n in names)
+    with pytest.raises(ValueError, match=rf"ambiguous inputs: .*{first.name} and .*{second.name} .*count twice"):
+        PairedImageDataset(root, "test", mode="test")
+    assert data_cli(["check", str(root)]) == 1
+
+
+def test_check_fails_on_empty_ambiguous_and_broken_datasets(tmp_path, capsys):
+    from conftest import make_paired_folder
+
+    def folders(name: str) -> Path:
+        for d in ("hazy", "GT"):
+            (tmp_path / name / d).mkdir(parents=True)
+        return tmp_path / name
+
+    empty = folders("empty")
+    only_hazy = folders("only_hazy")
+    Image.new("RGB", (16, 16)).save(only_hazy / "hazy" / "0001.png")
+    ambiguous_gt = make_paired_folder(tmp_path / "ambiguous_gt", {"test": [(16, 16)]})
+    Image.new("RGB", (16, 16)).save(ambiguous_gt / "test" / "GT" / "0000.jpg")
+    broken = make_paired_folder(tmp_path / "broken_link", {"test": [(16, 16)] * 2})
+    (broken / "test" / "hazy" / "0002.png").symlink_to(tmp_path / "nowhere.png")
+    folder_like = make_paired_folder(tmp_path / "folder_like", {"test": [(16, 16)] * 2})
+    (folder_like / "test" / "GT" / "0002.png").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        empty: "no pairs (0 image(s) in hazy/, 0 in GT/)",
+        only_hazy: "no pairs (1 image(s) in hazy/, 0 in GT/)",
+        ambiguous_gt: "ambiguous targets",
+        broken: "0002.png: skipped, broken symlink",
+        folder_like: "0002.png: skipped, a folder named like an image",
+        tmp_path / "missing": "missing: does not exist",
+        tmp_path / "a_file": "a_file: not a folder",
+    }
+    capsys.readouterr()
+    for root, message in cases.items():
+        assert data_cli(["check", str(root)]) == 1, root
+        out = capsys.readouterr().out
+        assert message in out and "OK:" not in out, (root, out)
+    gif = make_paired_folder(tmp_path / "with_gif", {"test": [(16, 16)] * 2})
+    Image.new("RGB", (8, 8)).save(gif / "test" / "hazy" / "0005.gif")
+    assert data_cli(["check", str(gif)]) == 0  # a stray GIF is reported, not fatal
+    assert "0005.gif: skipped, unsupported format .gif" in capsys.readouterr().out
+
+
+def _with_orientation(path: Path, orientation: int, size: int = 32, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path, exif=exif)
+
+
+@pytest.mark.parametrize("hazy,gt", [(6, 1), (1, 3), (8, 6), (2, 1), (6, 6)])
+def test_pairs_with_different_exif_orientations_are_warned_naming_both(tmp_path, capsys, hazy, gt):
+    from clipdehaze.data import PairedImageDataset
+
+    root = tmp_path / "data"
+    for d in ("hazy", "GT"):
+        (root / "test" / d).mkdir(parents=True)
+    _with_orientation(root / "test" / "hazy" / "0001.png", hazy)
+    _with_orientation(root / "test" / "GT" / "0001.png", gt)
+    ds = PairedImageDataset(root, "test", mode="test")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds[0]
+        ds[0]  # once per pair, not per epoch
+    found = [str(w.message) for w in caught if "EXIF orientations differ" in str(w.message)]
+    assert data_cli(["check", str(root)]) == 0
+    out = capsys.readouterr().out
+    if hazy == gt:
+        assert not found and "EXIF" not in out
+    else:
+        assert len(found) == 1
+        for message in (found[0], out):
+            assert f"hazy/0001.png has {hazy}, its target {root}/test/GT/0001.png has {gt}" in message, message
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Unclear failures: one sentence naming the option or file and the fix, before any work starts
+
+
+@pytest.mark.parametrize("override,option", [
+    ("data.batch_size=0", "batch_size=0"), ("data.batch_size=-2", "batch_size=-2"),
+    ("data.batch_size=2.5", "batch_size=2.5"), ("+data.val_batch_size=0", "val_batch_size=0"),
+    ("data.num_workers=-1", "num_workers=-1"), ("data.crop_size=-8", "crop_size=-8"),
+    ("data.val_crop_size=-1", "val_crop_size=-1"), ("+data.max_train_samples=0", "max_train_samples=0"),
+    ("+data.max_test_samples=-3", "max_test_samples=-3"),
+])
+def test_bad_data_options_are_named_before_anything_runs(compose_cfg, tiny_paired_root, tmp_path, override, option):
+    cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=fast_dev_run", *_data(tiny_paired_root), override],
+                      out=tmp_path / "run")
+    with pytest.raises(Exception, match=rf"data\.{option} is invalid: it must be ") as info:
+        train(cfg)  # Hydra wraps the data module's ValueError, quoting its sentence
+    assert isinstance(info.value.__cause__ or info.value, ValueError)
+    assert not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("model,override,minimum", [
+    ("dehazeformer_test", "data.crop_size=16", 25), ("dehazeformer_test", "data.crop_size=24", 25),
+    ("mixdehazenet_test", "data.crop_size=32", 37), ("dehazeformer_test", "data.val_crop_size=20", 25),
+])
+def test_crop_below_the_models_minimum_is_named(compose_cfg, tiny_paired_root, tmp_path, model, override, minimum):
+    option = override.split("=")[0]
+    cfg = compose_cfg("train", [f"model={model}", "debug=fast_dev_run", *_data(tiny_paired_root), override],
+                      out=tmp_path / "run")
+    with pytest.raises(ValueError, match=rf"^{option}={override.split('=')[1]} is below the smallest input "
+                                         rf"model={model} takes \({minimum} px per side\); set {option}={minimum}"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_inputs_are_named(compose_cfg, tiny_paired_root, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for src, message in {tmp_path / "nowhere": "no such file or folder", empty: "no images"}.items():
+        with pytest.raises(FileNotFoundError, match=rf"^input={src}: {message}"):
+            predict(_predict_cfg(compose_cfg, src, tmp_path / "out"))
+    cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=fast_dev_run", *_data(tiny_paired_root),
+                                f"data.root={tmp_path / 'no_dataset'}"], out=tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"no_dataset/train/hazy.*no_dataset does not exist"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("argv", [["clip=null", "model=mixcldehazenet_test"], ["data=null"], ["model=null"]])
+def test_a_group_set_to_null_gets_the_tilde_form(argv):
+    from clipdehaze.utils.hydra_utils import check_override_syntax
+
+    group = argv[0].split("=")[0]
+    with pytest.raises(SystemExit, match=rf"^{group}=null: a config group cannot be set to null .* drop it with "
+                                         rf"~{group}, or choose one of: "):
+        check_override_syntax(argv)
+
+
+def test_clip_cache_with_clip_null_says_what_to_pass():
+    with pytest.raises(SystemExit, match=r"^clip=null: .*~clip, or choose one of: .*tiny_random"):
+        data_cli(["clip-cache", "data=synthetic", "model=mixcldehazenet_test", "clip=null"])
+
+
+_AWKWARD_PATHS = ["in=put", "it's", 'say "hi"', "[1]", "(copy)", "{a}", "a,b", "cost $5", "tab\there", "end\\",
+                  "x=${y}", "mix 'a'=\"b\" [c],(d)"]
+
+
+def test_paths_with_override_syntax_get_a_quoted_form_that_reads_back_exactly(compose_cfg, tmp_path):
+    import shlex
+
+    from clipdehaze.utils.hydra_utils import check_override_syntax
+
+    unparseable = 0
+    for name in _AWKWARD_PATHS:
+        path = str(tmp_path / name)
+        try:
+            check_override_syntax([f"input={path}", "output=out"])
+            quoted = None
+        except SystemExit as e:
+            unparseable += 1
+            assert str(e).startswith(f"input={path}: Hydra cannot read this value"), str(e)
+            quoted = str(e).rsplit(": ", 1)[1]
+        if quoted is None:  # plain enough for Hydra as typed; the documented quoting must read it back too
+            from clipdehaze.utils.hydra_utils import hydra_quote, shell_quote
+
+            quoted = shell_quote(f"input={hydra_quote(path)}")
+        (arg,) = shlex.split(quoted)  # what the shell hands over
+        check_override_syntax([arg])
+        assert compose_cfg("predict", [arg]).input == path, (name, quoted)
+    assert unparseable >= 7
+
+
+@pytest.mark.slow
+def test_predict_reads_a_path_with_override_syntax_quoted_as_documented(tmp_path):
+    import shlex
+
+    src = tmp_path / "hazy=1 it's [a]"
+    src.mkdir()
+    Image.new("RGB", (24, 20), (90, 110, 130)).save(src / "a.jpg")
+    out = _run([_script("clipdehaze-predict"), "model=dcp", f"input={src}", "output=restored"], tmp_path)
+    assert out.returncode != 0 and f"input={src}: Hydra cannot read this value" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "restored").exists()
+    (quoted,) = shlex.split(out.stderr.strip().splitlines()[-1].rsplit(": ", 1)[1])
+    out = _run([_script("clipdehaze-predict"), "model=dcp", quoted, "output=restored"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "restored" / "a.png").is_file()

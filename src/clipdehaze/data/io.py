@@ -141,8 +141,9 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image as a (3, H, W) float32 tensor in [0, 1], upright per its EXIF orientation.
 
     Greyscale (8/16-bit, float), palette, CMYK and alpha images become RGB; alpha is composited
-    on white; float values are clipped to [0, 1] and NaN pixels refused. Raises :class:`ImageReadError` naming the file on any failure, including truncated
-    files (the pixel data is decoded eagerly; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not used).
+    on white; float values are clipped to [0, 1] and NaN pixels refused. Raises :class:`ImageReadError`
+    naming the file on any failure, including truncated files (the pixel data is decoded eagerly;
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not used).
     """
     path = Path(path)
     try:

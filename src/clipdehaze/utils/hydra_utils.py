@@ -103,8 +103,9 @@ class RunDirGuard(Callback):
         if (why := foreign_run(run_dir, task)) is not None:
             # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings and carries on.
             raise SystemExit(
-                f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace. Leave {option} unset "
-                f"(every run gets a folder of its own) or name a new folder, e.g. {option}={run_dir}_{task}")
+                f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace. Leave "
+                f"{option} unset (every run gets a folder of its own) or name a new folder, e.g. "
+                f"{option}={run_dir}_{task}")
 
 
 def hydra_quote(value: str) -> str:
