@@ -912,3 +912,27 @@ def test_predict_reads_a_path_with_override_syntax_quoted_as_documented(tmp_path
     out = _run([_script("clipdehaze-predict"), "model=dcp", quoted, "output=restored"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "restored" / "a.png").is_file()
+
+
+def test_the_readmes_quoting_examples_read_back_as_the_paths_they_show():
+    import re
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from clipdehaze.utils.hydra_utils import check_override_syntax
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("**Paths holding", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
+    expected = {"input": "/data/hazy=1 [set A]/", "data.root": "/data/it's here"}
+    parser = OverridesParser.create()
+    seen = {}
+    for line in block.strip().splitlines():
+        argv = shlex.split(line)[1:]
+        check_override_syntax(argv)
+        for arg in argv:
+            override = parser.parse_override(arg)
+            if override.key_or_group in expected:
+                seen[override.key_or_group] = override.value()
+    assert seen == expected
