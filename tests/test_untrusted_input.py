@@ -493,15 +493,23 @@ def test_eval_and_predict_refuse_a_training_run_dir(tiny_paired_root, tmp_path):
     before = _snapshot(run)
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (24, 20)).save(photo)
-    commands = [[_script("clipdehaze-eval"), "model=dcp", *_data(tiny_paired_root), f"hydra.run.dir={run}"],
-                [_script("clipdehaze-predict"), "model=dcp", f"input={photo}", "output=restored",
-                 f"hydra.run.dir={run}"]]
-    for cmd in commands:
+    sweep = tmp_path / "outputs" / "train" / "multiruns" / "2026-01-01_00-00-00-000000_cd34"
+    _fake_run(sweep / "0", "train")
+    before_sweep = _snapshot(sweep)
+    commands = [  # (option, the run dir it names, command)
+        ("hydra.run.dir", run, [_script("clipdehaze-eval"), "model=dcp", *_data(tiny_paired_root),
+                                f"hydra.run.dir={run}"]),
+        ("hydra.sweep.dir", sweep / "0", [_script("clipdehaze-eval"), "-m", "model=dcp,identity",
+                                          *_data(tiny_paired_root), f"hydra.sweep.dir={sweep}"]),
+        ("hydra.run.dir", run, [_script("clipdehaze-predict"), "model=dcp", f"input={photo}", "output=restored",
+                                f"hydra.run.dir={run}"]),
+    ]
+    for option, where, cmd in commands:
         out = _run(cmd, tmp_path)
         assert out.returncode != 0, out.stdout[-2000:]
-        assert f"hydra.run.dir puts this" in out.stderr and f"{run}, but it holds a train run" in out.stderr, \
+        assert f"{option} puts this" in out.stderr and f"{where}, but it holds a train run" in out.stderr, \
             out.stderr[-2000:]
-        assert _snapshot(run) == before
+        assert _snapshot(run) == before and _snapshot(sweep) == before_sweep
     assert not (tmp_path / "restored").exists()
 
 

@@ -88,7 +88,7 @@ class RunDirGuard(Callback):
 
         HydraConfig.instance().set_config(config)  # so ${hydra:...} in the run dir's path resolves
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
-        self._check(run_dir, config.task_name, "hydra.run.dir")
+        self._check(run_dir, config.task_name, "hydra.run.dir", run_dir)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -96,16 +96,16 @@ class RunDirGuard(Callback):
         HydraConfig.instance().set_config(config)
         sweep = Path(OmegaConf.select(config, "hydra.sweep.dir"))
         for job_dir in sorted(sweep.iterdir()) if sweep.is_dir() else ():
-            self._check(job_dir, config.task_name, "hydra.sweep.dir")
+            self._check(job_dir, config.task_name, "hydra.sweep.dir", sweep)
 
     @staticmethod
-    def _check(run_dir: Path, task: str, option: str) -> None:
+    def _check(run_dir: Path, task: str, option: str, option_dir: Path) -> None:
         if (why := foreign_run(run_dir, task)) is not None:
             # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings and carries on.
             raise SystemExit(
                 f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace. Leave "
                 f"{option} unset (every run gets a folder of its own) or name a new folder, e.g. "
-                f"{option}={run_dir}_{task}")
+                f"{option}={option_dir}_{task}")
 
 
 def hydra_quote(value: str) -> str:
