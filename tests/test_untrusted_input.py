@@ -621,11 +621,32 @@ def test_predict_skips_a_nan_image_by_name_and_restores_an_inf_one(compose_cfg, 
     _float_tiff(src / "inf.tif", corpus["+Inf pixels"][0])
     Image.new("RGB", (24, 20), (90, 110, 130)).save(src / "plain.png")
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match=r"1 of 3 input\(s\) unreadable .*nan\.tif; 2 written"):
+    with pytest.raises(SystemExit, match=r"1 of 3 input\(s\) unreadable or not restorable .*nan\.tif; 2 written"):
         predict(_predict_cfg(compose_cfg, src, out))
     assert sorted(p.name for p in out.iterdir()) == ["inf.png", "plain.png"]
     restored = np.asarray(Image.open(out / "inf.png"))
     assert restored.std() > 5  # not the black image a non-finite pixel used to give
+
+
+def test_predict_never_writes_a_nan_output_as_a_black_image(compose_cfg, tmp_path, monkeypatch):
+    import clipdehaze.predict as predict_module
+
+    real_restore = predict_module.restore
+
+    def unstable_on_width_31(module, x, tile, overlap):
+        y = real_restore(module, x, tile, overlap)
+        if x.shape[-1] == 31:
+            y[..., 2:5, 3] = float("nan")
+        return y
+
+    monkeypatch.setattr(predict_module, "restore", unstable_on_width_31)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (31, 20), (90, 110, 130)).save(src / "unstable.png")
+    Image.new("RGB", (24, 20), (90, 110, 130)).save(src / "fine.png")
+    with pytest.raises(SystemExit, match=r"1 of 2 input\(s\) unreadable or not restorable .*unstable\.png; 1 written"):
+        predict(_predict_cfg(compose_cfg, src, tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine.png"]
 
 
 def test_nan_in_a_test_image_stops_eval_naming_it(compose_cfg, tmp_path):

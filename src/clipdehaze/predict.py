@@ -112,12 +112,18 @@ def predict(cfg: DictConfig) -> list[Path]:
             failed.append(p)
             continue
         y = restore(module, x, int(cfg.tile), int(cfg.overlap))
+        if nan := int(y.isnan().sum()):
+            # A PNG cannot hold NaN; written, these pixels would pass for black.
+            log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this input); "
+                      "not written", p, nan)
+            failed.append(p)
+            continue
         dst = out_dir / f"{p.stem}.png"
         save_image(y[0].cpu(), dst, text=MARK)
         written.append(dst)
         log.info("%s -> %s", p, dst)
     if failed:
-        raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable (see errors above): "
+        raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable or not restorable (see errors above): "
                          + ", ".join(str(p) for p in failed[:5]) + f"; {len(written)} written to {out_dir}")
     return written
 

@@ -166,7 +166,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 def encode_png(image: torch.Tensor | np.ndarray, compress_level: int = 6, text: dict[str, str] | None = None) -> bytes:
     """A float image in [0, 1] — (3, H, W), (1, H, W) or (H, W) — as 8-bit PNG bytes; ``text`` becomes tEXt chunks.
 
-    Values are clamped and rounded. ``compress_level`` is zlib's 0-9 (6, Pillow's default, is ~4x slower than 1
+    Values are clamped and rounded, NaN written as 0. ``compress_level`` is zlib's 0-9 (6, Pillow's default, is ~4x slower than 1
     for ~10% smaller files).
     """
     # numpy rather than torch for the conversion: these are small single-image ops, where torch's
@@ -176,7 +176,7 @@ def encode_png(image: torch.Tensor | np.ndarray, compress_level: int = 6, text: 
         arr = arr.transpose(1, 2, 0)
     elif arr.ndim != 2:
         raise ValueError(f"expected an image of shape (3,H,W), (1,H,W) or (H,W); got {arr.shape}")
-    arr = np.rint(np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    arr = np.rint(np.clip(np.nan_to_num(arr.astype(np.float32), nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     info = None
