@@ -60,8 +60,7 @@ def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: b
     for p in inputs:
         if (out / f"{p.stem}.png").resolve() == p.resolve():
             raise ValueError(f"refusing to overwrite input file {p}")
-    existing = [out_dir / f"{p.stem}.png" for p in inputs if (out_dir / f"{p.stem}.png").exists()
-                or (out_dir / f"{p.stem}.png").is_symlink()]
+    existing = [d for d in (out_dir / f"{p.stem}.png" for p in inputs) if d.exists() or d.is_symlink()]
     if folders := [d for d in existing if d.is_dir()]:
         raise IsADirectoryError(f"{folders[0]} is a folder where the restored image would go; rename it or choose "
                                 "another output=")
