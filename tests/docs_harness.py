@@ -201,6 +201,8 @@ def make_weights_file(path: Path, model: str) -> None:
 def provide_user_files(args: list[str]) -> None:
     """What a user has before running a documented command: its ``weights_path=`` file and ``input=`` images."""
     kv = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if "--source" in args:  # clipdehaze-data synth --source <the user's photos>
+        kv["input"] = args[args.index("--source") + 1]
     weights = kv.get("weights_path")
     if weights and not Path(weights).exists() and kv.get("model"):
         make_weights_file(Path(weights), kv["model"])
@@ -209,8 +211,8 @@ def provide_user_files(args: list[str]) -> None:
         if Path(inp).suffix:
             _png(Path(inp), 7, (72, 96))
         else:
-            for k in range(2):
-                _png(Path(inp) / f"img{k}.jpg", 8 + k, (56, 80))
+            for k in range(3):
+                _png(Path(inp) / f"img{k}.jpg", 8 + k, (96, 128))
 
 
 # ----------------------------------------------------------------------------------------------------- runner

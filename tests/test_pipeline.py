@@ -262,7 +262,8 @@ def test_eval_without_data_refuses_a_checkpoint_that_records_none(compose_cfg, t
     evil = tmp_path / "evil.ckpt"
     torch.save({**ckpt, RUN_CONFIG_KEY: {"seed": 0, "data": {"_target_": "pathlib.Path.touch", "self": str(marker)}}},
                evil)
-    with pytest.raises(ValueError, match=r"evil\.ckpt: its stored data config names _target_='pathlib.Path.touch'"):
+    with pytest.raises(ValueError, match=r"evil\.ckpt: refusing to build 'pathlib.Path.touch' named at "
+                                         r"clipdehaze_run_config\.data\._target_.*Pass data=<name>"):
         evaluate(compose_cfg("eval", [f"ckpt_path={evil}"]))
     assert not marker.exists()
 

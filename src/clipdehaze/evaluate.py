@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from clipdehaze.pipeline import (
     PER_IMAGE_CSV,
@@ -31,11 +31,9 @@ from clipdehaze.pipeline import (
     inference_weights,
     module_for_inference,
     run_summary,
-    save_grid,
-    write_json,
-    write_rows_csv,
+    write_run_results,
 )
-from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
 
 log = logging.getLogger("clipdehaze.eval")
 register_resolvers()
@@ -60,15 +58,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                           ckpt_path=cfg.get("ckpt_path"), weights_path=cfg.get("weights_path"),
                           test_seconds=round(seconds, 2))
     if trainer.is_global_zero:
-        write_json(output_dir / "metrics.json", summary)
-        write_rows_csv(output_dir / PER_IMAGE_CSV, module.test_rows)
-        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
-        save_grid(module.test_samples, output_dir / "grid.png")
+        write_run_results(output_dir, summary, cfg, rows=module.test_rows, rows_file=PER_IMAGE_CSV,
+                          samples=module.test_samples)
     log.info("%s on %s (%s): %s", module.generator_name, summary["data"], summary["metric_protocol"], metrics)
     log.info("wrote %s", output_dir)
     return summary
 
 
+@checked_overrides
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)

@@ -258,6 +258,12 @@ class DehazeLitModule(L.LightningModule):
             for r in self.test_metrics.per_image()
         ]
         self.test_metrics.reset()
+        nonfinite = [r["name"] or f"#{r['index']}" for r in self.test_rows
+                     if not all(math.isfinite(v) for k, v in r.items() if k not in ("index", "name"))]
+        if nonfinite:
+            rank_zero_warn(f"non-finite metric values (the output has NaN/Inf pixels) for {len(nonfinite)} test "
+                           f"image(s): {', '.join(nonfinite[:10])}{' ...' if len(nonfinite) > 10 else ''}; the "
+                           "means they enter are written as null to metrics.json")
 
     def protocol_description(self) -> str:
         return describe_protocol(self.protocol, **self.protocol_opts)
@@ -292,14 +298,20 @@ class DehazeLitModule(L.LightningModule):
     def read_checkpoint(path: str, map_location: str | torch.device = "cpu",
                         expect_generator: str | None = None) -> dict[str, Any]:
         """A training checkpoint's dict, read with ``weights_only=True`` and checked: a corrupt, truncated or
-        foreign file is a CheckpointError naming it; another generator than ``expect_generator`` a ValueError
-        naming both."""
+        foreign file is a CheckpointError naming it; hyper-parameters naming anything outside the allow-list of
+        :mod:`clipdehaze.utils.trust` an UntrustedConfigError naming the file and the target; another generator
+        than ``expect_generator`` a ValueError naming both."""
         from clipdehaze.utils.checkpoint import load_checkpoint_file
+        from clipdehaze.utils.trust import check_config, check_hparams
 
         ckpt = load_checkpoint_file(path, map_location=map_location)
         hp = ckpt.get("hyper_parameters") or {}
-        if "generator" not in hp:
-            raise ValueError(f"{path}: not a clipdehaze training checkpoint (no 'generator' in hyper_parameters)")
+        if not isinstance(hp, Mapping) or not isinstance(hp.get("generator"), Mapping) \
+                or not isinstance(hp["generator"].get("name"), str):
+            raise ValueError(f"{path}: not a clipdehaze training checkpoint (no generator name in hyper_parameters)")
+        # Everything hyper_parameters hold reaches Hydra's instantiate (loss, clip, optimizer, scheduler).
+        check_hparams(hp, path)
+        check_config(ckpt.get("datamodule_hyper_parameters") or {}, "data", path, "datamodule_hyper_parameters")
         if expect_generator and expect_generator != hp["generator"]["name"]:
             raise ValueError(
                 f"{path}: checkpoint holds generator {hp['generator']['name']!r}, but model={expect_generator!r} "

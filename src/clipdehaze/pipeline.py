@@ -4,10 +4,8 @@ run files (metrics.json, per-image CSV, image grid)."""
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
-import math
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from clipdehaze.lit_module import DehazeLitModule
 from clipdehaze.models.registry import create_generator
 from clipdehaze.utils.checkpoint import load_generator_weights
+from clipdehaze.utils.files import atomic_write, to_json, write_in_order
 
 log = logging.getLogger("clipdehaze")
 
@@ -79,13 +78,6 @@ def module_for_inference(cfg: DictConfig) -> DehazeLitModule:
     return module
 
 
-#: The data modules a stored data config may build (clipdehaze-eval of a checkpoint without data=): a checkpoint is
-#: a file from anywhere, so its config may name only these, never an arbitrary importable callable.
-DATAMODULE_TARGETS = frozenset(
-    f"clipdehaze.data{sub}.{cls}" for sub in ("", ".datamodule")
-    for cls in ("PairedDataModule", "SyntheticHazeDataModule", "SyntheticWeatherDataModule"))
-
-
 def checkpoint_run_config(ckpt_path: str) -> dict[str, Any] | None:
     """The resolved training config a clipdehaze checkpoint carries (None for checkpoints saved before it did)."""
     from clipdehaze.lit_module import RUN_CONFIG_KEY
@@ -114,11 +106,12 @@ def eval_data_config(cfg: DictConfig, train_config: dict[str, Any] | None) -> Di
                 if cfg.get("ckpt_path") else f"model={cfg.model.name if cfg.get('model') else None} has no training run")
         raise ValueError(f"no data to score: {what}; pass data=<name> (e.g. data=synthetic, data=sots_indoor, "
                          "data=paired data.root=/path/to/set)")
-    target = trained_on.get("_target_")
-    if target not in DATAMODULE_TARGETS:
-        raise ValueError(f"{cfg.ckpt_path}: its stored data config names _target_={target!r}, which is not one of "
-                         f"clipdehaze's data modules ({', '.join(sorted(DATAMODULE_TARGETS))}); refusing to build it. "
-                         "Pass data=<name> to choose the data yourself")
+    from clipdehaze.lit_module import RUN_CONFIG_KEY
+    from clipdehaze.utils.trust import check_config
+
+    # A checkpoint is a file from anywhere: its data config may build only one of clipdehaze's data modules.
+    check_config(trained_on, "data", cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix="Pass data=<name> to choose the "
+                 "data yourself")
     log.info("no data= given: scoring the checkpoint's training data %s (pass data=<name> for another set)",
              _data_label(trained_on))
     return OmegaConf.create(trained_on)
@@ -135,6 +128,17 @@ def inference_weights(cfg: DictConfig, module: DehazeLitModule) -> dict[str, Any
     if any(True for _ in module.generator.parameters()):
         return weights_provenance("random")
     return weights_provenance("none")
+def check_crop_fits_model(datamodule: L.LightningDataModule, module: DehazeLitModule) -> None:
+    """A training or validation crop below the generator's minimum input side fails deep in the first step; say
+    which option to raise before anything runs."""
+    minimum = getattr(module.generator, "min_size", None)
+    if not minimum:
+        return
+    for option in ("crop_size", "val_crop_size"):
+        size = getattr(datamodule, option, None)
+        if size and size < minimum:
+            raise ValueError(f"data.{option}={size} is below the smallest input model={module.generator_name} "
+                             f"takes ({minimum} px per side); set data.{option}={minimum} or more")
 
 
 def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module: DehazeLitModule) -> None:
@@ -182,28 +186,33 @@ def floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, p)
-
-
-def _json_default(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    return str(o)
+    """Strict JSON (NaN/Inf as null, see :func:`clipdehaze.utils.files.to_json`), written atomically."""
+    atomic_write(path, to_json(obj))
 
 
 def write_rows_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     rows = list(rows)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     fields = list(rows[0]) if rows else ["index", "name"]
-    with open(p, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def write_run_results(output_dir: str | Path, summary: dict[str, Any], cfg: DictConfig,
+                      rows: list[dict[str, Any]] | None = None, rows_file: str = "per_image.csv",
+                      samples: list[dict[str, torch.Tensor]] | None = None) -> None:
+    """A run's result files, most valuable first: ``metrics.json``, the per-image CSV, ``config_resolved.yaml``,
+    ``grid.png``. Each is atomic; a failed one (a full disk) does not stop the others, and the error names it."""
+    out = Path(output_dir)
+    files: list[tuple[Path, Any]] = [(out / "metrics.json", lambda p: write_json(p, summary))]
+    if rows is not None:
+        files.append((out / rows_file, lambda p: write_rows_csv(p, rows)))
+    files.append((out / "config_resolved.yaml", lambda p: atomic_write(p, OmegaConf.to_yaml(cfg, resolve=True))))
+    if samples:
+        files.append((out / "grid.png", lambda p: save_grid(samples, p)))
+    write_in_order(files)
 
 
 #: Height of one image row in the ``grid.png`` that train/eval write (the demo cuts its combined grid from them).
@@ -211,8 +220,8 @@ GRID_ROW_HEIGHT = 192
 
 
 def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: int = GRID_ROW_HEIGHT) -> None:
-    """One row per image: input | output | target (each resized to ``height``)."""
-    from clipdehaze.data.io import save_image
+    """One row per image: input | output | target (each resized to ``height``), written atomically."""
+    from clipdehaze.data.io import encode_png
 
     rows = []
     for s in samples:
@@ -232,7 +241,7 @@ def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: 
         return
     width = max(r.shape[-1] for r in rows)
     rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
-    save_image(torch.cat(rows, dim=1).clamp(0, 1), path)
+    atomic_write(path, encode_png(torch.cat(rows, dim=1).clamp(0, 1)))
 
 
 def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, float], *, datamodule: Any = None,

@@ -5,7 +5,9 @@
 
 Never writes into the input folder and never overwrites an input file. Outputs are ``<output>/<stem>.png``, so
 inputs that share a stem (``a.jpg`` and ``a.png``) would overwrite each other: such a folder is refused before
-anything is written, naming both files.
+anything is written, naming both files. Each output carries a PNG text chunk saying clipdehaze-predict wrote it;
+a file already at an output path is replaced only when it carries that mark (an earlier prediction) or with
+``overwrite=true``; otherwise the run stops before any work, naming the files.
 """
 
 from __future__ import annotations
@@ -17,27 +19,35 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, save_image
+from clipdehaze.data.datasets import list_images
+from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, png_text, save_image
 from clipdehaze.pipeline import module_for_inference
-from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
 from clipdehaze.utils.tiling import tiled_forward
 
 log = logging.getLogger("clipdehaze.predict")
 register_resolvers()
 
 
+#: The PNG text chunk that marks a file as this command's output (replaceable without overwrite=true).
+MARK = {"Software": "clipdehaze-predict"}
+
+
 def _inputs(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = list_images(path)
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {path}")
+            raise FileNotFoundError(f"input={path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
         return files
-    raise FileNotFoundError(f"input not found: {path}")
+    raise FileNotFoundError(f"input={path}: no such file or folder")
 
 
-def _check_output(inputs: list[Path], in_root: Path, out_dir: Path) -> None:
+def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"output={out_dir} is an existing file; output= names the folder the restored "
+                                 "images go to: pass a folder path (it is created if missing)")
     seen: dict[str, Path] = {}
     for p in inputs:
         if (other := seen.setdefault(p.stem, p)) is not p:
@@ -50,6 +60,15 @@ def _check_output(inputs: list[Path], in_root: Path, out_dir: Path) -> None:
     for p in inputs:
         if (out / f"{p.stem}.png").resolve() == p.resolve():
             raise ValueError(f"refusing to overwrite input file {p}")
+    existing = [d for d in (out_dir / f"{p.stem}.png" for p in inputs) if d.exists() or d.is_symlink()]
+    if folders := [d for d in existing if d.is_dir()]:
+        raise IsADirectoryError(f"{folders[0]} is a folder where the restored image would go; rename it or choose "
+                                "another output=")
+    foreign = [d for d in existing if png_text(d).get("Software") != MARK["Software"]]
+    if foreign and not overwrite:
+        shown = ", ".join(str(d) for d in foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise FileExistsError(f"output folder {out_dir} already holds {shown}, not written by clipdehaze-predict; "
+                              "pass overwrite=true to replace them, or choose another output=")
 
 
 @torch.no_grad()
@@ -78,7 +97,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         raise ValueError("pass input=<image file or folder> output=<folder>")
     in_path, out_dir = Path(cfg.input), Path(cfg.output)
     files = _inputs(in_path)
-    _check_output(files, in_path, out_dir)
+    _check_output(files, in_path, out_dir, bool(cfg.get("overwrite", False)))
     module = module_for_inference(cfg).eval()
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device)
@@ -92,16 +111,23 @@ def predict(cfg: DictConfig) -> list[Path]:
             failed.append(p)
             continue
         y = restore(module, x, int(cfg.tile), int(cfg.overlap))
+        if nan := int(y.isnan().sum()):
+            # A PNG cannot hold NaN; written, these pixels would pass for black.
+            log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this input); "
+                      "not written", p, nan)
+            failed.append(p)
+            continue
         dst = out_dir / f"{p.stem}.png"
-        save_image(y[0].cpu(), dst)
+        save_image(y[0].cpu(), dst, text=MARK)
         written.append(dst)
         log.info("%s -> %s", p, dst)
     if failed:
-        raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable (see errors above): "
+        raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable or not restorable (see errors above): "
                          + ", ".join(str(p) for p in failed[:5]) + f"; {len(written)} written to {out_dir}")
     return written
 
 
+@checked_overrides
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)

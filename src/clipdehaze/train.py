@@ -22,15 +22,14 @@ from clipdehaze.pipeline import (
     attach_clip_cache,
     build_module,
     build_trainer,
+    check_crop_fits_model,
     finish_loggers,
     floats,
     run_summary,
-    save_grid,
-    write_json,
-    write_rows_csv,
+    write_run_results,
 )
 from clipdehaze.provenance import weights_provenance
-from clipdehaze.utils.hydra_utils import config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
 
 log = logging.getLogger("clipdehaze.train")
 register_resolvers()
@@ -69,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
+    check_crop_fits_model(datamodule, module)
     if not any(p.requires_grad for p in module.generator.parameters()):
         raise ValueError(f"model={cfg.model.name} has no trainable parameters; evaluate it with "
                          f"`clipdehaze-eval model={cfg.model.name} data=...` instead of training it")
@@ -129,12 +129,9 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, datamodule, module: DehazeL
                           monitor=ckpt_cb.monitor if ckpt_cb else None,
                           best_model_score=float(best_score) if best_score is not None else None)
     if trainer.is_global_zero:  # under DDP every rank holds the same synced numbers; one writes them
-        write_json(output_dir / "metrics.json", summary)
-        if cfg.get("test", True):
-            write_rows_csv(output_dir / PER_IMAGE_CSV, getattr(module, "test_rows", []))
-        OmegaConf.save(cfg, output_dir / "config_resolved.yaml", resolve=True)
-        if cfg.get("test", True):
-            save_grid(module.test_samples, output_dir / "grid.png")
+        tested = cfg.get("test", True)
+        write_run_results(output_dir, summary, cfg, rows=getattr(module, "test_rows", []) if tested else None,
+                          rows_file=PER_IMAGE_CSV, samples=module.test_samples if tested else None)
     log.info("metrics (%s): %s", summary["metric_protocol"], metrics)
     return summary
 
@@ -153,6 +150,7 @@ def objective(summary: dict[str, Any], metric: str | None) -> float | None:
     return summary["metrics"][metric]
 
 
+@checked_overrides
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return objective(train(cfg), cfg.get("optimized_metric"))

@@ -21,8 +21,8 @@ from pathlib import Path
 from PIL import Image
 
 from clipdehaze.data.clip_cache import _add_clip_cache
-from clipdehaze.data.datasets import list_images, match_pairs
-from clipdehaze.data.io import ImageReadError, load_image
+from clipdehaze.data.datasets import list_images, match_pairs, orientation_mismatch
+from clipdehaze.data.io import ImageReadError, load_image, scan_images
 from clipdehaze.data.synth import (
     DEFAULT_RECIPES,
     DEFAULT_SPLITS,
@@ -67,7 +67,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", default="haze", choices=sorted(DEGRADATIONS), help="degradation kind")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.25, help="share of --source images held out for test")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out dataset that this tool wrote (refused if --out holds other files)")
     h = p.add_argument_group("haze, --kind haze only (defaults: HazeConfig)")
     h.add_argument("--beta", type=float, nargs=2, metavar=("LO", "HI"), help="scattering coefficient range")
     h.add_argument("--A", type=float, nargs=2, metavar=("LO", "HI"), help="atmospheric light range")
@@ -116,6 +117,12 @@ def _run_synth(args: argparse.Namespace) -> int:
             if not args.source.is_dir():
                 print(f"error: --source {args.source} is not a folder", file=sys.stderr)
                 return 2
+            src, out = args.source.resolve(), args.out.resolve()
+            if out == src or src in out.parents or out in src.parents:
+                print(f"error: --out {args.out} and --source {args.source} overlap; writing (or with --overwrite, "
+                      "replacing) the dataset there would mix it with or delete the source photos: choose an --out "
+                      "outside the source folder", file=sys.stderr)
+                return 2
             sources, splits = list_images(args.source), None
         try:
             config = DEGRADATIONS[args.kind].config_type(**haze)
@@ -137,10 +144,12 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 @dataclass
 class CheckReport:
-    """Result of :func:`check_dataset`: one summary row per split and every problem found."""
+    """Result of :func:`check_dataset`: one summary row per split, every problem found (each fails the check)
+    and warnings (skipped junk files, EXIF orientation mismatches) that do not."""
 
     rows: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -179,10 +188,14 @@ def check_dataset(root: str | os.PathLike, splits: Sequence[str | None] | None =
     """
     root = Path(root)
     report = CheckReport()
+    if not root.is_dir():
+        report.problems.append(f"{root}: {'not a folder' if root.exists() else 'does not exist'}")
+        return report
     if splits is None:
         splits = _find_splits(root, input_dir)
         if not splits:
-            report.problems.append(f"{root}: no {input_dir}/ folder in it or in any sub-folder")
+            report.problems.append(f"{root}: no {input_dir}/ folder in it or in any sub-folder (other input folder "
+                                   "names: --input-dir)")
             return report
     size_of = _header_size if quick else _decoded_size
     for split in splits:
@@ -193,12 +206,19 @@ def check_dataset(root: str | os.PathLike, splits: Sequence[str | None] | None =
         if missing:
             report.problems += [f"{d}: folder missing" for d in missing]
             continue
-        inputs, targets = list_images(dirs[0]), list_images(dirs[1])
+        (inputs, skipped_in), (targets, skipped_gt) = scan_images(dirs[0]), scan_images(dirs[1])
+        for s in (*skipped_in, *skipped_gt):
+            # A broken link or a folder named like an image is a file the dataset was meant to hold.
+            broken = s.reason.startswith("broken symlink") or s.reason == "a folder named like an image"
+            (report.problems if broken else report.warnings).append(f"{s.path}: skipped, {s.reason}")
         try:
             pairs, unpaired = match_pairs(inputs, targets)
         except ValueError as e:
             report.problems.append(f"{base}: {e}")
             continue
+        if not pairs:
+            report.problems.append(f"{base}: no pairs ({len(inputs)} image(s) in {input_dir}/, {len(targets)} in "
+                                   f"{target_dir}/)")
         report.problems += [f"{p}: no target in {dirs[1]}" for p in unpaired]
         files = sorted({p for pair in pairs for p in pair} | set(unpaired))
         sizes: dict[Path, tuple[int, int]] = {}
@@ -208,6 +228,8 @@ def check_dataset(root: str | os.PathLike, splits: Sequence[str | None] | None =
                     report.problems.append(f"{path}: unreadable ({result.reason})")
                 else:
                     sizes[path] = result
+            rotated = pool.map(lambda pair: orientation_mismatch(*pair), pairs)
+            report.warnings += [msg for msg in rotated if msg is not None]
         mismatched = 0
         for i, t in pairs:
             if i in sizes and t in sizes and sizes[i] != sizes[t]:
@@ -222,6 +244,7 @@ def check_dataset(root: str | os.PathLike, splits: Sequence[str | None] | None =
             "targets": len(targets),
             "pairs": len(pairs),
             "unpaired": len(unpaired),
+            "skipped": len(skipped_in) + len(skipped_gt),
             "unused_targets": len(set(targets) - used),
             "unreadable": len(files) - len(sizes),
             "size_mismatch": mismatched,
@@ -259,9 +282,11 @@ def _print_table(rows: list[dict]) -> None:
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check", help="verify a paired dataset folder (pairs, readability, sizes)",
-        description="Check <root>/<split>/<input-dir>/ against <target-dir>/: every input pairs with a "
-                    "target, every image decodes, paired sizes are equal. Prints a summary per split; exits "
-                    "with 1 and lists the problems (each naming its file) if there are any.")
+        description="Check <root>/<split>/<input-dir>/ against <target-dir>/: there are pairs, every input pairs "
+                    "with exactly one target (no two files share a stem), every image decodes, paired sizes are "
+                    "equal, no entry is a broken symlink or a folder named like an image. Prints a summary per "
+                    "split and warnings (other skipped entries with the reason, pairs whose EXIF orientations "
+                    "differ); exits with 1 and lists the problems (each naming its file) if there are any.")
     p.add_argument("root", type=Path)
     p.add_argument("--split", nargs="+", help="splits to check (default: root itself, or every sub-folder "
                                               "holding the input folder)")
@@ -270,7 +295,7 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-dir", help="default: as --input-dir, else GT")
     p.add_argument("--quick", action="store_true", help="read headers only (sizes), skip decoding")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="reader threads")
-    p.add_argument("--max-problems", type=int, default=50, help="problems printed (all are counted)")
+    p.add_argument("--max-problems", type=int, default=50, help="problems (and warnings) printed; all are counted")
     p.set_defaults(func=_run_check)
 
 
@@ -289,6 +314,12 @@ def _run_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.root, args.split, args.input_dir or input_dir, args.target_dir or target_dir,
                            args.quick, args.workers)
     _print_table(report.rows)
+    if report.warnings:
+        print(f"\n{len(report.warnings)} warning(s):")
+        for line in report.warnings[:args.max_problems]:
+            print(f"  {line}")
+        if len(report.warnings) > args.max_problems:
+            print(f"  ... and {len(report.warnings) - args.max_problems} more (--max-problems)")
     if report.ok:
         print(f"OK: {args.root}")
         return 0

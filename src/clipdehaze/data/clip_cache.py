@@ -20,8 +20,9 @@ def run_clip_cache(overrides: list[str], names: list[str] | None = None) -> dict
     from clipdehaze.models import clip_inputs_of, create_generator
     from clipdehaze.models.clip import ClipCache
     from clipdehaze.models.clip.cache import CACHEABLE
-    from clipdehaze.utils.hydra_utils import compose_config
+    from clipdehaze.utils.hydra_utils import check_override_syntax, compose_config
 
+    check_override_syntax(overrides)
     cfg = compose_config("train", overrides)
     if cfg.get("clip") is None:
         raise SystemExit("clip-cache needs a CLIP config: pass clip=<name> (e.g. clip=tiny_random)")

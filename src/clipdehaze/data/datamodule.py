@@ -76,6 +76,28 @@ def evenly_spaced_subset(dataset: Dataset, n: int | None) -> Dataset:
     return Subset(dataset, indices)
 
 
+_MEANING = {
+    "batch_size": "the number of training images per step, e.g. data.batch_size=8",
+    "val_batch_size": "the number of validation images per step, e.g. data.val_batch_size=1",
+    "num_workers": "0 (load in the main process) or the number of loader processes, e.g. data.num_workers=2",
+    "crop_size": "the side of the square training crop in pixels, or 0 for whole images",
+    "val_crop_size": "the side of the validation centre crop, 0 for whole images or null for crop_size",
+    "max_train_samples": "a positive number of images, or null for all",
+    "max_val_samples": "a positive number of images, or null for all",
+    "max_test_samples": "a positive number of images, or null for all",
+}
+
+
+def _check_counts(**options: tuple[int | None, int]) -> None:
+    """Each ``name=(value, minimum)`` is None (where that means something) or an integer >= minimum; otherwise a
+    ValueError naming ``data.<name>`` and what it means, before any folder is read or loader started."""
+    for name, (value, minimum) in options.items():
+        if value is None and name not in ("batch_size", "val_batch_size", "num_workers"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"data.{name}={value!r} is invalid: it must be {_MEANING[name]}")
+
+
 class PairedDataModule(L.LightningDataModule):
     """Train/val/test loaders over ``<root>/<split>/<input_dir>/`` + ``<target_dir>/`` (or list files).
 
@@ -135,6 +157,10 @@ class PairedDataModule(L.LightningDataModule):
         test_root: str | None = None,
     ):
         super().__init__()
+        _check_counts(batch_size=(batch_size, 1), val_batch_size=(val_batch_size, 1), num_workers=(num_workers, 0),
+                      crop_size=(crop_size, 0), val_crop_size=(val_crop_size, 0),
+                      max_train_samples=(max_train_samples, 1), max_val_samples=(max_val_samples, 1),
+                      max_test_samples=(max_test_samples, 1))
         # Hydra hands over ListConfig; keep hparams plain so checkpoints load with weights_only=True.
         augment = [str(a) for a in ([augment] if isinstance(augment, str) else (augment or []))]
         self.save_hyperparameters(ignore=["augment"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clipdehaze.data.io import IMAGE_EXTENSIONS, is_image_file, load_image
+from clipdehaze.data.io import IMAGE_EXTENSIONS, Skipped, exif_orientation, load_image, scan_images
 
 __all__ = [
     "AUGMENTATIONS",
@@ -38,8 +39,10 @@ __all__ = [
     "PairedImageDataset",
     "augment_pair",
     "center_crop",
+    "describe_skipped",
     "list_images",
     "match_pairs",
+    "orientation_mismatch",
     "pad_to_min_size",
     "random_crop",
 ]
@@ -56,9 +59,24 @@ def _preview(items: Sequence, n: int = _SHOWN) -> str:
     return shown + (f", ... ({len(items)} in all)" if len(items) > n else f" ({len(items)} in all)")
 
 
+def describe_skipped(skipped: Sequence[Skipped], limit: int = 20) -> str:
+    """``name (reason), ...`` for the first ``limit`` entries, then a count per reason for the rest."""
+    text = ", ".join(str(s) for s in skipped[:limit])
+    rest = Counter(s.reason for s in skipped[limit:])
+    if rest:
+        text += "; and " + ", ".join(f"{n} more: {reason}" for reason, n in rest.most_common())
+    return text
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name; other files (txt, Thumbs.db, dot files) skipped."""
-    return sorted(p for p in Path(folder).iterdir() if is_image_file(p) and p.is_file())
+    """Image files directly inside ``folder``, sorted by name. Every other entry (hidden or ``._`` file, broken
+    symlink, folder, GIF, text file ...) is left out with one warning that names each and says why."""
+    images, skipped = scan_images(folder)
+    if skipped:
+        what = "entry is not a readable image and was" if len(skipped) == 1 else \
+            "entries are not readable images and were"
+        warnings.warn(f"{folder}: {len(skipped)} {what} skipped: {describe_skipped(skipped)}", stacklevel=2)
+    return images
 
 
 # An NH-HAZE/O-HAZE style tag after the image id: letters and underscores only ("hazy", "GT",
@@ -95,13 +113,20 @@ def match_pairs(inputs: Sequence[Path], targets: Sequence[Path]) -> tuple[list[t
        (NH-HAZE, Dense-HAZE, O-HAZE, I-HAZE): ``hazy/01_hazy.png`` -> ``GT/01_GT.png``.
 
     A target may serve several inputs (RESIDE ITS has ten hazy images per GT). Two targets with the
-    same stem (``0001.png`` and ``0001.jpg``) make the pairing ambiguous and raise ValueError.
+    same stem (``0001.png`` and ``0001.jpg``) make the pairing ambiguous, and two inputs with the same stem
+    would both pair with one target (the scene counted twice): both raise ValueError naming the files.
     """
+    seen: dict[str, Path] = {}
+    for i in inputs:
+        if (first := seen.setdefault(i.stem, i)) is not i:
+            raise ValueError(f"ambiguous inputs: {first} and {i} differ only in their extension, so both would pair "
+                             "with one target and the scene would count twice; remove one of them")
     by_stem: dict[str, Path] = {}
     by_id: dict[str, list[Path]] = {}
     for t in targets:
         if t.stem in by_stem:
-            raise ValueError(f"ambiguous targets: {by_stem[t.stem]} and {t} differ only in their extension")
+            raise ValueError(f"ambiguous targets: {by_stem[t.stem]} and {t} differ only in their extension; "
+                             "remove one of them")
         by_stem[t.stem] = t
         tid = _tagged_id(t.stem)
         if tid is not None:
@@ -118,6 +143,20 @@ def match_pairs(inputs: Sequence[Path], targets: Sequence[Path]) -> tuple[list[t
         else:
             pairs.append((i, t))
     return pairs, unpaired
+
+
+def orientation_mismatch(input_path: Path, target_path: Path) -> str | None:
+    """Why a pair may be misaligned by EXIF orientation tags, or None when both files carry the same one.
+
+    Each image is read upright per its own tag, so a pair whose two files carry different tags has one of them
+    rotated or mirrored against the other; a square pair passes the size check and scores silently misaligned.
+    """
+    a, b = exif_orientation(input_path), exif_orientation(target_path)
+    if a == b:
+        return None
+    return (f"EXIF orientations differ within a pair: {input_path} has {a}, its target {target_path} has {b} "
+            "(1 = upright); one of the two is read rotated or mirrored against the other. Save both upright "
+            "without the tag (e.g. PIL.ImageOps.exif_transpose) so the pixels are aligned")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,6 +254,7 @@ class _PairedDataset(Dataset):
         self.clip_cache = None
         self.clip_names: tuple[str, ...] = ()
         self._rng_key: tuple[int, int] | None = None
+        self._orientation_checked: set[int] = set()
 
     def set_rng_epoch(self, seed: int, epoch: int) -> None:
         """Key train-mode crops/flips to (seed, epoch, index) instead of the global RNG (exact resume)."""
@@ -256,6 +296,10 @@ class _PairedDataset(Dataset):
                 raise ValueError(f"size mismatch: input {input_path} is {iw}x{ih} but target {target_path} "
                                  f"is {tw}x{th} (WxH)")
             images.append(target)
+            if index not in self._orientation_checked:
+                self._orientation_checked.add(index)
+                if (msg := orientation_mismatch(input_path, target_path)) is not None:
+                    warnings.warn(msg, stacklevel=2)
         n_images = len(images)
         clip, spatial = {}, []
         if self.clip_cache is not None:

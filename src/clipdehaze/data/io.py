@@ -7,19 +7,19 @@ exception type, :class:`ImageReadError`, whose message names the file, so a bad 
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "is_image_file", "load_image", "save_image"]
+from clipdehaze.utils.files import atomic_write
 
-# mkstemp creates 0600 files; written images should get the permissions a plain open() would give.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "Skipped", "encode_png", "exif_orientation", "load_image",
+           "png_text", "save_image", "scan_images"]
 
 #: Suffixes (lower case) treated as images when scanning dataset folders.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -42,17 +42,67 @@ class ImageReadError(OSError, ValueError):
         return type(self), (self.path, self.reason)
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
-    """True for a visible file with an image suffix.
-
-    Dot files are excluded because macOS AppleDouble companions (``._0001.png``) carry an image
-    suffix but hold resource-fork bytes, and they are common in datasets zipped on a Mac.
-    """
-    p = Path(path)
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+#: Image formats met in datasets that are not read (palette-only, HDR, camera raw, vector ...): skipped with a reason.
+_UNSUPPORTED = frozenset({".gif", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".exr", ".hdr", ".pfm", ".svg",
+                          ".ico", ".psd", ".dng", ".cr2", ".nef", ".arw", ".raw"})
 
 
-def _to_rgb_float(im: Image.Image) -> np.ndarray:
+@dataclass(frozen=True)
+class Skipped:
+    """A folder entry that a listing left out, and why."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path.name} ({self.reason})"
+
+
+def _skip_reason(p: Path) -> str | None:
+    suffix = p.suffix.lower()
+    # macOS AppleDouble companions (``._0001.png``) carry an image suffix but hold resource-fork bytes; they are
+    # common in datasets zipped on a Mac.
+    if p.name.startswith("._"):
+        return "macOS resource-fork companion ('._' file), not an image"
+    if p.name.startswith("."):
+        return "hidden file"
+    if p.is_symlink() and not p.exists():
+        return f"broken symlink: its target {os.readlink(p)} does not exist"
+    if p.is_dir():
+        return "a folder named like an image" if suffix in IMAGE_EXTENSIONS else "a folder"
+    if not p.is_file():
+        return "not a regular file"
+    if suffix in _UNSUPPORTED:
+        return f"unsupported format {suffix}; convert it to PNG"
+    if suffix not in IMAGE_EXTENSIONS:
+        return f"not an image ({suffix or 'no extension'})"
+    return None
+
+
+def scan_images(folder: str | os.PathLike) -> tuple[list[Path], list[Skipped]]:
+    """The image files directly inside ``folder`` sorted by name, and every other entry with the reason it is
+    skipped (hidden and ``._`` files, broken symlinks, folders, unsupported formats, non-images)."""
+    images, skipped = [], []
+    for p in sorted(Path(folder).iterdir()):
+        reason = _skip_reason(p)
+        if reason is None:
+            images.append(p)
+        else:
+            skipped.append(Skipped(p, reason))
+    return images, skipped
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation tag (1-8) from the header alone; 1 (upright) when absent or unreadable."""
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_rgb_float(im: Image.Image, path: Path) -> np.ndarray:
     """HWC float32 RGB in [0, 1] from any Pillow mode."""
     mode = im.mode
     if mode.startswith("I;16") or mode == "I":
@@ -61,9 +111,16 @@ def _to_rgb_float(im: Image.Image) -> np.ndarray:
         grey = np.asarray(im).astype(np.float32)
         return np.repeat((np.clip(grey, 0, 65535) / 65535.0)[..., None], 3, axis=2)
     if mode == "F":
-        # Float images carry no range convention; [0, 1] is the only one this package knows.
-        grey = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-        return np.repeat(grey[..., None], 3, axis=2)
+        # Float images carry no range convention; [0, 1] is the only one this package knows, and values outside
+        # it, +-Inf included, are clipped to it. NaN has no intensity to clip to, and one NaN pixel turns a
+        # convolutional network's whole output NaN (a black image), so it is refused.
+        grey = np.asarray(im, dtype=np.float32)
+        nan = np.isnan(grey)
+        if nan.any():
+            row, col = (int(i[0]) for i in np.nonzero(nan))
+            raise ImageReadError(path, f"{int(nan.sum())} NaN pixel(s) (the first at row {row}, column {col}); "
+                                       "fill them (e.g. by interpolation) and save the image again")
+        return np.repeat(np.clip(grey, 0.0, 1.0)[..., None], 3, axis=2)
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
@@ -84,8 +141,9 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image as a (3, H, W) float32 tensor in [0, 1], upright per its EXIF orientation.
 
     Greyscale (8/16-bit, float), palette, CMYK and alpha images become RGB; alpha is composited
-    on white. Raises :class:`ImageReadError` naming the file on any failure, including truncated
-    files (the pixel data is decoded eagerly; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not used).
+    on white; float values are clipped to [0, 1] and NaN pixels refused. Raises :class:`ImageReadError`
+    naming the file on any failure, including truncated files (the pixel data is decoded eagerly;
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not used).
     """
     path = Path(path)
     try:
@@ -97,7 +155,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
             # Image.open only parses the header; load() decodes and is where truncation shows up.
             im.load()
             im = ImageOps.exif_transpose(im)
-            arr = _to_rgb_float(im)
+            arr = _to_rgb_float(im, path)
     except ImageReadError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
@@ -105,32 +163,50 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def save_image(image: torch.Tensor | np.ndarray, path: str | os.PathLike, compress_level: int = 6) -> Path:
-    """Write a float image in [0, 1] — (3, H, W), (1, H, W) or (H, W) — as an 8-bit PNG.
+def encode_png(image: torch.Tensor | np.ndarray, compress_level: int = 6, text: dict[str, str] | None = None) -> bytes:
+    """A float image in [0, 1] — (3, H, W), (1, H, W) or (H, W) — as 8-bit PNG bytes; ``text`` becomes tEXt chunks.
 
-    Values are clamped and rounded. ``compress_level`` is zlib's 0-9 (6, Pillow's default, is ~4x
-    slower than 1 for ~10% smaller files). The file appears atomically (temporary file in the same
-    directory, then ``os.replace``), so a crash never leaves a truncated PNG under the final name.
+    Values are clamped and rounded, NaN written as 0. ``compress_level`` is zlib's 0-9 (6, Pillow's default, is ~4x slower than 1
+    for ~10% smaller files).
     """
-    path = Path(path)
     # numpy rather than torch for the conversion: these are small single-image ops, where torch's
     # intra-op thread pool only adds overhead (and stalls badly on a loaded machine).
     arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if arr.ndim == 3 and arr.shape[0] in (1, 3):
         arr = arr.transpose(1, 2, 0)
     elif arr.ndim != 2:
-        raise ValueError(f"save_image expects (3,H,W), (1,H,W) or (H,W); got shape {arr.shape} for {path}")
-    arr = np.rint(np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+        raise ValueError(f"expected an image of shape (3,H,W), (1,H,W) or (H,W); got {arr.shape}")
+    arr = np.rint(np.clip(np.nan_to_num(arr.astype(np.float32), nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=compress_level, pnginfo=info)
+    return buf.getvalue()
+
+
+def save_image(image: torch.Tensor | np.ndarray, path: str | os.PathLike, compress_level: int = 6,
+               text: dict[str, str] | None = None) -> Path:
+    """Write a float image in [0, 1] as an 8-bit PNG (see :func:`encode_png`).
+
+    The file appears atomically (temporary file in the same directory, then ``os.replace``), so a crash never
+    leaves a truncated PNG under the final name; a failed write names the path.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG", compress_level=compress_level)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        data = encode_png(image, compress_level, text)
+    except ValueError as e:
+        raise ValueError(f"{e} for {path}") from e
+    return atomic_write(path, data, durable=False)
+
+
+def png_text(path: str | os.PathLike) -> dict[str, str]:
+    """The tEXt/iTXt chunks before the pixel data of a PNG (empty for anything else or an unreadable file)."""
+    try:
+        with Image.open(path) as im:
+            return {k: v for k, v in im.info.items() if isinstance(v, str)} if im.format == "PNG" else {}
+    except (OSError, SyntaxError, ValueError):
+        return {}

@@ -694,7 +694,10 @@ def synthesize_dataset(
             sources (at least one each).
         kind: key of :data:`DEGRADATIONS`; ``config`` is its config object (default: defaults).
         recipe: one :class:`SplitRecipe` for every split, or one per split name.
-        overwrite: replace an existing ``out_root``; otherwise an existing one raises FileExistsError.
+        overwrite: replace an existing ``out_root``, which must be empty or a dataset this function wrote holding
+            nothing its ``meta.json`` does not list (anything else raises FileExistsError naming the files);
+            without it an existing ``out_root`` raises FileExistsError. Source files inside ``out_root`` are
+            refused either way (a ValueError), since replacing it would delete them.
 
     The dataset is built in a temporary sibling directory and renamed into place after meta.json is
     written, so an interrupted run never leaves a folder that looks complete.
@@ -704,9 +707,15 @@ def synthesize_dataset(
     degradation = DEGRADATIONS[kind]
     config = config if config is not None else degradation.config_type()
     out_root = Path(out_root)
-    if out_root.exists() and not overwrite:
-        raise FileExistsError(f"{out_root} already exists; pass overwrite=True to replace it")
+    if out_root.exists() or out_root.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{out_root} already exists; pass overwrite=True to replace it")
+        _check_replaceable(out_root)
     named = _named_sources(sources)
+    inside = [s for s in named.values() if isinstance(s, (str, os.PathLike)) and _is_within(Path(s), out_root)]
+    if inside:
+        raise ValueError(f"source {inside[0]} lies inside the output folder {out_root}; write the dataset elsewhere "
+                         "so the sources are never replaced")
     plan = _plan_splits(sorted(named), splits, test_fraction, seed)
     recipes = {s: (recipe[s] if isinstance(recipe, Mapping) else recipe) for s in plan}
     meta = _recipe_meta(kind, seed, config, recipes, plan)
@@ -742,9 +751,42 @@ def synthesize_dataset(
     return out_root
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies under it, after resolving symlinks and ``..``."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_replaceable(out_root: Path) -> None:
+    """Overwriting may remove only what this module wrote: an empty folder, or a dataset whose ``meta.json``
+    lists every file in it. Anything else (a file, the user's photos, notes next to a dataset) is refused."""
+    if not out_root.is_dir() or out_root.is_symlink():
+        raise FileExistsError(f"{out_root} exists and is not a folder that a synthetic dataset was written to; "
+                              "refusing to replace it: choose another output folder")
+    if not any(out_root.iterdir()):
+        return
+    try:
+        meta = json.loads((out_root / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != "clipdehaze-synthetic":
+        raise FileExistsError(f"{out_root} is not a synthetic dataset written by clipdehaze (no meta.json of ours in "
+                              "it), so overwriting it would delete files this tool did not write; choose another "
+                              "output folder, or empty this one yourself")
+    own = {Path("meta.json")} | {Path(split) / rec[key] for split, recs in meta.get("pairs", {}).items()
+                                 for rec in recs for key in ("input", "target")}
+    foreign = sorted(str(p) for p in out_root.rglob("*")
+                     if (p.is_file() or p.is_symlink()) and p.relative_to(out_root) not in own)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+        raise FileExistsError(f"{out_root} holds files its meta.json does not list ({shown}); overwriting would "
+                              "delete them: move them out or choose another output folder")
+
+
 def _move_into_place(tmp: Path, out_root: Path, overwrite: bool) -> None:
     old = None
     if overwrite and out_root.exists():
+        _check_replaceable(out_root)  # again: files may have been added while the dataset was generated
         old = out_root.parent / f".{out_root.name}.old-{uuid.uuid4().hex[:8]}"
         out_root.rename(old)
     try:
@@ -829,8 +871,8 @@ def ensure_default_dataset(cache_dir: str | os.PathLike | None = None, seed: int
     patches) and 6 test pairs (256x400). ``kind="allweather"`` is the embedded all-weather default: each image
     gets one of haze, rain, snow or raindrop.
 
-    A complete dataset whose meta.json matches this recipe and seed is reused; anything else in that
-    directory is replaced. Safe against concurrent callers (several ranks or test workers): whoever
+    A complete dataset whose meta.json matches this recipe and seed is reused; an incomplete or stale dataset
+    written here is replaced, and a folder holding anything else is refused (FileExistsError naming the files). Safe against concurrent callers (several ranks or test workers): whoever
     finishes second discards its copy and uses the first one's.
     """
     if kind not in DEGRADATIONS:

@@ -1,4 +1,5 @@
-"""Safe checkpoint I/O: ``weights_only`` loading with clear errors, atomic writes."""
+"""Safe checkpoint I/O: ``weights_only`` loading, integrity checks (zip CRC-32s, finite weights) with clear
+errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,43 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used, with the file named in the message."""
 
 
+def verify_archive(path: Path) -> None:
+    """Check the CRC-32 of every record of a ``torch.save`` zip archive.
+
+    ``torch.load`` does not: a file whose tensor bytes were flipped (bad disk, interrupted copy) still loads and
+    yields wrong or NaN outputs. Files in torch's legacy (non-zip) format carry no checksum and pass unchecked.
+    """
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated file ({type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt file: record {bad!r} fails its CRC-32 check (its bytes changed after "
+                              "it was written); use another copy")
+
+
+def check_finite(state_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse weights holding NaN/Inf: they only produce black or NaN images downstream."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} tensors)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{path}: non-finite weights (NaN/Inf) in {shown}; the file is corrupt or was saved from "
+                              "a diverged run; use an earlier checkpoint")
+
+
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``; a missing, truncated or non-tensor file is a CheckpointError."""
+    """``torch.load(path, weights_only=True)`` after :func:`verify_archive`; a missing, truncated, corrupt or
+    non-tensor file, or one with non-finite weights, is a CheckpointError naming it."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {p}")
+    verify_archive(p)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -34,6 +66,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
         raise CheckpointError(f"{p}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p}: not a training checkpoint (expected a dict with 'state_dict')")
+    check_finite(ckpt["state_dict"], p)
     return ckpt
 
 
@@ -64,27 +97,32 @@ def load_generator_weights(model: torch.nn.Module, path: str | os.PathLike) -> N
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if p.suffix != ".safetensors":
+        verify_archive(p)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        sd = load_file(str(p))
-    else:
-        try:
+            sd = load_file(str(p))
+        else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable; say which
-            raise CheckpointError(f"{p}: cannot read weights ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable; say which
+        raise CheckpointError(f"{p}: cannot read weights ({type(e).__name__}: {e})") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise CheckpointError(f"{p}: not a state_dict (a mapping of parameter names to tensors) but a "
+                              f"{type(sd).__name__}")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     if any(k.startswith("generator.") for k in sd):
         sd = {k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")}
+    check_finite(sd, p)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         name = getattr(model, "generator_name", type(model).__name__)
         raise CheckpointError(f"{p}: weights do not match generator {name!r}: {e}") from e
-
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

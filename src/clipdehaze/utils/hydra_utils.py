@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import secrets
+import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 _CHECKOUT_CONF = Path(__file__).resolve().parents[3] / "conf"
@@ -45,6 +50,119 @@ def run_stamp() -> str:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
     job = os.environ.get("TORCHELASTIC_RUN_ID")
     return f"{stamp}_{job}" if job and job != "none" else f"{stamp}_{secrets.token_hex(2)}"
+
+
+#: What a run writes into its run dir; any of them in a folder that is not already a run of the same task would
+#: be replaced.
+_RUN_FILES = (".hydra", "metrics.json", "per_image.csv", "test_per_image.csv", "grid.png", "config_resolved.yaml",
+              "checkpoints")
+
+
+def foreign_run(run_dir: Path, task: str) -> str | None:
+    """Why ``run_dir`` belongs to something other than a ``task`` run (it would lose files to this one), or None:
+    a missing or empty folder, a folder without run files, or an earlier run of the same task."""
+    if not run_dir.is_dir():
+        return None
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        try:
+            owner = OmegaConf.load(config).get("task_name")
+        except Exception:  # noqa: BLE001 - an unreadable config is no proof of ownership
+            owner = None
+        if owner == task:
+            return None
+        if owner:
+            return f"it holds a {owner} run"
+    found = [n for n in _RUN_FILES if (run_dir / n).exists()]
+    found += [p.name for p in sorted(run_dir.glob("*.log")) if p.name != f"{task}.log"]
+    return f"it holds {', '.join(found)} of another run" if found else None
+
+
+class RunDirGuard(Callback):
+    """Hydra callback (``hydra.callbacks`` of the eval and predict configs): refuse a run dir that holds another
+    run, e.g. ``clipdehaze-eval hydra.run.dir=<a training run>``, before Hydra writes its ``.hydra/`` config and
+    log there and the run replaces ``metrics.json``, the grid and the resolved config."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # so ${hydra:...} in the run dir's path resolves
+        run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
+        self._check(run_dir, config.task_name, "hydra.run.dir", run_dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)
+        sweep = Path(OmegaConf.select(config, "hydra.sweep.dir"))
+        for job_dir in sorted(sweep.iterdir()) if sweep.is_dir() else ():
+            self._check(job_dir, config.task_name, "hydra.sweep.dir", sweep)
+
+    @staticmethod
+    def _check(run_dir: Path, task: str, option: str, option_dir: Path) -> None:
+        if (why := foreign_run(run_dir, task)) is not None:
+            # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings and carries on.
+            raise SystemExit(
+                f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace. Leave "
+                f"{option} unset (every run gets a folder of its own) or name a new folder, e.g. "
+                f"{option}={option_dir}_{task}")
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as a quoted Hydra override value that reads back as exactly ``value``: inside double quotes, a
+    ``"`` and a ``${`` (which OmegaConf would interpolate) are escaped with a backslash, and a run of backslashes
+    is doubled where it precedes one of them or the closing quote (elsewhere backslashes are literal)."""
+    escaped = {'"': '\\"', "${": "\\${", "": ""}
+    return '"' + re.sub(r'(\\*)("|\$\{|\Z)', lambda m: m[1] * 2 + escaped[m[2]], value) + '"'
+
+
+def shell_quote(arg: str) -> str:
+    """``arg`` in single quotes for a POSIX shell."""
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+# Hydra's own options that take the next argument as their value.
+_HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+                      "--package", "-p", "--info", "-i", "--experimental-rerun"}
+
+
+def check_override_syntax(argv: list[str]) -> None:
+    """Stop with one sentence where Hydra would stop with a grammar error or a traceback: a ``key=value`` override
+    that does not parse, e.g. a path holding ``=``, a quote or brackets (the override grammar reserves them),
+    showing the quoted form that works; and a config group set to null (``clip=null``), showing ``~clip``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    previous, nulled = None, []
+    for arg in argv:
+        if previous not in _HYDRA_VALUE_FLAGS and not arg.startswith("-") and "=" in arg:
+            key, value = arg.split("=", 1)
+            try:
+                parser.parse_override(arg)
+            except HydraException as e:
+                raise SystemExit(
+                    f"{key}={value}: Hydra cannot read this value ({str(e).splitlines()[0]}); a value holding = , "
+                    f"quotes, brackets, braces or parentheses must be quoted for Hydra inside the shell's quotes: "
+                    f"{shell_quote(f'{key}={hydra_quote(value)}')}") from None
+            if value == "null" and key.isidentifier():
+                nulled.append(key)
+        previous = arg
+    groups = config_groups() if nulled else {}
+    for key in nulled:
+        if key in groups:
+            raise SystemExit(f"{key}=null: a config group cannot be set to null on the command line; drop it with "
+                             f"~{key}, or choose one of: {', '.join(groups[key])}")
+
+
+def checked_overrides(main: Callable) -> Callable:
+    """Wrap a ``@hydra.main`` entry point so :func:`check_override_syntax` sees the command line first."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        if not args and not kwargs:
+            check_override_syntax(sys.argv[1:])
+        return main(*args, **kwargs)
+    return wrapper
 
 
 def _clip_dim(model_name: str) -> int:

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from clipdehaze.models.clip.density import crop_density
 from clipdehaze.models.clip.frozen import FrozenCLIP
+from clipdehaze.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class ClipCache:
         file.parent.mkdir(parents=True, exist_ok=True)
         sig_file = self.root / "signature.json"
         if not sig_file.is_file():
-            _atomic_write_bytes(sig_file, json.dumps(self.signature, indent=2, sort_keys=True).encode())
+            atomic_write(sig_file, json.dumps(self.signature, indent=2, sort_keys=True), durable=False)
         meta = {"format": FORMAT, "signature": self.signature_hash, "content_sha256": sha,
                 "model_id": self.prior.model_id, "source": os.path.abspath(path)}
         fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
@@ -232,10 +233,3 @@ class ClipCache:
                 raise KeyError(f"{name!r} is not in this cache (cached: {list(self.names)}); compute it live with "
                                "FrozenCLIP.generator_inputs")
         return out
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
