@@ -159,7 +159,7 @@ def test_wandb_offline_logs_scalars_images_config_and_tables(tiny_paired_root, t
     """A one-job multirun (so the run has a sweep group) logged offline; the run's records are decoded."""
     cmd = ["-m", "model=dehazeformer_test", "logger=wandb", "tags=[wbtest,offline]",
            "callbacks.image_panels.every_n_epochs=1", "callbacks.image_panels.num_images=2",
-           "trainer.log_every_n_steps=1", *QUICK, *_data(tiny_paired_root)]
+           "trainer.log_every_n_steps=1", *QUICK, "trainer.limit_val_batches=2", *_data(tiny_paired_root)]
     _cli("clipdehaze.train", cmd, tmp_path)
     sweep = _only_sweep(tmp_path)
     runs = list(sweep.glob("*/wandb/offline-run-*"))
@@ -210,7 +210,9 @@ def test_tensorboard_gets_image_panels_and_the_csv_log_stays(tiny_paired_root, t
 
     run = tmp_path / "outputs" / "tb"
     _cli("clipdehaze.train", ["model=cliphaze_test", "clip=tiny_random", "logger=tensorboard",
-                              "callbacks.image_panels.every_n_epochs=1", *QUICK, *_data(tiny_paired_root),
+                              "callbacks.image_panels.every_n_epochs=1", *QUICK, "trainer.limit_val_batches=2",
+                              "trainer.log_every_n_steps=1",
+                              *_data(tiny_paired_root),
                               f"hydra.run.dir={run}"], tmp_path)
     assert (run / "csv" / "metrics.csv").is_file()
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
