@@ -117,8 +117,9 @@ def test_protocols_never_mix(tmp_path):
     assert sorted(r["psnr"] for r in rows) == [20.0, 22.0]
 
 
-def test_a_nan_seed_is_reported_not_silently_dropped(tmp_path):
-    for seed, value in ((0, 30.0), (1, 32.0), (2, float("nan"))):
+@pytest.mark.parametrize("bad", [float("nan"), None], ids=["NaN", "null"])  # metrics.json writes NaN as null
+def test_a_nan_seed_is_reported_not_silently_dropped(tmp_path, bad):
+    for seed, value in ((0, 30.0), (1, 32.0), (2, bad)):
         _run(tmp_path, str(seed), "dehazeformer_t", seed, value)
     (row,) = make_table([tmp_path], None, tmp_path / "t")["rows"]
     assert row["n"] == 3 and row["psnr_n"] == 2 and row["psnr"] == pytest.approx(31.0)

@@ -67,9 +67,12 @@ class Run:
 
 
 def _test_metrics(metrics: dict[str, Any], dataset: str | None) -> dict[str, float]:
-    """``test/<m>_<dataset>`` (or ``test/<m>``) -> ``{m: value}``."""
+    """``test/<m>_<dataset>`` (or ``test/<m>``) -> ``{m: value}``; a ``null`` (how metrics.json stores NaN/Inf) is NaN,
+    so the row names that seed instead of losing it."""
     out = {}
     for key, value in metrics.items():
+        if value is None:
+            value = math.nan
         if not key.startswith("test/") or not isinstance(value, (int, float)):
             continue
         name = key[len("test/"):]
