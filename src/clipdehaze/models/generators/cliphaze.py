@@ -259,7 +259,7 @@ class CLIPHaze(nn.Module):
         clip_dim: width of the CLIP image embedding (512 for ViT-B/32 and ViT-B/16, 1024 for RN50).
         cond_dim: width of the shared embedding adapter feeding every CAM's FiLM layer.
         cam_ratio: CAM hidden width / channels.
-        scan_backend: SS2D's selective-scan backend (``auto``: the CUDA kernel on GPU when installed).
+        scan_backend: SS2D's selective-scan backend (``auto``: on GPU mamba-ssm's kernel when installed, else Triton).
     """
 
     stages = 5
