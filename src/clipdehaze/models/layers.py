@@ -15,8 +15,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "upstream_graph"]
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "softmax", "upstream_graph"]
 
+
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in float32, returned in ``x``'s dtype (float32 input: exactly ``x.softmax(dim)``).
+
+    Under bf16 autocast, CUDA already runs softmax in float32 but CPU keeps bfloat16 (8 mantissa bits for the
+    normalising sum): this makes bf16-mixed training normalise in float32 on either device.
+    """
+    return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
 
 class UpstreamGraph:
     """Mixin for a module that runs a cheaper, numerically equivalent form of a published computation.
@@ -112,5 +121,5 @@ class SKFusion(nn.Module):
         B, C = in_feats[0].shape[:2]
         feats = torch.stack(tuple(in_feats), dim=1)  # B, height, C, H, W
         attn = self.mlp(feats.sum(dim=1).mean(dim=(2, 3), keepdim=True))
-        attn = F.softmax(attn.view(B, self.height, C, 1, 1), dim=1)
+        attn = softmax(attn.view(B, self.height, C, 1, 1), dim=1)
         return (feats * attn).sum(dim=1)
