@@ -41,9 +41,6 @@ from torch import Tensor
 
 __all__ = ["INTERPRETER", "TileConfig", "selective_scan_triton", "tile_config"]
 
-INTERPRETER: bool = bool(triton.knobs.runtime.interpret)
-"""Whether the kernels below were built for Triton's interpreter (decided when this module was imported)."""
-
 _LOG2E = math.log2(math.e)
 
 
@@ -279,6 +276,10 @@ def _scan_bwd_kernel(
         tl.store(dbias_ptr + pid_b * d + offs_d, dbias_acc, mask=d_ok)
 
 
+INTERPRETER: bool = type(_scan_fwd_kernel).__name__ == "InterpretedFunction"
+"""Whether the kernels above were built for Triton's interpreter (``TRITON_INTERPRET=1`` when triton was imported)."""
+
+
 # ---------------------------------------------------------------------------------------------------- launch
 
 
@@ -414,7 +415,8 @@ class _TritonScan(torch.autograd.Function):
         grid = (triton.cdiv(d, cfg.block_d), b)
         _scan_bwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-            delta_bias if delta_bias is not None else u, dout, entering, dlast.contiguous() if dlast is not None else dA,
+            delta_bias if delta_bias is not None else u, dout, entering,
+            dlast.contiguous() if dlast is not None else dA,
             du, ddelta, dz, dA, dB, dC, dD, dbias,
             d, n, length, n_tiles, b_group_size, c_group_size, b_groups, c_groups,
             *u.stride(), *delta.stride(), *zs, *dout.stride(), *A.stride(), *b_strides, *c_strides,
