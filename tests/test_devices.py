@@ -21,8 +21,11 @@ from clipdehaze.utils.devices import GpuPerJob, job_devices
 SRC = Path(__file__).resolve().parents[1] / "src" / "clipdehaze"
 
 
-def _job_config(num: int, n_jobs: int = 2):
-    return OmegaConf.create({"hydra": {"job": {"num": num}, "launcher": {"n_jobs": n_jobs}}})
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def _job_config(num: int, n_jobs: int = 2, launcher: str = JOBLIB):
+    return OmegaConf.create({"hydra": {"job": {"num": num}, "launcher": {"_target_": launcher, "n_jobs": n_jobs}}})
 
 
 def _unset_visible_devices(monkeypatch):
@@ -81,12 +84,19 @@ def test_devices_default_to_those_visible_to_the_launcher(worker, monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
 
 
-def test_jobs_in_the_launching_process_and_single_runs_are_left_alone(monkeypatch):
+def test_other_launchers_and_single_runs_are_left_alone(monkeypatch):
     _unset_visible_devices(monkeypatch)
-    sequential = GpuPerJob(devices=[1, 2])
-    sequential.on_multirun_start(_job_config(0))
-    sequential.on_job_start(_job_config(1))
+    in_launcher = GpuPerJob(devices=[1, 2])
+    in_launcher.on_multirun_start(_job_config(0))
+    in_launcher.on_job_start(_job_config(1))  # a job in the launching process itself
     GpuPerJob(devices=[1, 2]).on_job_start(_job_config(1))  # RUN mode: no multirun start
+    for launcher in ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                     "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"):
+        other = GpuPerJob(devices=[1, 2])
+        other.on_multirun_start(_job_config(0, launcher=launcher))
+        with pytest.MonkeyPatch.context() as mp:  # the job in another process: SLURM hands out the GPUs there
+            mp.setattr(os, "getpid", lambda: 1)
+            other.on_job_start(_job_config(1, launcher=launcher))
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 

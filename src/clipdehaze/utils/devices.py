@@ -5,8 +5,9 @@ multirun whose jobs run in worker processes (``hydra/launcher=joblib``), job k s
 ``devices[k % len(devices)]`` through ``CUDA_VISIBLE_DEVICES``, so jobs running side by side never share a GPU when
 ``hydra.launcher.n_jobs`` is at most the number of GPUs. CUDA reads the variable once per process, when it starts:
 a worker process that already ran a GPU job keeps that job's GPU for its later jobs (it says so in their log), which
-keeps the jobs that run at the same time on different GPUs. Jobs run one after another in the launching process (the
-basic launcher) are left alone: one process cannot switch its GPUs between jobs.
+keeps the jobs that run at the same time on different GPUs. Other launchers are left alone: the basic one runs jobs
+one after another in one process, which cannot switch GPUs between jobs, and a cluster launcher's jobs get their GPUs
+from the scheduler (SLURM sets ``CUDA_VISIBLE_DEVICES`` itself).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class GpuPerJob(Callback):
         self._launcher_pid: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "JoblibLauncher" not in str(config.hydra.get("launcher", {}).get("_target_", "")):
+            return
         self._launcher_pid = os.getpid()
         if self.devices is None:
             self.devices = visible_gpus()

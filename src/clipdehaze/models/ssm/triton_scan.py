@@ -98,7 +98,8 @@ def _scan_fwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
+    # 64-bit batch offsets: a batch of 1024² feature maps passes 2^31 elements.
+    pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, T)
@@ -164,7 +165,7 @@ def _scan_bwd_kernel(
     """Gradients; du, dδ, dz are (b, d, L) contiguous; dA, dD, dδ-bias and time-invariant dB/dC are per-batch
     partial sums (b, d[, n]); time-varying dB/dC are (b, groups, n, L) float32 buffers added to atomically."""
     pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
+    pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, T)
