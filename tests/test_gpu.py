@@ -65,6 +65,21 @@ def test_auto_backend_runs_triton_on_cuda_without_mamba_ssm(monkeypatch):
     assert len(calls) == 1
 
 
+def test_auto_backend_keeps_deterministic_runs_off_the_atomics(monkeypatch):
+    scan = sys.modules["clipdehaze.models.ssm.selective_scan"]
+    monkeypatch.setattr(scan, "_mamba_kernel", lambda: (None, ImportError("no mamba-ssm")))
+    module, _ = scan._triton_scan()
+    monkeypatch.setattr(module, "selective_scan_triton", lambda *a: pytest.fail("Triton scan in a deterministic run"))
+    x = torch.randn(1, 4, 9, device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = selective_scan(x, x, -torch.ones(4, 2, device="cuda"), torch.randn(1, 2, 9, device="cuda"),
+                             torch.randn(1, 2, 9, device="cuda"))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert out.shape == x.shape
+
+
 @pytest.mark.parametrize("name", T_VARIANTS)
 def test_every_t_generator_trains_under_bf16_mixed_on_the_gpu(name, compose_cfg, tiny_paired_root):
     overrides = [f"model={name}", "trainer=gpu", "trainer.precision=bf16-mixed", "trainer.max_epochs=1",

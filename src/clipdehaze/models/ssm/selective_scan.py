@@ -19,8 +19,9 @@ D and delta_bias (d,). The output has u's dtype; the scan runs in float32 (float
 Backends: ``"cuda"`` calls mamba-ssm's fused kernel (an optional extra: it only builds on CUDA machines),
 ``"triton"`` our Triton kernels (:mod:`.triton_scan`; Triton comes with PyTorch's CUDA wheels, nothing to build),
 ``"torch"`` runs :func:`selective_scan_torch` below on any device. ``"auto"``, for CUDA tensors, takes mamba-ssm's
-kernel when it imports, else the Triton kernels; the PyTorch scan for anything else (CPU tensors, float64, no
-Triton).
+kernel when it imports, else the Triton kernels (not under ``torch.use_deterministic_algorithms``, as
+``trainer.deterministic=true`` sets: their B/C gradients are summed with atomics); the PyTorch scan for anything else
+(CPU tensors, float64, no Triton).
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         if reason is None:
             kernel, _ = _mamba_kernel()
             return kernel(*args)
-    if backend == "triton" or (backend == "auto" and u.is_cuda):
+    if backend == "triton" or (backend == "auto" and u.is_cuda and not torch.are_deterministic_algorithms_enabled()):
         reason = triton_unavailable_reason(u)
         if backend == "triton" and reason is not None:
             raise RuntimeError(f"selective_scan(backend='triton') cannot run: {reason}")
