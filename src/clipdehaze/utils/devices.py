@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GpuPerJob", "job_devices", "training_device"]
+__all__ = ["GpuPerJob", "job_devices", "training_device", "visible_gpus"]
 
 # The CUDA_VISIBLE_DEVICES this worker process set for its first GPU job (CUDA has kept it since).
 _worker_binding: str | None = None
