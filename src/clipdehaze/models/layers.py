@@ -9,13 +9,13 @@ DehazeFormer and of the networks built on its skeleton (MixDehazeNet, MixCLDehaz
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "softmax", "upstream_graph"]
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "softmax", "upstream_graph", "without_autocast"]
 
 
 
@@ -26,6 +26,14 @@ def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     normalising sum): this makes bf16-mixed training normalise in float32 on either device.
     """
     return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
+
+
+def without_autocast(device_type: str):
+    """Autocast off for ``device_type``; nothing to switch off on a device without autocast (``meta``, which MAC
+    counting uses)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 class UpstreamGraph:
     """Mixin for a module that runs a cheaper, numerically equivalent form of a published computation.

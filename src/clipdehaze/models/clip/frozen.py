@@ -63,6 +63,7 @@ from clipdehaze.models.clip.density import (
     vit_dense,
 )
 from clipdehaze.models.clip.prompts import PromptSet, as_plain, options_from_mapping, resolve_prompt_sets
+from clipdehaze.models.layers import without_autocast
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +397,7 @@ class FrozenCLIP(nn.Module):
         """Autocast off: the prior computes in its own dtype under any trainer precision, so live outputs equal the
         cached ones (computed outside autocast) and zero-shot logits, cosines scaled by up to 100, keep their digits.
         """
-        return torch.autocast(self.device.type, enabled=False)
+        return without_autocast(self.device.type)
 
     def _prepare(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():

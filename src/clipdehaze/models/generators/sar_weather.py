@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipdehaze.models.layers import SKFusion, softmax
+from clipdehaze.models.layers import SKFusion, softmax, without_autocast
 from clipdehaze.models.registry import register_generator
 
 __all__ = ["LayerNorm2d", "SpatialGate", "SARBlock", "CLIPWeatherPrior", "PriorCrossAttention", "SRDHead",
@@ -159,7 +159,7 @@ class CLIPWeatherPrior(nn.Module):
     def weights(self, embedding: Tensor) -> Tensor:
         """(B, K) softmax weights of the prototypes for (B, clip_dim) embeddings (cosine similarity)."""
         # Cosines scaled by up to 100: autocast's bfloat16 matmul would round the logits by up to ~0.4.
-        with torch.autocast(embedding.device.type, enabled=False):
+        with without_autocast(embedding.device.type):
             sim = F.normalize(embedding.float(), dim=-1) @ F.normalize(self.prototype_keys.float(), dim=-1).t()
             logits = self.log_scale.float().exp().clamp(max=100.0) * sim
         return softmax(logits, dim=-1).to(embedding.dtype)
