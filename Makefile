@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-fast demo bench clean help
+.PHONY: install test test-fast demo bench gpu-check clean help
 
 help:
 	@echo "make demo   - train/evaluate the comparison on the embedded synthetic haze set (CPU, offline)"
 	@echo "make test   - run the test suite (CPU, offline)"
 	@echo "make bench  - params / MACs / latency / memory of every generator -> outputs/bench/"
+	@echo "make gpu-check - install, then check the GPU path (Triton kernels, CUDA tests, throughput) -> outputs/gpu-check/"
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/clipdehaze-bench
+
+# Installs by itself (on top of a GPU machine's own CUDA PyTorch when it has one): see scripts/gpu-check.sh.
+gpu-check:
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/gpu-check.sh
 
 clean:
 	rm -rf outputs multirun .pytest_cache

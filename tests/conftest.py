@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # Before torch loads (libgomp reads it once): spin-waiting threads collapse on a shared CPU. See clipdehaze/__init__.
@@ -11,7 +12,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Triton runs kernels on CPU tensors only through its interpreter, which it chooses when first imported (Lightning
+# imports it): without CUDA, the Triton selective scan's tests run interpreted. With CUDA, Triton compiles them and
+# the `cuda`-marked tests check them on the GPU.
+if "triton" not in sys.modules and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; `make gpu-check` runs these on one")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -173,7 +173,7 @@ def test_cuda_backend_on_cpu_tensors_raises_a_clear_error():
         selective_scan(**inputs, backend="cuda")
     assert "not importable" in str(info.value) or "CUDA tensors only" in str(info.value)
     with pytest.raises(ValueError, match="backend must be one of"):
-        selective_scan(**inputs, backend="triton")
+        selective_scan(**inputs, backend="tvm")
 
 
 def test_importable_kernel_is_still_skipped_for_cpu_tensors(monkeypatch):
@@ -229,7 +229,7 @@ def test_ss2d_shapes_and_backward(shape):
 
 def test_ss2d_rejects_an_unknown_backend():
     with pytest.raises(ValueError, match="scan_backend"):
-        SS2D(d_model=8, scan_backend="triton")
+        SS2D(d_model=8, scan_backend="tvm")
 
 
 def test_ss2d_parameters_follow_mambair():

@@ -20,6 +20,7 @@ def run_clip_cache(overrides: list[str], names: list[str] | None = None) -> dict
     from clipdehaze.models import clip_inputs_of, create_generator
     from clipdehaze.models.clip import ClipCache
     from clipdehaze.models.clip.cache import CACHEABLE
+    from clipdehaze.utils.devices import training_device
     from clipdehaze.utils.hydra_utils import check_override_syntax, compose_config
 
     check_override_syntax(overrides)
@@ -32,7 +33,8 @@ def run_clip_cache(overrides: list[str], names: list[str] | None = None) -> dict
             model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
             names = [n for n in clip_inputs_of(create_generator(cfg.model.name, **model_kwargs)) if n in CACHEABLE]
         names = names or list(DEFAULT_NAMES)
-    prior = instantiate(cfg.clip)
+    # On the device the training run would use: ViT-B/32 over a dataset is GPU work.
+    prior = instantiate(cfg.clip).to(training_device(cfg.get("trainer")))
     cache = ClipCache(f"{cfg.paths.cache_dir}/clip", prior, names=names, loader_fn=load_image)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -47,7 +49,7 @@ def run_clip_cache(overrides: list[str], names: list[str] | None = None) -> dict
         print(f"{split:5s} {len(base.input_paths()):6d} images  {counts}  {time.perf_counter() - start:.1f} s")
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + v
-    print(f"cache: {cache.root}  prior: {prior.model_id}  names: {', '.join(cache.names)}")
+    print(f"cache: {cache.root}  prior: {prior.model_id} on {prior.device}  names: {', '.join(cache.names)}")
     return totals
 
 

@@ -232,11 +232,13 @@ class PairedDataModule(L.LightningDataModule):
 
     def _serve_clip_cache(self) -> None:
         # Built here, in the main process, so data-loader workers only read (a miss would run CLIP in a worker).
+        # Lightning calls setup on the device the module is about to move to; the prior goes there first.
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
         for ds in (self.train_set, self.val_set, self.test_set, self.predict_set):
             base = getattr(ds, "dataset", ds)  # evenly_spaced_subset wraps in a Subset
             if base is None or base.clip_cache is self.clip_cache:
                 continue
-            self.clip_cache.build(base.input_paths())
+            self.clip_cache.build(base.input_paths(), device=device)
             base.attach_clip_cache(self.clip_cache, self.clip_names)
 
     # ------------------------------------------------------------------------------------------

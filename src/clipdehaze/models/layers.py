@@ -9,14 +9,31 @@ DehazeFormer and of the networks built on its skeleton (MixDehazeNet, MixCLDehaz
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "upstream_graph"]
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "softmax", "upstream_graph", "without_autocast"]
 
+
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in float32, returned in ``x``'s dtype (float32 input: exactly ``x.softmax(dim)``).
+
+    Under bf16 autocast, CUDA already runs softmax in float32 but CPU keeps bfloat16 (8 mantissa bits for the
+    normalising sum): this makes bf16-mixed training normalise in float32 on either device.
+    """
+    return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
+
+
+def without_autocast(device_type: str):
+    """Autocast off for ``device_type``; nothing to switch off on a device without autocast (``meta``, which MAC
+    counting uses)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()
 
 class UpstreamGraph:
     """Mixin for a module that runs a cheaper, numerically equivalent form of a published computation.
@@ -112,5 +129,5 @@ class SKFusion(nn.Module):
         B, C = in_feats[0].shape[:2]
         feats = torch.stack(tuple(in_feats), dim=1)  # B, height, C, H, W
         attn = self.mlp(feats.sum(dim=1).mean(dim=(2, 3), keepdim=True))
-        attn = F.softmax(attn.view(B, self.height, C, 1, 1), dim=1)
+        attn = softmax(attn.view(B, self.height, C, 1, 1), dim=1)
         return (feats * attn).sum(dim=1)

@@ -186,9 +186,13 @@ class ClipCache:
                 os.unlink(tmp)
             raise
 
-    def build(self, paths: Iterable[str | os.PathLike], loader_fn: LoaderFn | None = None) -> dict[str, int]:
+    def build(self, paths: Iterable[str | os.PathLike], loader_fn: LoaderFn | None = None,
+              device: torch.device | str | None = None) -> dict[str, int]:
         """Make sure every image has a valid entry; -> counts of ``reused``, ``built`` and ``replaced`` (stale or
-        corrupt entries that were recomputed)."""
+        corrupt entries that were recomputed). ``device``: move the prior there first (the device its module trains
+        on), so entries are computed where the module runs; None leaves it where it is."""
+        if device is not None:
+            self.prior.to(device)
         load = loader_fn or self.loader_fn
         counts = {"reused": 0, "built": 0, "replaced": 0}
         for p in paths:

@@ -63,6 +63,7 @@ from clipdehaze.models.clip.density import (
     vit_dense,
 )
 from clipdehaze.models.clip.prompts import PromptSet, as_plain, options_from_mapping, resolve_prompt_sets
+from clipdehaze.models.layers import without_autocast
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,12 @@ class FrozenCLIP(nn.Module):
 
     # -- preprocessing ----------------------------------------------------------------------------------------
 
+    def _exact(self):
+        """Autocast off: the prior computes in its own dtype under any trainer precision, so live outputs equal the
+        cached ones (computed outside autocast) and zero-shot logits, cosines scaled by up to 100, keep their digits.
+        """
+        return without_autocast(self.device.type)
+
     def _prepare(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ValueError(f"expected float RGB images (B, 3, H, W) in [0, 1], got {tuple(x.shape)} {x.dtype}")
@@ -420,7 +427,8 @@ class FrozenCLIP(nn.Module):
     # -- global image side ------------------------------------------------------------------------------------
 
     def _embed(self, x: Tensor) -> Tensor:
-        return F.normalize(self._clip.encode_image(self._global_pixels(self._prepare(x))), dim=-1)
+        with self._exact():
+            return F.normalize(self._clip.encode_image(self._global_pixels(self._prepare(x))), dim=-1)
 
     def encode_image(self, x: Tensor, grad: bool = False) -> Tensor:
         """(B, D) unit image embeddings; ``grad=True`` lets gradients flow to ``x`` (CLIP stays frozen)."""
@@ -445,7 +453,7 @@ class FrozenCLIP(nn.Module):
         key = (ps.digest, self.device, self.dtype)
         if key not in self._text_cache:
             tokens = self._tokenizer(ps.flat_prompts).to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), self._exact():
                 emb = F.normalize(self._clip.encode_text(tokens), dim=-1)
                 emb = torch.stack([F.normalize(emb[s].mean(0), dim=-1) for s in ps.class_slices()])
             self._text_cache[key] = emb
@@ -457,8 +465,9 @@ class FrozenCLIP(nn.Module):
     def _probs(self, emb: Tensor, prompt_set: str, logit_scale: float | None = None) -> Tensor:
         """Softmax over classes of (B, D) embeddings, or of (B, D, h, w) dense features -> (B, C, h, w)."""
         text = self.class_embeddings(prompt_set)
-        logits = torch.einsum("bd...,cd->bc...", emb, text)
-        return (self._logit_scale(logit_scale) * logits).softmax(dim=1)
+        with self._exact():
+            logits = torch.einsum("bd...,cd->bc...", emb, text)
+            return (self._logit_scale(logit_scale) * logits).softmax(dim=1)
 
     def zero_shot(self, x: Tensor, prompt_set: str, grad: bool = False) -> Tensor:
         """(B, C) class probabilities, ``softmax(logit_scale * cos(image, class))``."""
@@ -482,7 +491,10 @@ class FrozenCLIP(nn.Module):
 
     def _dense(self, x: Tensor) -> tuple[Tensor, WindowLayout | None]:
         """(B, D, h, w) unit dense features in CLIP's joint space, and the window layout for ``windows``."""
-        x = self._prepare(x)
+        with self._exact():
+            return self._dense_features(self._prepare(x))
+
+    def _dense_features(self, x: Tensor) -> tuple[Tensor, WindowLayout | None]:
         h, w = x.shape[-2:]
         visual = self._clip.visual
         if self.density_method == "windows":

@@ -62,7 +62,7 @@ from torch import Tensor
 from torch.nn.init import trunc_normal_
 
 from clipdehaze.models.generators.dehazeformer import WindowAttention
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion
+from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, softmax
 from clipdehaze.models.registry import register_generator
 from clipdehaze.models.ssm import SS2D
 
@@ -166,7 +166,7 @@ class CLIPAggregation(nn.Module):
         if self.film is not None:
             gamma, beta = self.film(cond)[:, None, None, :].chunk(2, dim=-1)
             h = h * (1 + gamma) + beta
-        return self.logits(F.gelu(h)).softmax(dim=-1)
+        return softmax(self.logits(F.gelu(h)), dim=-1)
 
     def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
                 cond: Tensor | None = None) -> Tensor:
@@ -259,7 +259,7 @@ class CLIPHaze(nn.Module):
         clip_dim: width of the CLIP image embedding (512 for ViT-B/32 and ViT-B/16, 1024 for RN50).
         cond_dim: width of the shared embedding adapter feeding every CAM's FiLM layer.
         cam_ratio: CAM hidden width / channels.
-        scan_backend: SS2D's selective-scan backend (``auto``: the CUDA kernel on GPU when installed).
+        scan_backend: SS2D's selective-scan backend (``auto``: on GPU mamba-ssm's kernel when installed, else Triton).
     """
 
     stages = 5

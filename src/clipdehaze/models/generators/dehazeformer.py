@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out, trunc_normal_
 
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, UpstreamGraph
+from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, UpstreamGraph, softmax
 from clipdehaze.models.registry import register_generator
 
 __all__ = ["RLN", "Mlp", "WindowAttention", "Attention", "TransformerBlock", "BasicLayer", "DehazeFormer",
@@ -72,10 +72,13 @@ class RLN(nn.Module):
         nn.init.constant_(self.meta2.bias, 0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = torch.sqrt((x - mean).pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.eps)
-        out = (x - mean) / std * self.weight + self.bias
-        return out, self.meta1(std), self.meta2(mean)
+        # Statistics in float32 for any input dtype: under bf16 autocast a bfloat16 mean of features far from zero
+        # is off by up to 1/256 of its size, which can exceed their spread.
+        xf = x.float()
+        mean = xf.mean(dim=(1, 2, 3), keepdim=True)
+        std = torch.sqrt((xf - mean).pow(2).mean(dim=(1, 2, 3), keepdim=True) + self.eps)
+        out = (xf - mean) / std * self.weight + self.bias
+        return out.to(x.dtype), self.meta1(std.to(x.dtype)), self.meta2(mean.to(x.dtype))
 
 
 class Mlp(nn.Module):
@@ -154,7 +157,7 @@ class WindowAttention(UpstreamGraph, nn.Module):
         # which adds masked-row checks (all/where) that cost more than they save here.
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn += self.relative_position_bias()
-        return attn.softmax(dim=-1) @ v
+        return softmax(attn, dim=-1) @ v
 
 
 class Attention(nn.Module):

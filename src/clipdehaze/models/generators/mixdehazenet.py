@@ -60,6 +60,12 @@ FUSIONS = ("parametric", "calip", "none")
 _MAX_BLOCK_PAD = 9
 
 
+def _bfloat16_on_cpu(x: Tensor) -> bool:
+    """Whether a CPU convolution of ``x`` runs in bfloat16 (a bfloat16 tensor, or CPU autocast to bfloat16)."""
+    return x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class MixStructureBlock(UpstreamGraph, nn.Module):
     """Multi-scale parallel large-kernel module, then enhanced parallel attention module, each residual.
 
@@ -128,6 +134,10 @@ class MixStructureBlock(UpstreamGraph, nn.Module):
         dw = torch.stack([self.conv3_19.weight, F.pad(self.conv3_13.weight, (1, 1, 1, 1)),
                           F.pad(self.conv3_7.weight, (2, 2, 2, 2))], dim=1).flatten(0, 1)
         dw_bias = torch.stack([self.conv3_19.bias, self.conv3_13.bias, self.conv3_7.bias], dim=1).flatten()
+        if x.is_cpu and self.conv3_19.groups < 16 and _bfloat16_on_cpu(x):
+            # oneDNN (torch 2.14) segfaults in this conv's weight gradient for bfloat16 channels_last input with
+            # fewer than 16 channels (seen with 4, 8 and 12); the contiguous layout takes another kernel.
+            x = x.contiguous()
         x = F.conv2d(F.pad(x, (9, 9, 9, 9), mode="reflect"), dw, dw_bias, dilation=3, groups=self.conv3_19.groups)
         fc1 = self.mlp[0]
         dim = self.conv1.in_channels

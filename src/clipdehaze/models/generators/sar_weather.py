@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipdehaze.models.layers import SKFusion
+from clipdehaze.models.layers import SKFusion, softmax, without_autocast
 from clipdehaze.models.registry import register_generator
 
 __all__ = ["LayerNorm2d", "SpatialGate", "SARBlock", "CLIPWeatherPrior", "PriorCrossAttention", "SRDHead",
@@ -158,8 +158,11 @@ class CLIPWeatherPrior(nn.Module):
 
     def weights(self, embedding: Tensor) -> Tensor:
         """(B, K) softmax weights of the prototypes for (B, clip_dim) embeddings (cosine similarity)."""
-        sim = F.normalize(embedding, dim=-1) @ F.normalize(self.prototype_keys, dim=-1).t()
-        return (self.log_scale.exp().clamp(max=100.0) * sim).softmax(dim=-1)
+        # Cosines scaled by up to 100: autocast's bfloat16 matmul would round the logits by up to ~0.4.
+        with without_autocast(embedding.device.type):
+            sim = F.normalize(embedding.float(), dim=-1) @ F.normalize(self.prototype_keys.float(), dim=-1).t()
+            logits = self.log_scale.float().exp().clamp(max=100.0) * sim
+        return softmax(logits, dim=-1).to(embedding.dtype)
 
     def forward(self, embedding: Tensor) -> Tensor:
         if embedding.ndim != 2 or embedding.shape[1] != self.clip_dim:
@@ -227,7 +230,7 @@ def soft_residual_distillation(pred: Tensor, residual: Tensor, temperature: floa
     residual = residual.detach()
     mag = residual.norm(dim=1).flatten(1)  # B, N
     per_image = mag.amax(dim=1, keepdim=True)
-    weights = (mag / (temperature * per_image + eps)).softmax(dim=1) * mag.shape[1]
+    weights = softmax(mag / (temperature * per_image + eps), dim=1) * mag.shape[1]
     target = residual / (mag.square().mean().sqrt() + eps)
     err = (pred - target).square().sum(dim=1).flatten(1)  # B, N
     return (weights * err).mean()

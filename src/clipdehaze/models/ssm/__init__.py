@@ -1,9 +1,9 @@
 """Selective state-space operators: Mamba's selective scan (Gu & Dao 2023) and the SS2D layer of
 VMamba (Liu et al. 2024) / MambaIR (Guo et al. ECCV 2024).
 
-The scan uses mamba-ssm's CUDA kernel when it is installed and the tensors are on a GPU, and the exact
-pure-PyTorch chunked scan otherwise; importing this package never requires mamba-ssm.
-Benchmark: ``python -m clipdehaze.models.ssm.bench``.
+The scan runs, for CUDA tensors, mamba-ssm's CUDA kernel when it is installed, else our Triton kernels
+(:mod:`.triton_scan`, nothing to compile), and the exact pure-PyTorch chunked scan otherwise; importing this
+package needs neither mamba-ssm nor Triton. Benchmark: ``python -m clipdehaze.models.ssm.bench``.
 """
 
 from clipdehaze.models.ssm.selective_scan import (
@@ -11,7 +11,9 @@ from clipdehaze.models.ssm.selective_scan import (
     cuda_kernel_unavailable_reason,
     selective_scan,
     selective_scan_torch,
+    triton_unavailable_reason,
 )
 from clipdehaze.models.ssm.ss2d import SS2D
 
-__all__ = ["BACKENDS", "SS2D", "cuda_kernel_unavailable_reason", "selective_scan", "selective_scan_torch"]
+__all__ = ["BACKENDS", "SS2D", "cuda_kernel_unavailable_reason", "selective_scan", "selective_scan_torch",
+           "triton_unavailable_reason"]

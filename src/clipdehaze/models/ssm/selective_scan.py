@@ -1,4 +1,4 @@
-"""Selective scan (the S6 operator of Mamba): the CUDA kernel when present, an exact PyTorch scan otherwise.
+"""Selective scan (the S6 operator of Mamba): a fused GPU kernel when one can run, an exact PyTorch scan otherwise.
 
 Paper: Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces", 2023
 (arXiv:2312.00752). Upstream kernel and semantic specification: state-spaces/mamba,
@@ -17,8 +17,11 @@ Shapes follow ``selective_scan_fn``: u, δ, z (b, d, L); A (d, n) real; B and C 
 D and delta_bias (d,). The output has u's dtype; the scan runs in float32 (float64 for float64 input).
 
 Backends: ``"cuda"`` calls mamba-ssm's fused kernel (an optional extra: it only builds on CUDA machines),
-``"torch"`` runs :func:`selective_scan_torch` below on any device, ``"auto"`` takes the kernel when it
-imported and the tensors are on a CUDA device, the PyTorch scan otherwise.
+``"triton"`` our Triton kernels (:mod:`.triton_scan`; Triton comes with PyTorch's CUDA wheels, nothing to build),
+``"torch"`` runs :func:`selective_scan_torch` below on any device. ``"auto"``, for CUDA tensors, takes mamba-ssm's
+kernel when it imports, else the Triton kernels (not under ``torch.use_deterministic_algorithms``, as
+``trainer.deterministic=true`` sets: their B/C gradients are summed with atomics); the PyTorch scan for anything else
+(CPU tensors, float64, no Triton).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-BACKENDS = ("auto", "cuda", "torch")
+BACKENDS = ("auto", "cuda", "triton", "torch")
 
-__all__ = ["BACKENDS", "cuda_kernel_unavailable_reason", "selective_scan", "selective_scan_torch"]
+__all__ = ["BACKENDS", "cuda_kernel_unavailable_reason", "selective_scan", "selective_scan_torch",
+           "triton_unavailable_reason"]
 
 
 @functools.cache
@@ -62,23 +66,59 @@ def cuda_kernel_unavailable_reason(u: Tensor | None = None) -> str | None:
     return None
 
 
+@functools.cache
+def _triton_scan():
+    """:mod:`.triton_scan` and ``None``, or ``None`` and the import error (no Triton, e.g. a CPU-only torch).
+
+    Imported on first use: importing Triton costs time that a CPU run never needs back.
+    """
+    try:
+        from clipdehaze.models.ssm import triton_scan
+    except Exception as err:  # noqa: BLE001 - a broken Triton install raises more than ImportError
+        return None, err
+    return triton_scan, None
+
+
+def triton_unavailable_reason(u: Tensor | None = None) -> str | None:
+    """Why the Triton scan cannot run (on ``u`` when given); ``None`` when it can."""
+    if u is not None and u.dtype == torch.float64:
+        return "the tensors are float64; the Triton scan computes in float32 (backend='torch' scans float64 exactly)"
+    module, err = _triton_scan()
+    if module is None:
+        return (f"Triton is not importable ({type(err).__name__}: {err}); it comes with PyTorch's CUDA wheels, "
+                "or use backend='torch'")
+    if u is not None and not u.is_cuda and not module.INTERPRETER:
+        return (f"the tensors are on {u.device}; Triton kernels run on CUDA tensors (on CPU only under Triton's "
+                "interpreter: TRITON_INTERPRET=1 set before triton is first imported)")
+    return None
+
+
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False, backend: str = "auto"):
     """Mamba's selective scan, drop-in for ``mamba_ssm``'s ``selective_scan_fn`` plus a ``backend`` switch.
 
     Returns ``out`` (b, d, L), or ``(out, last_state)`` with ``last_state`` (b, d, n) when
-    ``return_last_state``. See the module docstring for the recurrence and the shapes.
+    ``return_last_state``. See the module docstring for the recurrence, the shapes and the backends.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    reason = cuda_kernel_unavailable_reason(u) if backend != "torch" else "backend='torch' was requested"
-    if backend == "cuda" and reason is not None:
-        raise RuntimeError(f"selective_scan(backend='cuda') cannot run: {reason}")
-    if reason is None:
-        kernel, _ = _mamba_kernel()
-        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "cuda" or (backend == "auto" and u.is_cuda):
+        reason = cuda_kernel_unavailable_reason(u)
+        if backend == "cuda" and reason is not None:
+            raise RuntimeError(f"selective_scan(backend='cuda') cannot run: {reason}")
+        if reason is None:
+            kernel, _ = _mamba_kernel()
+            return kernel(*args)
+    if backend == "triton" or (backend == "auto" and u.is_cuda and not torch.are_deterministic_algorithms_enabled()):
+        reason = triton_unavailable_reason(u)
+        if backend == "triton" and reason is not None:
+            raise RuntimeError(f"selective_scan(backend='triton') cannot run: {reason}")
+        if reason is None:
+            module, _ = _triton_scan()
+            return module.selective_scan_triton(*args)
+    return selective_scan_torch(*args)
 
 
 def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

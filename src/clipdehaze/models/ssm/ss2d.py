@@ -42,7 +42,7 @@ class SS2D(nn.Module):
             in [dt_min, dt_max]).
         dropout: dropout on the output (MambaIR's ``attn_drop_rate``).
         conv_bias, bias: biases of the conv and of in_proj / out_proj.
-        scan_backend: "auto", "cuda" or "torch", passed to :func:`selective_scan`.
+        scan_backend: "auto", "cuda" (mamba-ssm), "triton" or "torch", passed to :func:`selective_scan`.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 3, expand: float = 2,
