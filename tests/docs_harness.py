@@ -199,11 +199,17 @@ def make_weights_file(path: Path, model: str) -> None:
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
 
 
+def _unquote(value: str) -> str:
+    """A Hydra override value as the path it names (``"a b"`` quoted for Hydra's grammar -> ``a b``)."""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1].replace("\\" + value[0], value[0])
+    return value
+
+
 def provide_user_files(args: list[str]) -> None:
-    """What a user has before running a documented command: its ``weights_path=`` file and ``input=`` images."""
-    kv = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    if "--source" in args:  # clipdehaze-data synth --source <the user's photos>
-        kv["input"] = args[args.index("--source") + 1]
+    """What a user has before running a documented command: its ``weights_path=`` file, ``input=`` images, the
+    photos of ``synth --source`` and the folder of ``data=paired data.root=``."""
+    kv = {k: _unquote(v) for k, v in (a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))}
     weights = kv.get("weights_path")
     if weights and not Path(weights).exists() and kv.get("model"):
         make_weights_file(Path(weights), kv["model"])
@@ -212,8 +218,17 @@ def provide_user_files(args: list[str]) -> None:
         if Path(inp).suffix:
             _png(Path(inp), 7, (72, 96))
         else:
+            for k in range(2):
+                _png(Path(inp) / f"img{k}.jpg", 8 + k, (56, 80))
+    if "--source" in args and not (source := Path(args[args.index("--source") + 1])).exists():
+        for k in range(4):  # photos at least as large as synth's default 256-pixel patches
+            _png(source / f"photo{k}.jpg", 20 + k, (288, 384))
+    root = kv.get("data.root")
+    if kv.get("data") == "paired" and root and not Path(root).exists():
+        for split in ("train", "test"):
             for k in range(3):
-                _png(Path(inp) / f"img{k}.jpg", 8 + k, (96, 128))
+                _png(Path(root) / split / "hazy" / f"{k:04d}.png", 30 + k)
+                _png(Path(root) / split / "GT" / f"{k:04d}.png", 40 + k)
 
 
 # ----------------------------------------------------------------------------------------------------- runner

@@ -954,7 +954,7 @@ def test_the_readmes_quoting_examples_read_back_as_the_paths_they_show():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("**Paths holding", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S)[1]
-    expected = {"input": "/data/hazy=1 [set A]/", "data.root": "/data/it's here"}
+    expected = {"input": "photos/hazy=1 [set A]/", "data.root": "data/it's here"}
     parser = OverridesParser.create()
     seen = {}
     for line in block.strip().splitlines():
