@@ -49,7 +49,7 @@ NEEDS = {
     "resnet152": "resnet152 ImageNet weights",                 # the CR loss's frozen backbone (download once)
     "slurm": "are you indeed on a slurm cluster",              # submitit_slurm off a cluster
     "earlier-run": "no clipdehaze metrics.json",               # reads the results of a command above that needs one
-    "gpu": "can not run on your system since the accelerator is not available",  # trainer=gpu without a GPU
+    "gpu": "needs a CUDA GPU",                                 # trainer=gpu without a GPU
 }
 
 TOOLS = {"train": "clipdehaze.train", "eval": "clipdehaze.evaluate", "predict": "clipdehaze.predict",

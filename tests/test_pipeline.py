@@ -285,3 +285,14 @@ def test_eval_weights_provenance_published_and_random(compose_cfg, tiny_paired_r
     assert result["weights"] == {"origin": "random"}
     result = evaluate(compose_cfg("eval", ["model=dcp", *_data_overrides(tiny_paired_root)], out=tmp_path / "dcp"))
     assert result["weights"] == {"origin": "none"}
+
+
+def test_trainer_gpu_without_a_gpu_says_which_option(compose_cfg):
+    from clipdehaze.pipeline import build_trainer
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    for trainer in ("gpu", "ddp"):
+        cfg = compose_cfg("train", [f"trainer={trainer}", "trainer.accelerator=gpu"])
+        with pytest.raises(RuntimeError, match="trainer.accelerator=gpu .* needs a CUDA GPU.*use trainer=cpu"):
+            build_trainer(cfg)

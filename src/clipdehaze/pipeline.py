@@ -32,6 +32,12 @@ def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        # Lightning's own message ("No supported gpu backend found!") says neither which option nor what to do.
+        raise RuntimeError(f"trainer.accelerator={accelerator} (trainer=gpu/ddp on a GPU) needs a CUDA GPU, and torch "
+                           f"{torch.__version__} sees none here; use trainer=cpu, or trainer=default (accelerator=auto "
+                           "picks the GPU where there is one)")
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
