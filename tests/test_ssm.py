@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shutil
 import sys
 import types
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdehaze.models.ssm import SS2D, selective_scan, selective_scan_torch
+from clipdehaze.models.ssm import SS2D, cpu_kernel, selective_scan, selective_scan_torch
 
 # The package re-exports the function under the module's name, so fetch the module itself.
 scan_module = importlib.import_module("clipdehaze.models.ssm.selective_scan")
@@ -80,10 +81,10 @@ def grads(fn, inputs, weights):
     return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def assert_close(actual, expected, rtol):
+def assert_close(actual, expected, rtol, label=""):
     scale = expected.abs().max().clamp_min(1e-12)
     err = (actual.double() - expected).abs().max() / scale
-    assert err < rtol, f"max error {err:.2e} relative to max |expected| {scale:.2e}"
+    assert err < rtol, f"{label} max error {err:.2e} relative to max |expected| {scale:.2e}"
 
 
 CASES = [
@@ -96,17 +97,33 @@ CASES = [
 ]
 
 
+def compiled_kernel_or_skip():
+    reason = cpu_kernel.unavailable_reason()
+    if reason is not None:
+        assert shutil.which("g++") is None and shutil.which("clang++") is None, reason
+        pytest.skip(f"no compiled CPU scan here: {reason}")
+
+
+# The compiled kernel takes input-dependent B and C only; time-invariant ones always run the chunked scan.
+IMPL_CASES = [(impl, case) for impl in ("chunked", "compiled") for case in CASES
+              if impl == "chunked" or case["bc"] != "invariant"]
+
+
 @pytest.mark.parametrize("length", [1, 7, 130])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("implementation,case", IMPL_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, dict) else c)
 @pytest.mark.parametrize("softplus", [False, True])
-def test_torch_scan_matches_sequential_reference(case, length, softplus):
+def test_torch_scan_matches_sequential_reference(implementation, case, length, softplus):
+    if implementation == "compiled":
+        compiled_kernel_or_skip()
     inputs = make_inputs(length=length, **case)
     w = torch.randn(2, 8, length, dtype=torch.float64), torch.randn(2, 8, 4, dtype=torch.float64)
     y_ref, last_ref, g_ref = grads(lambda **kw: reference_scan(**kw, delta_softplus=softplus), inputs, w)
     # float64 run: the algorithm itself is exact; float32 run: the 1e-4 budget of the public contract.
     for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
-        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=softplus,
-                                                              return_last_state=True), cast(inputs, dtype), w)
+        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=softplus, return_last_state=True,
+                                                              implementation=implementation),
+                           cast(inputs, dtype), w)
         assert y.dtype == dtype
         assert_close(y, y_ref, rtol)
         assert_close(last, last_ref, rtol)
@@ -127,6 +144,95 @@ def test_every_chunk_size_is_exact(chunk_size):
     assert_close(last, last_ref, 1e-10)
     for k in g_ref:
         assert_close(g[k], g_ref[k], 1e-10)
+
+
+@pytest.mark.parametrize("d_state,length", [(1, 601), (16, 37)])
+def test_compiled_scan_d_state_1_and_16_odd_lengths(d_state, length):
+    """Several chunks (256 steps at d_state 1, 16 at 16) with a partial last one, and 20 channels: one full
+    16-channel block and a partial one; every optional input and a gradient on the last state."""
+    compiled_kernel_or_skip()
+    inputs = make_inputs(d=20, n=d_state, length=length, bc="grouped", groups=4)
+    w = torch.randn(2, 20, length, dtype=torch.float64), torch.randn(2, 20, d_state, dtype=torch.float64)
+    y_ref, last_ref, g_ref = grads(lambda **kw: reference_scan(**kw, delta_softplus=True), inputs, w)
+    for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=True, return_last_state=True,
+                                                              implementation="compiled"), cast(inputs, dtype), w)
+        assert_close(y, y_ref, rtol)
+        assert_close(last, last_ref, rtol)
+        for k in g_ref:
+            assert_close(g[k], g_ref[k], rtol)
+
+
+def scan_order(code, h, w):
+    """Pixel indices (row-major) in the order a direction visits them: ORDERS' bit 0 columns, bit 1 reversed."""
+    grid = torch.arange(h * w).view(h, w)
+    order = (grid.t() if code & 1 else grid).flatten()
+    return order.flip(0) if code & 2 else order
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_multi_direction_scan_matches_the_reference_per_direction(threads):
+    """SS2D's use: one channel-last map (b, 1, L, d) scanned in all four orders, outputs summed per pixel."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(1)
+    b, h, w, d, n, k = 2, 5, 7, 20, 3, 4
+    L = h * w
+    leaves = dict(u=torch.randn(b, 1, L, d, generator=g, dtype=torch.float64),
+                  delta=torch.randn(b, k, L, d, generator=g, dtype=torch.float64) - 1,
+                  A=-torch.rand(k, d, n, generator=g, dtype=torch.float64) - 0.2,
+                  B=torch.randn(b, k, L, n, generator=g, dtype=torch.float64),
+                  C=torch.randn(b, k, L, n, generator=g, dtype=torch.float64),
+                  D=torch.randn(k, d, generator=g, dtype=torch.float64),
+                  bias=torch.randn(k, d, generator=g, dtype=torch.float64) * 0.1)
+    gy = torch.randn(b, 1, L, d, generator=g, dtype=torch.float64)
+    orders = list(cpu_kernel.ORDERS.values())
+
+    def reference(u, delta, A, B, C, D, bias):
+        y = 0
+        for i, code in enumerate(orders):
+            idx = scan_order(code, h, w)
+
+            def seq(t, k=i):  # (b, K, L, ·) -> direction k's sequence (b, ·, L)
+                return t[:, k][:, idx].transpose(1, 2)
+
+            yk, _ = reference_scan(seq(u, 0), seq(delta), A[i], seq(B), seq(C), D[i], delta_bias=bias[i],
+                                   delta_softplus=True)
+            y = y + torch.empty_like(yk).index_copy_(2, idx, yk)
+        return y.transpose(1, 2).unsqueeze(1)
+
+    expected = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    y_ref = reference(*expected)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), expected)
+    actual = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    torch.set_num_threads(threads)
+    try:
+        y, _ = cpu_kernel.scan(*actual[:5], actual[5], actual[6], delta_softplus=True, orders=orders, height=h,
+                               width=w)
+        g_act = torch.autograd.grad((y * gy).sum(), actual)
+    finally:
+        torch.set_num_threads(1)
+    assert_close(y, y_ref.detach(), 1e-10)
+    for name, a, e in zip(leaves, g_act, g_ref):
+        assert a.shape == e.shape, name
+        assert_close(a, e, 1e-10, name)
+
+
+def test_without_a_compiler_the_chunked_scan_runs_and_compiled_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "false")   # found on PATH, fails every build
+    monkeypatch.setenv("CLIPDEHAZE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_compiler", lambda: shutil.which("false"))
+    cpu_kernel._library.cache_clear()
+    try:
+        reason = cpu_kernel.unavailable_reason()
+        assert reason is not None and "cpu_scan.cpp" in reason
+        inputs = cast(make_inputs(length=9))
+        y = selective_scan_torch(**inputs)
+        torch.testing.assert_close(y, selective_scan_torch(**inputs, implementation="chunked"), rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="compiling cpu_scan.cpp failed"):
+            selective_scan_torch(**inputs, implementation="compiled")
+        assert not SS2D(d_model=8, d_state=2)(torch.randn(1, 3, 4, 8)).isnan().any()
+    finally:
+        cpu_kernel._library.cache_clear()
 
 
 @pytest.mark.parametrize("bad", [dict(B=torch.zeros(2, 3, 4, 7)), dict(C=torch.zeros(2, 4, 6)),
@@ -225,6 +331,28 @@ def test_ss2d_shapes_and_backward(shape):
     assert torch.isfinite(x.grad).all()
     for name, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("d_state,shape", [(1, (2, 7, 9, 16)), (16, (1, 5, 3, 24))])
+def test_ss2d_channel_last_path_equals_the_four_copy_path(monkeypatch, d_state, shape):
+    """The compiled channel-last SS2D against the pre-kernel path (four reordered copies through the
+    chunked scan), same weights: outputs and every gradient."""
+    compiled_kernel_or_skip()
+    torch.manual_seed(0)
+    layer = SS2D(d_model=shape[-1], d_state=d_state, expand=1.5)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(*shape)
+
+    def run():
+        out = layer(x)
+        return out, torch.autograd.grad((out * w).sum(), [x, *layer.parameters()])
+
+    out, g = run()
+    monkeypatch.setattr(cpu_kernel, "available", lambda *tensors: False)
+    out_ref, g_ref = run()
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    for (name, _), a, e in zip([("x", x), *layer.named_parameters()], g, g_ref):
+        assert_close(a, e.double(), 1e-5, name)
 
 
 def test_ss2d_rejects_an_unknown_backend():

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipdehaze.models.ssm import cpu_kernel
+from clipdehaze.models.ssm.cpu_kernel import ORDERS
 from clipdehaze.models.ssm.selective_scan import BACKENDS, selective_scan
 
 __all__ = ["SS2D"]
@@ -106,10 +108,32 @@ class SS2D(nn.Module):
         y_cols = y[:, 1] + y[:, 3].flip(-1)
         return y_rows + y_cols.view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
 
+    def forward_core_channels_last(self, x: Tensor) -> Tensor:
+        """:meth:`forward_core` on a channel-last (B, H, W, d_inner) map, returning the same layout, with the
+        compiled CPU scan: every direction reads the one map in its own order and the kernel sums their
+        outputs, so the four reordered copies (inputs, Δ, outputs) are never made; the Δ bias, softplus
+        and the D skip run inside the kernel too."""
+        b, h, w, d = x.shape
+        length, k, n, r = h * w, _DIRECTIONS, self.d_state, self.dt_rank
+        x = x.contiguous()
+        # Per pixel, every direction's (Δ low-rank, B, C): one matmul in pixel order for all four directions.
+        x_dbl = F.linear(x.view(b, length, d), self.x_proj_weight.flatten(0, 1)).view(b, length, k, r + 2 * n)
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
+        delta = torch.einsum("blkr,kdr->bkld", dts, self.dt_projs_weight)
+        y, _ = cpu_kernel.scan(
+            x.view(b, 1, length, d), delta, -torch.exp(self.A_logs.float()).view(k, d, n),
+            Bs.transpose(1, 2), Cs.transpose(1, 2), self.Ds.float().view(k, d),
+            delta_bias=self.dt_projs_bias.float(), delta_softplus=True,
+            orders=[ORDERS[o] for o in ("rows", "cols", "rows_reversed", "cols_reversed")], height=h, width=w)
+        return y.view(b, h, w, d)
+
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self.forward_core(x).transpose(1, 2).reshape(b, h, w, self.d_inner)
+        if self.scan_backend != "cuda" and cpu_kernel.available(x):
+            y = self.forward_core_channels_last(x.permute(0, 2, 3, 1))
+        else:
+            y = self.forward_core(x).transpose(1, 2).reshape(b, h, w, self.d_inner)
         y = self.out_norm(y) * F.silu(z)
         return self.dropout(self.out_proj(y))
