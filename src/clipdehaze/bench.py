@@ -2,7 +2,7 @@
 
     clipdehaze-bench models [--models dehazeformer_t cliphaze_t ...] [--out outputs/bench]
     clipdehaze-bench clip        # zero-shot map / embeddings, live vs cached (tiny_random and ViT-B/32 random)
-    clipdehaze-bench scan        # selective scan: ours vs sequential loop vs mambapy
+    clipdehaze-bench scan        # selective scan vs this machine's lower bound, loops, mambapy; cliphaze_t profile
     clipdehaze-bench all
 
 ``models`` reports per generator variant: parameters; MACs at a given size (``torch.utils.flop_counter``, MACs =
@@ -295,6 +295,198 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
     return row
 
 
+# ----------------------------------------------------------------------------------------------- scan profile
+PROFILE_PARTS = ("scan", "SS2D other", "window attention", "CAM", "rest")
+
+
+def _module_part(module: torch.nn.Module) -> str | None:
+    from clipdehaze.models.generators.cliphaze import (
+        CLIPAggregation,
+        ConcatAggregation,
+        SumAggregation,
+        WindowSelfAttention,
+    )
+    from clipdehaze.models.ssm import SS2D
+
+    if isinstance(module, SS2D):
+        return "SS2D"
+    if isinstance(module, WindowSelfAttention):
+        return "window attention"
+    if isinstance(module, (CLIPAggregation, SumAggregation, ConcatAggregation)):
+        return "CAM"
+    return None
+
+
+class _PartTimer:
+    """Wall time of CLIPHaze's parts inside real steps: module hooks time each part's forward and backward
+    (the autograd engine runs a module's backward nodes back to back: they carry higher sequence numbers than
+    the sibling path's), and the selective scan, inside SS2D, is timed around its function and its autograd
+    backward."""
+
+    def __init__(self, model: torch.nn.Module):
+        from clipdehaze.models.ssm import cpu_kernel, ss2d
+        from clipdehaze.models.ssm.selective_scan import _ChunkedScan
+
+        self.seconds = dict.fromkeys(("scan", "SS2D", "window attention", "CAM"), 0.0)
+        self.handles = []
+        for m in model.modules():
+            part = _module_part(m)
+            if part is not None:
+                start = self._start(m)
+                stop = self._stop(m, part)
+                self.handles += [m.register_forward_pre_hook(lambda mod, args, start=start: start()),
+                                 m.register_forward_hook(lambda mod, args, out, stop=stop: stop()),
+                                 m.register_full_backward_pre_hook(lambda mod, g, start=start: start()),
+                                 m.register_full_backward_hook(lambda mod, gi, go, stop=stop: stop())]
+        self.patched = [(cpu_kernel, "scan"), (ss2d, "selective_scan"),
+                        (cpu_kernel._Scan, "backward"), (_ChunkedScan, "backward")]
+        self.saved = [owner.__dict__[attr] for owner, attr in self.patched]
+        for (owner, attr), fn in zip(self.patched, self.saved):
+            setattr(owner, attr, self._timed(fn))
+
+    def _start(self, key):
+        def start():
+            self._t0 = getattr(self, "_t0", {})
+            self._t0[id(key)] = time.perf_counter()
+        return start
+
+    def _stop(self, key, part):
+        def stop():
+            self.seconds[part] += time.perf_counter() - self._t0.pop(id(key))
+        return stop
+
+    def _timed(self, fn):
+        wrapped_fn = fn.__func__ if isinstance(fn, staticmethod) else fn
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return wrapped_fn(*args, **kwargs)
+            finally:
+                self.seconds["scan"] += time.perf_counter() - t0
+        return staticmethod(timed) if isinstance(fn, staticmethod) else timed
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+        for (owner, attr), fn in zip(self.patched, self.saved):
+            setattr(owner, attr, fn)
+
+
+def profile_cliphaze(name: str = "cliphaze_t", size: int = 256, batch: int = 1, repeats: int = 3) -> dict[str, Any]:
+    """Where ``name``'s time goes at ``size``², inference (no grad) and one train step (L1, AdamW): the selective
+    scan, the rest of SS2D (projections, convolution, norm, gate), window attention, the CAM, and the rest
+    (FFN, norms, convolutions of the U-Net, loss, optimiser), each timed inside the step (:class:`_PartTimer`),
+    medians over ``repeats`` steps after a warm-up. CLIP inputs are given precomputed (random), so the frozen
+    CLIP's own cost is excluded."""
+    from clipdehaze.models import create_generator
+
+    torch.manual_seed(0)
+    model = create_generator(name)
+    x = torch.rand(batch, 3, size, size)
+    inputs = dummy_clip_inputs(model, x)
+    target = torch.rand_like(x)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def infer():
+        with torch.no_grad():
+            model.eval()(x, **inputs)
+
+    def step():
+        loss = torch.nn.functional.l1_loss(model.train()(x, **inputs), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    result: dict[str, Any] = {"model": name, "size": size, "batch": batch}
+    for kind, fn in (("inference", infer), ("train step", step)):
+        fn()
+        runs = []
+        for _ in range(repeats):
+            timer = _PartTimer(model)
+            try:
+                t0 = time.perf_counter()
+                fn()
+                total = time.perf_counter() - t0
+            finally:
+                timer.close()
+            t = timer.seconds
+            runs.append({"total": total, "scan": t["scan"], "SS2D other": t["SS2D"] - t["scan"],
+                         "window attention": t["window attention"], "CAM": t["CAM"],
+                         "rest": total - t["SS2D"] - t["window attention"] - t["CAM"]})
+        med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
+        times = {p: med[p] for p in PROFILE_PARTS}
+        result[kind] = {"total_s": med["total"], "seconds": times,
+                        "shares": {k: v / sum(times.values()) for k, v in times.items()}}
+    return result
+
+
+def format_profile(prof: dict[str, Any]) -> str:
+    head = f"{prof['model']} at {prof['batch']} x {prof['size']}², time share by part (seconds)"
+    lines = [head, f"{'':<12} | {'total':>7} | " + " | ".join(f"{p:>16}" for p in PROFILE_PARTS)]
+    for kind in ("inference", "train step"):
+        r = prof[kind]
+        cells = [f"{r['shares'][p] * 100:5.1f}% ({r['seconds'][p]:6.3f})" for p in PROFILE_PARTS]
+        lines.append(f"{kind:<12} | {r['total_s']:7.3f} | " + " | ".join(f"{c:>16}" for c in cells))
+    lines.append("parts timed inside the step, forward and backward (medians); rest = FFN, norms, U-Net "
+                 "convolutions, loss, optimiser; CLIP inputs precomputed")
+    return "\n".join(lines)
+
+
+GOALS = (("cliphaze_t", "dehazeformer_s", "inference 1 x 256²", 1.5),
+         ("cliphaze_t", "dehazeformer_t", "train step 4 x 128²", 2.0))
+
+
+def goal_ratios(repeats: int = 5, goals=GOALS) -> list[dict[str, Any]]:
+    """CLIPHaze against DehazeFormer, side by side in one process: each repeat times every model once in turn
+    (inference 1 x 256², no grad; train step: L1 + AdamW on 4 x 128² crops), so load drift hits all alike;
+    the ratio of medians is compared with the goal."""
+    from clipdehaze.models import create_generator
+
+    names = sorted({n for g in goals for n in g[:2]})
+    torch.manual_seed(0)
+    models = {n: create_generator(n) for n in names}
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+    x1, xb = torch.rand(1, 3, 256, 256), torch.rand(4, 3, 128, 128)
+    inputs = {n: (dummy_clip_inputs(m, x1), dummy_clip_inputs(m, xb)) for n, m in models.items()}
+    yb = torch.rand_like(xb)
+
+    def infer(n):
+        with torch.no_grad():
+            models[n].eval()(x1, **inputs[n][0])
+
+    def step(n):
+        loss = torch.nn.functional.l1_loss(models[n].train()(xb, **inputs[n][1]), yb)
+        opts[n].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[n].step()
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(repeats + 1):  # the first round warms up
+        for kind, fn in (("inference", infer), ("train step", step)):
+            for n in names:
+                t0 = time.perf_counter()
+                fn(n)
+                if r:
+                    times.setdefault((n, kind), []).append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    rows = []
+    for ours, ref, what, goal in goals:
+        kind = what.split(" 1 x")[0].split(" 4 x")[0]
+        ratio = med[(ours, kind)] / med[(ref, kind)]
+        rows.append({"model": ours, "reference": ref, "what": what, "model_s": med[(ours, kind)],
+                     "reference_s": med[(ref, kind)], "ratio": ratio, "goal": goal, "met": ratio <= goal})
+    return rows
+
+
+def format_goals(rows: list[dict[str, Any]]) -> str:
+    lines = ["goals, measured side by side (models alternated each repeat, medians):"]
+    for r in rows:
+        lines.append(f"  {r['model']} {r['what']}: {r['model_s']:.3f} s vs {r['reference']} {r['reference_s']:.3f} s "
+                     f"= {r['ratio']:.2f}x (goal <= {r['goal']}x: {'met' if r['met'] else 'NOT met'})")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------------- report
 def _fmt(v: Any) -> str:
     if v is None:
@@ -373,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mac-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case (models and scan)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="scan: skip the cliphaze_t profile and the side-by-side goal ratios")
     ap.add_argument("--max-untiled-gmacs", type=float, default=60.0,
                     help="skip untiled inference above 256 px for models heavier than this at 256²")
     ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture (random weights) for CLIP nets")
@@ -394,8 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         from clipdehaze.models.ssm import bench as scan_bench
 
         res = scan_bench.run_scan_benchmark(repeats=args.repeats)
+        print(scan_bench.format_table(res), flush=True)
+        if not args.no_profile:
+            res["profile"] = profile_cliphaze(repeats=args.repeats)
+            print("\n" + format_profile(res["profile"]), flush=True)
+            res["goals"] = goal_ratios(repeats=max(3, args.repeats))
+            print("\n" + format_goals(res["goals"]))
         (out / "scan.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-        print(scan_bench.format_table(res))
     return 0
 
 
