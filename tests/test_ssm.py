@@ -402,11 +402,25 @@ def test_ss2d_scan_orders_match_a_per_direction_reference():
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_benchmark_runs_and_reports_ratios():
-    from clipdehaze.models.ssm.bench import run_scan_benchmark
+def test_benchmark_runs_and_reports_ratios_and_the_bound():
+    from clipdehaze.models.ssm.bench import _work, format_table, run_scan_benchmark
 
-    report = run_scan_benchmark(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=1, sequential_steps=8)
+    report = run_scan_benchmark(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=1, sequential_steps=8,
+                                cliphaze_cases=(("tiny", 1, 4, 6),))
     (row,) = report["results"]
     assert row["length"] == 32 and row["sequential_steps_timed"] == 8
-    assert row["torch_s"] > 0 and row["speedup_vs_sequential_unbound"] > 0
+    assert row["chunked_s"] > 0 and row["sequential_unbound_vs_compiled"] > 0
     assert (row["mambapy_s"] is None) == (importlib.util.find_spec("mambapy") is None)
+    floors = report["floors"]
+    assert floors["copy_bytes_per_s"] > 1e8 and floors["exp_per_s"] > 1e7
+    bound = row["bound"]
+    assert bound["bound_s"] == max(bound["memory_s"], bound["exp_s"]) > 0
+    assert row["compiled_vs_bound"] == pytest.approx(row["compiled_s"] / bound["bound_s"])
+    (tiny,) = report["cliphaze"]
+    assert tiny["compiled_s"] > 0 and tiny["chunked_s"] > 0 and tiny["bound"]["bound_s"] > 0
+    assert "lower bound" in format_table(report) and "tiny" in format_table(report)
+    # The work counted at (b, d, L) = (1, 4, 32), n = 2, float32: forward reads u, Δ (128 each), B and C (64 each),
+    # A (8) and writes y (128); the backward reads those and ȳ and writes the five gradients; one exp per state
+    # element (256) per pass.
+    reads = 128 + 128 + 64 + 64 + 8
+    assert _work(1, 1, 32, 4, 2, False, False) == ((reads + 128 + reads + 128 + reads) * 4, 2 * 256)
