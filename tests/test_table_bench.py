@@ -231,7 +231,6 @@ def test_cliphaze_profile_shares_and_goal_ratios():
         assert sum(part["shares"].values()) == pytest.approx(1.0)
         for name in ("scan", "SS2D other", "window attention", "CAM"):
             assert part["seconds"][name] > 0, (kind, name)
-    assert prof["train step"]["seconds"]["scan"] > prof["inference"]["seconds"]["scan"]  # + the backward
     assert "window attention" in bench.format_profile(prof)
     rows = bench.goal_ratios(repeats=1, goals=(("cliphaze_test", "dehazeformer_test", "inference", 9.0),
                                                ("cliphaze_test", "dehazeformer_test", "train step", 9.0)))
