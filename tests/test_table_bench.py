@@ -237,3 +237,12 @@ def test_cliphaze_profile_shares_and_goal_ratios():
     for r in rows:
         assert r["ratio"] == pytest.approx(r["model_s"] / r["reference_s"]) and r["met"] == (r["ratio"] <= 9.0)
     assert "side by side" in bench.format_goals(rows)
+
+
+def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):
+    from clipdehaze.demo import DEFAULT_MODELS, DEFAULT_STEPS, train_overrides
+
+    for name in DEFAULT_MODELS:
+        cfg = compose_cfg("train", train_overrides(name, DEFAULT_STEPS, ["clip=tiny_random"]))
+        assert cfg.trainer.max_steps == DEFAULT_STEPS and cfg.trainer.get("max_time") is None, name
+        assert cfg.trainer.max_epochs >= DEFAULT_STEPS, name   # an epoch is at least one step: epochs never stop it first

@@ -39,6 +39,11 @@ COMMON = ["data=synthetic", "data.crop_size=96", "data.batch_size=4", "data.num_
           "trainer.check_val_every_n_epoch=1"]
 
 
+def train_overrides(name: str, steps: int, clip: list[str]) -> list[str]:
+    """``clipdehaze-train`` overrides of one learned generator's demo run: ``steps`` optimisation steps."""
+    return [f"model={name}", *clip, f"trainer.max_steps={steps}", *COMMON]
+
+
 def _run(module: str, overrides: list[str], run_dir: Path) -> dict:
     cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
     print("$ clipdehaze-" + {"clipdehaze.train": "train", "clipdehaze.evaluate": "eval"}[module], " ".join(overrides),
@@ -137,9 +142,8 @@ def main(argv: list[str] | None = None) -> Path:
                              "(and CLIP_MODEL=<open_clip architecture> unless it is ViT-B-32)")
         clip += [f"clip.checkpoint={os.environ['CLIP_CHECKPOINT']}",
                  f"clip.model_name={os.environ.get('CLIP_MODEL', 'ViT-B-32')}"]
-    budget = f"trainer.max_steps={args.steps}"
     for name in args.models:
-        summaries[name] = _run("clipdehaze.train", [f"model={name}", *clip, budget, *COMMON], out / name)
+        summaries[name] = _run("clipdehaze.train", train_overrides(name, args.steps, clip), out / name)
 
     from clipdehaze.table import aggregate, build_rows, collect_runs, plot
 
