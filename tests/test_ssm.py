@@ -424,3 +424,18 @@ def test_benchmark_runs_and_reports_ratios_and_the_bound():
     # element (256) per pass.
     reads = 128 + 128 + 64 + 64 + 8
     assert _work(1, 1, 32, 4, 2, False, False) == ((reads + 128 + reads + 128 + reads) * 4, 2 * 256)
+
+
+def test_benchmark_ss2d_ops_compute_the_same_gradients():
+    """The bench's compiled SS2D scan and the four-copy chunked path it is compared with do the same work."""
+    from clipdehaze.models.ssm import bench
+
+    compiled_kernel_or_skip()
+    operands = bench._ss2d_operands(2, 5, 7, seed=0)
+    grads = []
+    for op in (bench._ss2d_compiled, bench._ss2d_chunked):
+        leaves = bench._leaves(operands)
+        op(leaves, 5, 7)
+        grads.append({k: v.grad for k, v in leaves.items()})
+    for k in grads[1]:
+        assert_close(grads[0][k], grads[1][k].double(), 1e-5, k)

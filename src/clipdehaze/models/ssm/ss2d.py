@@ -21,7 +21,7 @@ from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.cpu_kernel import ORDERS
 from clipdehaze.models.ssm.selective_scan import BACKENDS, selective_scan
 
-__all__ = ["SS2D"]
+__all__ = ["SS2D", "scan_row_pairs"]
 
 _DIRECTIONS = 4  # row-major, column-major, and both reversed
 
@@ -110,22 +110,20 @@ class SS2D(nn.Module):
 
     def forward_core_channels_last(self, x: Tensor) -> Tensor:
         """:meth:`forward_core` on a channel-last (B, H, W, d_inner) map, returning the same layout, with the
-        compiled CPU scan: every direction reads the one map in its own order and the kernel sums their
-        outputs, so the four reordered copies (inputs, Δ, outputs) are never made; the Δ bias, softplus
-        and the D skip run inside the kernel too."""
+        compiled CPU scan (:func:`scan_row_pairs`)."""
         b, h, w, d = x.shape
-        length, k, n, r = h * w, _DIRECTIONS, self.d_state, self.dt_rank
-        x = x.contiguous()
-        # Per pixel, every direction's (Δ low-rank, B, C): one matmul in pixel order for all four directions.
-        x_dbl = F.linear(x.view(b, length, d), self.x_proj_weight.flatten(0, 1)).view(b, length, k, r + 2 * n)
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
-        delta = torch.einsum("blkr,kdr->bkld", dts, self.dt_projs_weight)
-        y, _ = cpu_kernel.scan(
-            x.view(b, 1, length, d), delta, -torch.exp(self.A_logs.float()).view(k, d, n),
-            Bs.transpose(1, 2), Cs.transpose(1, 2), self.Ds.float().view(k, d),
-            delta_bias=self.dt_projs_bias.float(), delta_softplus=True,
-            orders=[ORDERS[o] for o in ("rows", "cols", "rows_reversed", "cols_reversed")], height=h, width=w)
-        return y.view(b, h, w, d)
+        k, n, r = _DIRECTIONS, self.d_state, self.dt_rank
+        A = -torch.exp(self.A_logs.float()).view(k, d, n)
+        D = self.Ds.float().view(k, d)
+        grids = (x.contiguous(), x.transpose(1, 2).contiguous())
+        operands = []
+        for first, grid in enumerate(grids):
+            pair = slice(first, k, 2)   # directions 0, 2 (rows) or 1, 3 (columns)
+            # Per pixel, both directions' (Δ low-rank, B, C): one matmul in pixel order.
+            x_dbl = F.linear(grid.view(b, -1, d), self.x_proj_weight[pair].flatten(0, 1))
+            dts, Bs, Cs = torch.split(x_dbl.view(b, -1, 2, r + 2 * n), [r, n, n], dim=3)
+            operands.append((torch.einsum("blkr,kdr->blkd", dts, self.dt_projs_weight[pair]), Bs, Cs))
+        return scan_row_pairs(grids, operands, A, D, self.dt_projs_bias.float())
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
@@ -137,3 +135,28 @@ class SS2D(nn.Module):
             y = self.forward_core(x).transpose(1, 2).reshape(b, h, w, self.d_inner)
         y = self.out_norm(y) * F.silu(z)
         return self.dropout(self.out_proj(y))
+
+
+def scan_row_pairs(grids: tuple[Tensor, Tensor], operands, A: Tensor, D: Tensor, delta_bias: Tensor) -> Tensor:
+    """SS2D's four scans with the compiled CPU kernel, every one streaming through memory in order.
+
+    ``grids``: the channel-last map (B, H, W, d) and its transpose (B, W, H, d), both contiguous; directions 0
+    and 2 walk the rows of the first forwards and backwards (row-major order and its reverse), 1 and 3 the rows
+    of the second (column-major order). A column walk of a channel-last map would jump a whole row per step,
+    and the scan measured bound by those cache and TLB misses; the price is the transposed copy and one
+    transposed sum of the outputs, not four reordered copies of the inputs, Δ and outputs.
+
+    ``operands``: per grid, (Δ pre-activation (B, L, 2, d), B, C (B, L, 2, n)) of its two directions in that
+    grid's pixel order; A (4, d, n), D and ``delta_bias`` (4, d) of the four directions. The kernel reads each
+    grid once for both of its directions and sums their outputs; bias, softplus and D run inside it.
+    Returns the merged (B, H, W, d).
+    """
+    ys = []
+    for first, (grid, (delta, Bs, Cs)) in enumerate(zip(grids, operands)):
+        b, gh, gw, d = grid.shape
+        pair = slice(first, _DIRECTIONS, 2)
+        y, _ = cpu_kernel.scan(grid.view(b, 1, gh * gw, d), delta.transpose(1, 2), A[pair], Bs.transpose(1, 2),
+                               Cs.transpose(1, 2), D[pair], delta_bias=delta_bias[pair], delta_softplus=True,
+                               orders=(ORDERS["rows"], ORDERS["rows_reversed"]))
+        ys.append(y.view(b, gh, gw, d))
+    return ys[0] + ys[1].transpose(1, 2)
