@@ -23,15 +23,17 @@ namespace {
 
 constexpr int kLanes = 16;
 
-// 2^x for float: x = r + f with r the nearest integer, |f| <= 1/2, 2^f from its Taylor series to degree 7
-// (relative error below 1e-8 on that interval), 2^r put into the exponent bits. Plain arithmetic, so the
-// compiler vectorises the loops that call it; libm's exp2f would not be.
-inline float exp2_approx(float x) {
-    x = x < -127.0f ? -127.0f : x;   // 2^-127 and below flush to 0
-    x = x > 128.0f ? 128.0f : x;     // 2^128 is +inf
+// e^x for float: x = r ln 2 + f with r the nearest integer to x / ln 2, f = x - r ln 2 in two steps (ln 2 split
+// into a high part exact in float and a low part, so f keeps full precision however large r), |f| <= ln 2 / 2,
+// e^f from its Taylor series to degree 7 (relative error below 1e-8 there), 2^r put into the exponent bits.
+// Plain arithmetic, so the compiler vectorises the loops that call it; libm's expf would not be.
+inline float exp_approx(float x) {
+    x = x < -88.0f ? -88.0f : x;   // e^-88 < 2^-126: below, 0 (flushed with the exponent bits below)
+    x = x > 88.8f ? 88.8f : x;     // e^88.8 > 2^128 overflows to +inf
     const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-    float r = (x + shifter) - shifter;
-    float f = (x - r) * 0.6931471805599453f;  // 2^f = e^(f ln 2)
+    float r = (x * 1.44269504088896341f + shifter) - shifter;
+    float f = x - r * 0.693359375f;     // ln 2 high part: 8 significant bits, r * it is exact
+    f = f - r * -2.12194440e-4f;        // ln 2 low part
     float p = 1.0f / 5040.0f;
     p = p * f + 1.0f / 720.0f;
     p = p * f + 1.0f / 120.0f;
@@ -40,13 +42,15 @@ inline float exp2_approx(float x) {
     p = p * f + 0.5f;
     p = p * f + 1.0f;
     p = p * f + 1.0f;
-    int32_t bits = (static_cast<int32_t>(r) + 127) << 23;
+    int32_t e = static_cast<int32_t>(r) + 127;
+    e = e < 0 ? 0 : e;
+    int32_t bits = e << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
     return p * scale;
 }
 
-inline double exp2_approx(double x) { return std::exp2(x); }
+inline double exp_approx(double x) { return std::exp(x); }
 
 // ln(y) for finite y > 0: y = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s), s = (m - 1) / (m + 1),
 // |s| < 0.172, from its series to s^11 (relative error below 1e-8).
@@ -71,22 +75,28 @@ inline float log_approx(float y) {
     return 2.0f * s * p + static_cast<float>(e) * 0.6931471805599453f;
 }
 
-constexpr double kLog2e = 1.4426950408889634;
+// Sum of a block's lanes by halving: a few vector adds, where a reduction loop compiles to one scalar add per lane
+// in sequence (the dB and dC sums over channels, once per step and state index, dominated the backward).
+template <typename T>
+inline T lane_sum(const T* v) {
+    T half[kLanes / 2], quarter[kLanes / 4];
+    for (int i = 0; i < kLanes / 2; ++i) half[i] = v[i] + v[i + kLanes / 2];
+    for (int i = 0; i < kLanes / 4; ++i) quarter[i] = half[i] + half[i + kLanes / 4];
+    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
 
-// softplus(x) = ln(1 + e^x) (x itself above 20, as torch's softplus) and its derivative sigmoid(x).
-// ln(1 + t) is taken as t ln(w) / (w - 1) with w = 1 + t rounded: the ratio cancels w's rounding error, so
-// small results keep full relative precision (Goldberg's log1p).
+// softplus(x) = ln(1 + e^x) (x itself above 20, as torch's softplus) and its derivative sigmoid(x) = t / w with
+// t = e^x, w = 1 + t. ln(1 + t) is ln(w) corrected by (1 + t - w) / w, the first-order term of w's rounding
+// error, so small results keep full relative precision; one reciprocal serves both.
 inline void softplus(float x, float& value, float& slope) {
-    float t = exp2_approx(x * static_cast<float>(kLog2e));
+    float t = exp_approx(x);
     float w = 1.0f + t;
-    float lw = log_approx(w);
-    float d = w - 1.0f;
-    bool exact = d == 0.0f;  // t below half an ulp of 1: ln(1 + t) = t in float
-    float ratio = lw / (exact ? 1.0f : d);
-    float slope_small = t / w;
+    float inv = 1.0f / w;
+    float rounding = (1.0f - w) + t;  // exact: w - 1 is exact when t < 1, and t - (w - 1) then too
+    float small = log_approx(w) + rounding * inv;  // computed unconditionally: a branch would not vectorise
     bool big = x > 20.0f;
-    value = big ? x : (exact ? t : t * ratio);
-    slope = big ? 1.0f : slope_small;
+    value = big ? x : small;
+    slope = big ? 1.0f : t * inv;
 }
 
 inline void softplus(double x, double& value, double& slope) {
@@ -227,17 +237,16 @@ void load_chunk(const ScanArgs& a, Chunk<T>& ch, const T* bias) {
     gather_state(static_cast<const T*>(a.C), a.c_s, ch, a.state, ch.Cs.data());
 }
 
-// Per-direction constants of an item, lane-padded: A and A log2(e) as (state, lanes), D and bias (lanes).
+// Per-direction constants of an item, lane-padded: A as (state, lanes), D and bias (lanes).
 template <typename T>
 struct Params {
-    std::vector<T> A, A2, D, bias;
+    std::vector<T> A, D, bias;
     Params(const ScanArgs& a, int64_t k, int64_t c0, int64_t nc)
-        : A(a.state * kLanes, T(0)), A2(a.state * kLanes, T(0)), D(kLanes, T(0)), bias(kLanes, T(0)) {
+        : A(a.state * kLanes, T(0)), D(kLanes, T(0)), bias(kLanes, T(0)) {
         const T* Ak = static_cast<const T*>(a.A) + k * a.channels * a.state;
         for (int64_t c = 0; c < nc; ++c) {
             for (int64_t i = 0; i < a.state; ++i) {
                 A[i * kLanes + c] = Ak[(c0 + c) * a.state + i];
-                A2[i * kLanes + c] = A[i * kLanes + c] * T(kLog2e);
             }
             if (a.D) D[c] = static_cast<const T*>(a.D)[k * a.channels + c0 + c];
             // Lanes past nc keep bias 0, so their Δ stays finite; their u = 0 keeps them inert anyway.
@@ -282,10 +291,10 @@ void forward_item(const ScanArgs& a, int64_t b, int64_t c0) {
                 for (int64_t i = 0; i < N; ++i) {
                     const T Bi = ch.Bs[j * N + i], Ci = ch.Cs[j * N + i];
                     T* hi = &h[i * kLanes];
-                    const T* A2 = &p.A2[i * kLanes];
+                    const T* Ai = &p.A[i * kLanes];
 #pragma omp simd
                     for (int c = 0; c < kLanes; ++c) {
-                        hi[c] = exp2_approx(dl[c] * A2[c]) * hi[c] + du[c] * Bi;
+                        hi[c] = exp_approx(dl[c] * Ai[c]) * hi[c] + du[c] * Bi;
                         yj[c] += Ci * hi[c];
                     }
                 }
@@ -344,13 +353,13 @@ void backward_item(const ScanArgs& a, int64_t b, int64_t c0, T* dB, T* dC, ItemG
                 const T* du = &ch.du[j * kLanes];
                 for (int64_t i = 0; i < N; ++i) {
                     const T Bi = ch.Bs[j * N + i];
-                    const T* A2 = &p.A2[i * kLanes];
+                    const T* Ai = &p.A[i * kLanes];
                     T* hi = &h[i * kLanes];
                     T* ki = &kept[(j * N + i) * kLanes];
                     T* ai = &decay[(j * N + i) * kLanes];
 #pragma omp simd
                     for (int c = 0; c < kLanes; ++c) {
-                        T at = exp2_approx(dl[c] * A2[c]);
+                        T at = exp_approx(dl[c] * Ai[c]);
                         T kt = at * hi[c];
                         ai[c] = at;
                         ki[c] = kt;
@@ -374,20 +383,20 @@ void backward_item(const ScanArgs& a, int64_t b, int64_t c0, T* dB, T* dC, ItemG
                     const T* Ai = &p.A[i * kLanes];
                     T* gi = &g[i * kLanes];
                     T* dAi = &dA[i * kLanes];
-                    T sum_b = 0, sum_c = 0;
-#pragma omp simd reduction(+ : sum_b, sum_c)
+                    T part_b[kLanes], part_c[kLanes];
+#pragma omp simd
                     for (int c = 0; c < kLanes; ++c) {
                         T gt = gi[c] + Ci * gyj[c];                 // adjoint of h_t
                         T x = gt * ki[c];                           // ∂L/∂(Δ_t A) = g_t a_t h_{t-1}
                         gdu[c] += gt * Bi;
                         gdl_exp[c] += x * Ai[c];
                         dAi[c] += x * dl[c];
-                        sum_b += gt * du[c];
-                        sum_c += (ki[c] + du[c] * Bi) * gyj[c];     // h_t ȳ_t
+                        part_b[c] = gt * du[c];
+                        part_c[c] = (ki[c] + du[c] * Bi) * gyj[c];  // h_t ȳ_t
                         gi[c] = ai[c] * gt;
                     }
-                    dBj[i] += sum_b;
-                    dCj[i] += sum_c;
+                    dBj[i] += lane_sum(part_b);
+                    dCj[i] += lane_sum(part_c);
                 }
                 T* guj = &gu[j * kLanes];
                 T* gdlj = &gdl[j * kLanes];
