@@ -171,34 +171,39 @@ def scan_order(code, h, w):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_compiled_multi_direction_scan_matches_the_reference_per_direction(threads):
-    """SS2D's use: one channel-last map (b, 1, L, d) scanned in all four orders, outputs summed per pixel."""
+def test_compiled_grouped_scan_matches_the_reference_per_direction(threads):
+    """SS2D's use: groups of directions that read one channel-last map (b, G, L, d) each in its own order
+    (all four orders appear), their outputs summed per pixel of the group's map."""
     compiled_kernel_or_skip()
     g = torch.Generator().manual_seed(1)
-    b, h, w, d, n, k = 2, 5, 7, 20, 3, 4
+    b, h, w, d, n, G, J = 2, 5, 7, 20, 3, 2, 2
     L = h * w
-    leaves = dict(u=torch.randn(b, 1, L, d, generator=g, dtype=torch.float64),
-                  delta=torch.randn(b, k, L, d, generator=g, dtype=torch.float64) - 1,
-                  A=-torch.rand(k, d, n, generator=g, dtype=torch.float64) - 0.2,
-                  B=torch.randn(b, k, L, n, generator=g, dtype=torch.float64),
-                  C=torch.randn(b, k, L, n, generator=g, dtype=torch.float64),
-                  D=torch.randn(k, d, generator=g, dtype=torch.float64),
-                  bias=torch.randn(k, d, generator=g, dtype=torch.float64) * 0.1)
-    gy = torch.randn(b, 1, L, d, generator=g, dtype=torch.float64)
-    orders = list(cpu_kernel.ORDERS.values())
+    orders = [cpu_kernel.ORDERS[o] for o in ("rows", "cols_reversed", "cols", "rows_reversed")]  # k = g J + j
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    leaves = dict(u=rnd(b, G, L, d), delta=rnd(b, G, L, J, d) - 1, A=-torch.rand(G * J, d, n, generator=g,
+                  dtype=torch.float64) - 0.2, B=rnd(b, G, L, J, n), C=rnd(b, G, L, J, n), D=rnd(G * J, d),
+                  bias=rnd(G * J, d) * 0.1)
+    gy = rnd(b, G, L, d)
 
     def reference(u, delta, A, B, C, D, bias):
-        y = 0
-        for i, code in enumerate(orders):
-            idx = scan_order(code, h, w)
+        ys = []
+        for grp in range(G):
+            y = 0
+            for j in range(J):
+                k = grp * J + j
+                idx = scan_order(orders[k], h, w)
 
-            def seq(t, k=i):  # (b, K, L, ·) -> direction k's sequence (b, ·, L)
-                return t[:, k][:, idx].transpose(1, 2)
+                def seq(t):  # (b, L, c) at the group's pixels -> direction k's sequence (b, c, L)
+                    return t[:, idx].transpose(1, 2)
 
-            yk, _ = reference_scan(seq(u, 0), seq(delta), A[i], seq(B), seq(C), D[i], delta_bias=bias[i],
-                                   delta_softplus=True)
-            y = y + torch.empty_like(yk).index_copy_(2, idx, yk)
-        return y.transpose(1, 2).unsqueeze(1)
+                yk, _ = reference_scan(seq(u[:, grp]), seq(delta[:, grp, :, j]), A[k], seq(B[:, grp, :, j]),
+                                       seq(C[:, grp, :, j]), D[k], delta_bias=bias[k], delta_softplus=True)
+                y = y + torch.empty_like(yk).index_copy_(2, idx, yk)
+            ys.append(y.transpose(1, 2))
+        return torch.stack(ys, 1)
 
     expected = [t.detach().clone().requires_grad_() for t in leaves.values()]
     y_ref = reference(*expected)

@@ -42,7 +42,7 @@ import torch
 
 from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.selective_scan import selective_scan_torch
-from clipdehaze.models.ssm.ss2d import scan_row_pairs
+from clipdehaze.models.ssm.ss2d import row_and_column_maps, scan_row_pairs
 
 __all__ = ["format_table", "machine_floors", "run_scan_benchmark", "scan_bound"]
 
@@ -157,43 +157,35 @@ _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, _DIRECTIONS = 24, 1, 4
 
 def _ss2d_operands(batch: int, h: int, w: int, seed: int) -> dict[str, torch.Tensor]:
     """The SS2D scan's operands as SS2D computes them: the channel-last map u (b, H·W, d) and, per pixel of the
-    map (rows) and of its transpose (cols), two directions' Δ pre-activations, B and C; distributed like an
-    SS2D's at initialisation (Δ around Mamba's initial time steps, A = -1)."""
+    map and of its transpose, the Δ pre-activations, B and C of the two directions walking that grid's rows
+    (b, 2, L, 2, ·); distributed like an SS2D's at initialisation (Δ around Mamba's initial time steps, A = -1)."""
     g = torch.Generator().manual_seed(seed)
     k, d, n, length = _DIRECTIONS, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, h * w
-    ops = dict(u=torch.randn(batch, length, d, generator=g), A=-torch.ones(k, d, n), D=torch.ones(k, d),
-               bias=torch.zeros(k, d))
-    for grid in ("rows", "cols"):
-        ops[f"delta_{grid}"] = torch.randn(batch, length, 2, d, generator=g) - 4
-        ops[f"B_{grid}"] = torch.randn(batch, length, 2, n, generator=g)
-        ops[f"C_{grid}"] = torch.randn(batch, length, 2, n, generator=g)
-    return ops
+    return dict(u=torch.randn(batch, length, d, generator=g), delta=torch.randn(batch, 2, length, 2, d, generator=g) - 4,
+                B=torch.randn(batch, 2, length, 2, n, generator=g), C=torch.randn(batch, 2, length, 2, n, generator=g),
+                A=-torch.ones(k, d, n), D=torch.ones(k, d), bias=torch.zeros(k, d))
 
 
 def _ss2d_compiled(x: dict[str, torch.Tensor], h: int, w: int) -> None:
     b, _, d = x["u"].shape
-    grid = x["u"].view(b, h, w, d)
-    grids = (grid, grid.transpose(1, 2).contiguous())
-    operands = [(x[f"delta_{g}"], x[f"B_{g}"], x[f"C_{g}"]) for g in ("rows", "cols")]
-    scan_row_pairs(grids, operands, x["A"], x["D"], x["bias"]).sum().backward()
+    grids = row_and_column_maps(x["u"].view(b, h, w, d))
+    scan_row_pairs(grids, x["delta"], x["B"], x["C"], x["A"], x["D"], x["bias"], h, w).sum().backward()
 
 
 def _ss2d_chunked(x: dict[str, torch.Tensor], h: int, w: int) -> None:
-    """The path the compiled one replaced: four reordered copies in (b, 4·d, L), the chunked scan, merged back."""
+    """The path the compiled one replaced: four reordered copies in (b, 4·d, L), the chunked scan, merged back.
+    SS2D direction k = grid + 2 j reads grid ``k % 2`` (0: the map, 1: its transpose), backwards when j = 1."""
     b, length, d = x["u"].shape
+    u_cols = x["u"].view(b, h, w, d).transpose(1, 2).reshape(b, length, d)
 
-    def per_direction(rows, cols):
-        """Direction k's sequences (b, 4, c, L) from the row and column grids' (b, 2, c, L): 0 and 1 forwards
-        with each grid's first operand, 2 and 3 reversed with its second."""
-        return torch.stack([rows[:, 0], cols[:, 0], rows[:, 1].flip(-1), cols[:, 1].flip(-1)], 1)
+    def per_direction(t):  # (b, 2, L, 2, c) per grid pixel -> (b, 4, c, L) in each direction's order
+        seqs = [t[:, k % 2, :, k // 2].transpose(1, 2) for k in range(_DIRECTIONS)]
+        return torch.stack([s.flip(-1) if k >= 2 else s for k, s in enumerate(seqs)], 1)
 
-    u_rows = x["u"].transpose(1, 2)
-    u_cols = x["u"].view(b, h, w, d).transpose(1, 2).reshape(b, length, d).transpose(1, 2)
-    u = per_direction(torch.stack([u_rows, u_rows], 1), torch.stack([u_cols, u_cols], 1))
-    seqs = {name: per_direction(x[f"{name}_rows"].permute(0, 2, 3, 1), x[f"{name}_cols"].permute(0, 2, 3, 1))
-            for name in ("delta", "B", "C")}
-    y = selective_scan_torch(u.flatten(1, 2), seqs["delta"].flatten(1, 2), x["A"].flatten(0, 1), seqs["B"],
-                             seqs["C"], x["D"].flatten(), delta_bias=x["bias"].flatten(), delta_softplus=True,
+    u = per_direction(torch.stack([x["u"], u_cols], 1).unsqueeze(3).expand(-1, -1, -1, 2, -1))
+    y = selective_scan_torch(u.flatten(1, 2), per_direction(x["delta"]).flatten(1, 2), x["A"].flatten(0, 1),
+                             per_direction(x["B"]), per_direction(x["C"]), x["D"].flatten(),
+                             delta_bias=x["bias"].flatten(), delta_softplus=True,
                              implementation="chunked").view(b, _DIRECTIONS, d, length)
     y_rows = y[:, 0] + y[:, 2].flip(-1)
     y_cols = y[:, 1] + y[:, 3].flip(-1)

@@ -6,11 +6,11 @@ positions p_k(0), ..., p_k(L-1) that direction k visits:
     Δ_t = softplus(δ_t + bias)  (bias, softplus optional)
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,   y_t = <C_t, h_t> + D u_t   (D optional)
 
-with the gradients of u, δ, A, B, C, D and bias from a hand-written adjoint. It reads its operands through
-4-d views (batch, direction, position, channel | state) of any strides, so the same code serves
-``selective_scan_torch``'s (b, d, L) tensors (one "direction" per channel group) and SS2D's channel-last
-feature map scanned in four orders, where u is shared by the directions and y sums over them, without
-materialising four reordered copies (:func:`scan`).
+with the gradients of u, δ, A, B, C, D and bias from a hand-written adjoint. Directions come in groups that
+read one input map u and sum their outputs into one y (:func:`scan`), so the same code serves
+``selective_scan_torch``'s (b, d, L) tensors (a group of one direction per channel group of B and C) and SS2D's
+channel-last map and its transpose, each walked forwards and backwards, without reordered copies. Operands are
+read through views of any strides.
 
 Why compiled: the recurrence is sequential in L, so an eager PyTorch scan issues a few dozen small ops per
 step and writes intermediates to memory; here each step is a few vector instructions on data in cache,
@@ -44,10 +44,9 @@ log = logging.getLogger(__name__)
 __all__ = ["ORDERS", "available", "scan", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("cpu_scan.cpp")
-ABI_VERSION = 1
+ABI_VERSION = 2
 # Scan orders of a height x width map flattened row-major: bit 0 walks it column by column, bit 1 backwards.
 ORDERS = {"rows": 0, "cols": 1, "rows_reversed": 2, "cols_reversed": 3}
-_LANES = 16  # channels per work item, as kLanes in the source
 
 # Tried in order; the first that compiles wins. -march=native: the library is built on and for this machine.
 # -fno-trapping-math lets the compiler turn the selects of the exp / softplus code into vector blends (no
@@ -87,13 +86,14 @@ class _ScanArgs(ctypes.Structure):
     """Mirror of ``ScanArgs`` in cpu_scan.cpp."""
 
     _fields_ = [(name, ctypes.c_int64) for name in
-                ("batch", "dirs", "length", "channels", "state", "height", "width", "chunk")] + [
+                ("batch", "groups", "dirs_per_group", "length", "channels", "state", "height", "width", "chunk",
+                 "lanes")] + [
         ("order", ctypes.c_void_p),
         ("u", ctypes.c_void_p), ("u_s", ctypes.c_int64 * 4),
-        ("delta", ctypes.c_void_p), ("dl_s", ctypes.c_int64 * 4),
+        ("delta", ctypes.c_void_p), ("dl_s", ctypes.c_int64 * 5),
         ("A", ctypes.c_void_p),
-        ("B", ctypes.c_void_p), ("b_s", ctypes.c_int64 * 4),
-        ("C", ctypes.c_void_p), ("c_s", ctypes.c_int64 * 4),
+        ("B", ctypes.c_void_p), ("b_s", ctypes.c_int64 * 5),
+        ("C", ctypes.c_void_p), ("c_s", ctypes.c_int64 * 5),
         ("D", ctypes.c_void_p), ("bias", ctypes.c_void_p),
         ("softplus", ctypes.c_int32), ("threads", ctypes.c_int32),
         ("y", ctypes.c_void_p), ("y_s", ctypes.c_int64 * 4),
@@ -163,103 +163,113 @@ def available(*tensors: Tensor) -> bool:
             and unavailable_reason() is None)
 
 
-def _chunk(state: int) -> int:
-    """Steps per chunk: the backward's per-chunk decays and states, 2 · chunk · state · 16 values, stay
-    about 32 kB (in L1/L2); longer chunks only save the small per-chunk checkpoints."""
-    return max(8, min(256, 256 // state))
+_LANES = 16  # channels per vector block, kLanes in the source
+
+
+def _geometry(batch: int, groups: int, channels: int, state: int, threads: int) -> tuple[int, int]:
+    """(lanes, chunk): channels per work item (a multiple of 16) and steps per chunk.
+
+    An item reads each position's row once for all its channels, so items are as wide as the state allows
+    (state x lanes values, the recurrence's working set, up to 256) but narrow enough that there are items for
+    every thread. A chunk keeps the backward's per-step decays and decayed states, 2 x chunk x state x lanes
+    values, near 32 kB, in cache; longer chunks would only save the small per-chunk checkpoints."""
+    blocks = -(-channels // _LANES)
+    per_item = max(1, min(blocks, 16 // state))
+    while per_item > 1 and batch * groups * -(-blocks // per_item) < threads:
+        per_item //= 2
+    lanes = per_item * _LANES
+    return lanes, max(8, min(256, 4096 // (state * lanes)))
 
 
 def _ptr(t: Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
 
-def _strides(t: Tensor) -> tuple[int, int, int, int]:
-    return tuple(t.stride())
+def _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last):
+    b, groups, length, per_group, d = delta.shape
+    n = A.shape[-1]
+    threads = torch.get_num_threads()
+    lanes, chunk = _geometry(b, groups, d, n, threads)
+    order = torch.tensor(orders, dtype=torch.int32)
+    args = _ScanArgs(batch=b, groups=groups, dirs_per_group=per_group, length=length, channels=d, state=n,
+                     height=height, width=width, chunk=chunk, lanes=lanes, order=order.data_ptr(),
+                     u=u.data_ptr(), u_s=u.stride(), delta=delta.data_ptr(), dl_s=delta.stride(),
+                     A=A.data_ptr(), B=B.data_ptr(), b_s=B.stride(), C=C.data_ptr(), c_s=C.stride(),
+                     D=_ptr(D), bias=_ptr(bias), softplus=int(softplus), threads=threads,
+                     y=_ptr(y), y_s=y.stride() if y is not None else (0,) * 4,
+                     checkpoints=_ptr(checkpoints), last_state=_ptr(last))
+    return args, order, chunk
+
+
+def _call(name: str, t: Tensor, args: _ScanArgs) -> None:
+    lib, _ = _library()
+    getattr(lib, f"clipdehaze_scan_{name}_{'f32' if t.dtype == torch.float32 else 'f64'}")(ctypes.byref(args))
 
 
 class _Scan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, bias, orders, height, width, softplus, want_last):
-        b, k, length, d = delta.shape
-        n = A.shape[-1]
-        chunk = _chunk(n)
-        shared = u.shape[1] == 1 and k > 1
-        y = torch.empty(b, 1, length, d, dtype=u.dtype) if shared else torch.empty_like(u)
-        n_chunks = -(-length // chunk)
-        checkpoints = (torch.empty(b, k, n_chunks, n, d, dtype=u.dtype)
+        b, groups, length, per_group, d = delta.shape
+        k, n = groups * per_group, A.shape[-1]
+        y = torch.empty_like(u)
+        _, _, chunk = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, None, None, None)
+        checkpoints = (torch.empty(b, k, -(-length // chunk), n, d, dtype=u.dtype)
                        if torch.is_grad_enabled() or any(ctx.needs_input_grad) else None)
         last = torch.empty(b, k, d, n, dtype=u.dtype) if want_last else None
-        order = torch.tensor(orders, dtype=torch.int32)
-        args = _ScanArgs(batch=b, dirs=k, length=length, channels=d, state=n, height=height, width=width,
-                         chunk=chunk, order=order.data_ptr(),
-                         u=u.data_ptr(), u_s=_u_strides(u, shared), delta=delta.data_ptr(), dl_s=_strides(delta),
-                         A=A.data_ptr(), B=B.data_ptr(), b_s=_strides(B), C=C.data_ptr(), c_s=_strides(C),
-                         D=_ptr(D), bias=_ptr(bias), softplus=int(softplus), threads=torch.get_num_threads(),
-                         y=y.data_ptr(), y_s=_u_strides(y, shared),
-                         checkpoints=_ptr(checkpoints), last_state=_ptr(last))
-        lib, _ = _library()
-        getattr(lib, f"clipdehaze_scan_forward_{_suffix(u)}")(ctypes.byref(args))
-        ctx.save_for_backward(u, delta, A, B, C, D, bias, checkpoints, order)
-        ctx.geometry = (height, width, softplus, shared, chunk)
+        args, order, _ = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last)
+        _call("forward", u, args)
+        ctx.save_for_backward(u, delta, A, B, C, D, bias, checkpoints)
+        ctx.geometry = (orders, height, width, softplus)
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_last):
-        u, delta, A, B, C, D, bias, checkpoints, order = ctx.saved_tensors
-        height, width, softplus, shared, chunk = ctx.geometry
-        b, k, length, d = delta.shape
-        if grad_y is None:
-            grad_y = torch.zeros(b, 1 if shared else k, length, d, dtype=u.dtype)
-        grad_last = grad_last.contiguous() if grad_last is not None else None
-        du = torch.empty(b, 1, length, d, dtype=u.dtype) if shared else torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dA, dB, dC = torch.empty_like(A), torch.empty(B.shape, dtype=B.dtype), torch.empty(C.shape, dtype=C.dtype)
+        u, delta, A, B, C, D, bias, checkpoints = ctx.saved_tensors
+        orders, height, width, softplus = ctx.geometry
+        b, groups, length, per_group, d = delta.shape
+        k, n = groups * per_group, A.shape[-1]
+        grad_y = grad_y if grad_y is not None else torch.zeros_like(u)
+        du, ddelta, dA = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A)
+        # dB and dC come out direction-major (b, k, L, n); viewed back to B's and C's (b, G, L, J, n).
+        dB, dC = (torch.empty(b, groups, per_group, length, n, dtype=u.dtype) for _ in range(2))
         dD = torch.empty_like(D) if D is not None else None
         dbias = torch.empty_like(bias) if bias is not None else None
-        args = _ScanArgs(batch=b, dirs=k, length=length, channels=d, state=A.shape[-1], height=height,
-                         width=width, chunk=chunk, order=order.data_ptr(),
-                         u=u.data_ptr(), u_s=_u_strides(u, shared), delta=delta.data_ptr(), dl_s=_strides(delta),
-                         A=A.data_ptr(), B=B.data_ptr(), b_s=_strides(B), C=C.data_ptr(), c_s=_strides(C),
-                         D=_ptr(D), bias=_ptr(bias), softplus=int(softplus), threads=torch.get_num_threads(),
-                         checkpoints=checkpoints.data_ptr(),
-                         grad_y=grad_y.data_ptr(), gy_s=_u_strides(grad_y, shared), grad_last=_ptr(grad_last),
-                         du=du.data_ptr(), ddelta=ddelta.data_ptr(), dA=dA.data_ptr(), dB=dB.data_ptr(),
-                         dC=dC.data_ptr(), dD=_ptr(dD), dbias=_ptr(dbias))
-        lib, _ = _library()
-        getattr(lib, f"clipdehaze_scan_backward_{_suffix(u)}")(ctypes.byref(args))
-        return du, ddelta, dA, dB, dC, dD, dbias, None, None, None, None, None
-
-
-def _u_strides(t: Tensor, shared: bool) -> tuple[int, int, int, int]:
-    s = _strides(t)
-    return (s[0], 0, s[2], s[3]) if shared else s
-
-
-def _suffix(t: Tensor) -> str:
-    return "f32" if t.dtype == torch.float32 else "f64"
+        args, order, _ = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, None, checkpoints, None)
+        args.grad_y, args.gy_s = grad_y.data_ptr(), grad_y.stride()
+        grad_last = grad_last.contiguous() if grad_last is not None else None
+        args.grad_last = _ptr(grad_last)
+        for name, t in (("du", du), ("ddelta", ddelta), ("dA", dA), ("dB", dB), ("dC", dC), ("dD", dD),
+                        ("dbias", dbias)):
+            setattr(args, name, _ptr(t))
+        _call("backward", u, args)
+        return (du, ddelta, dA, dB.transpose(2, 3), dC.transpose(2, 3), dD, dbias,
+                None, None, None, None, None)
 
 
 def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
          delta_bias: Tensor | None = None, delta_softplus: bool = False, orders: tuple[int, ...] | None = None,
          height: int = 1, width: int | None = None, return_last_state: bool = False):
-    """Selective scan over views (batch, direction, position, channel): differentiable, any strides.
+    """Selective scan of G groups of J directions each over views of any strides; differentiable.
 
     Args:
-        u: (b, 1 | K, L, d); with 1 and K > 1 every direction reads the same u and the output sums them.
-        delta: (b, K, L, d), the pre-activation δ.
-        A: (K, d, n); B, C: (b, K, L, n); D, delta_bias: (K, d) or None.
+        u: (b, G, L, d), one input map per group, read by each of its directions.
+        delta: (b, G, L, J, d), the pre-activation δ of direction j of group g at each position of the map.
+        B, C: (b, G, L, J, n).
+        A: (G·J, d, n); D, delta_bias: (G·J, d) or None. Direction k = g·J + j.
         orders: per direction, a value of :data:`ORDERS` (default: every direction walks positions 0..L-1);
             positions index a ``height`` x ``width`` map flattened row-major (``width`` defaults to L).
     Returns:
-        y shaped like u, and with ``return_last_state`` the state after each direction's last step
-        (b, K, d, n), else None.
+        y shaped like u, each group's directions summed, and with ``return_last_state`` the state after each
+        direction's last step (b, G·J, d, n), else None.
     """
-    k = delta.shape[1]
+    groups, length, per_group = delta.shape[1:4]
+    k = groups * per_group
     orders = tuple(orders) if orders is not None else (ORDERS["rows"],) * k
-    width = delta.shape[2] if width is None else width
-    if len(orders) != k or height * width != delta.shape[2]:
-        raise ValueError(f"need one order per direction ({k}) and height x width = L ({delta.shape[2]}); "
-                         f"got {len(orders)} orders and {height} x {width}")
+    width = length if width is None else width
+    if len(orders) != k or height * width != length or u.shape[:3] != delta.shape[:3]:
+        raise ValueError(f"need u (b, G, L, d) with delta (b, G, L, J, d), one order per direction ({k}) and "
+                         f"height x width = L ({length}); got u {tuple(u.shape)}, delta {tuple(delta.shape)}, "
+                         f"{len(orders)} orders and {height} x {width}")
     A, D, delta_bias = (t.contiguous() if t is not None else None for t in (A, D, delta_bias))
     return _Scan.apply(u, delta, A, B, C, D, delta_bias, orders, height, width, delta_softplus, return_last_state)

@@ -3,13 +3,15 @@
 // Built on first use by clipdehaze/models/ssm/cpu_kernel.py (plain C ABI, loaded with ctypes, no Python or
 // torch headers, so it compiles in about a second); that file documents the semantics and the layouts.
 //
-// Work is split into items (batch element, block of 16 channels); an item walks every scan direction over
-// the sequence in chunks of T steps. A chunk's inputs are first gathered into small channel-inner buffers,
-// whatever the caller's layout, so every inner loop runs over 16 contiguous channels and vectorises; unused
-// lanes of a short last block are zero and stay zero (u = 0 gives no input, grad_y = 0 no adjoint).
-// The forward keeps the state at each chunk start; the backward rebuilds a chunk's decays and states from
-// that checkpoint into cache-sized buffers and walks it backwards, so each pass takes one exponential per
-// state element and reads every input once.
+// Directions come in groups that share one input map u and one output y (SS2D: a map walked forwards and
+// backwards). Work is split into items (batch element, group, block of `lanes` channels, a multiple of 16);
+// an item walks each direction of its group over the sequence in chunks of T steps, so y sums the group's
+// directions without races. A chunk's inputs are first gathered into small channel-inner buffers, whatever the
+// caller's layout, so every inner loop runs over contiguous channels and vectorises; unused lanes of a short
+// last block are zero and stay zero (u = 0 gives no input, grad_y = 0 no adjoint). The forward keeps the state
+// at each chunk start; the backward rebuilds a chunk's decays and states from that checkpoint into cache-sized
+// buffers and walks it backwards, so each pass takes one exponential per state element and reads every input
+// once per direction.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -109,29 +111,29 @@ inline void softplus(double x, double& value, double& slope) {
 
 extern "C" {
 
-// Element strides are given per axis (batch, direction, position, channel or state); a zero direction
-// stride on u / y / du means "shared by all directions" (u is read by each, y and du sum over them).
+// Element strides per axis. u, y, grad_y, du: (batch, group, position, channel); delta, B, C: (batch, group,
+// position, direction in the group, channel or state). Direction k = group * dirs_per_group + j.
 struct ScanArgs {
-    int64_t batch, dirs, length, channels, state, height, width, chunk;
+    int64_t batch, groups, dirs_per_group, length, channels, state, height, width, chunk, lanes;
     const int32_t* order;  // per direction: bit 0 column-major (t = w * height + h), bit 1 reversed
     const void* u;       int64_t u_s[4];
-    const void* delta;   int64_t dl_s[4];
-    const void* A;       // (dirs, channels, state) contiguous
-    const void* B;       int64_t b_s[4];
-    const void* C;       int64_t c_s[4];
-    const void* D;       // (dirs, channels) contiguous or null
-    const void* bias;    // (dirs, channels) contiguous or null
+    const void* delta;   int64_t dl_s[5];
+    const void* A;       // (directions, channels, state) contiguous
+    const void* B;       int64_t b_s[5];
+    const void* C;       int64_t c_s[5];
+    const void* D;       // (directions, channels) contiguous or null
+    const void* bias;    // (directions, channels) contiguous or null
     int32_t softplus, threads;
     void* y;             int64_t y_s[4];
-    void* checkpoints;   // (batch, dirs, length / chunk rounded up, state, channels), null without backward
-    void* last_state;    // (batch, dirs, channels, state) or null
+    void* checkpoints;   // (batch, directions, chunks, state, channels), null without backward
+    void* last_state;    // (batch, directions, channels, state) or null
     // backward only
     const void* grad_y;  int64_t gy_s[4];
     const void* grad_last;  // like last_state, or null
     void* du;            // strides of u
     void* ddelta;        // strides of delta
     void* dA;            // like A
-    void* dB;            // (batch, dirs, length, state) contiguous
+    void* dB;            // (batch, directions, length, state) contiguous
     void* dC;            // as dB
     void* dD;            // like D (written only when D is given)
     void* dbias;         // like bias (written only when bias is given)
@@ -141,57 +143,78 @@ struct ScanArgs {
 
 namespace {
 
+int64_t directions(const ScanArgs& a) { return a.groups * a.dirs_per_group; }
+
 inline int64_t position(int32_t code, int64_t t, const ScanArgs& a) {
     if (code & 2) t = a.length - 1 - t;
     if (code & 1) return (t % a.height) * a.width + t / a.height;
     return t;
 }
 
-// One item's view of a chunk: steps [t0, t0 + n) of direction k, channels [c0, c0 + nc) of batch b.
+// One item's view of a chunk: steps [t0, t0 + n) of direction j of group g, channels [c0, c0 + nc) of batch b.
 template <typename T>
 struct Chunk {
-    int64_t b, k, c0, nc, t0, n;
+    int64_t W, b, g, j, c0, nc, t0, n;
     std::vector<int64_t> pos;
-    std::vector<T> u, dl, du, slope, Bs, Cs;  // (T, lanes) / (T, state)
+    std::vector<T> u, dl, du, slope, Bs, Cs;  // (T, W) / (T, state)
 
-    Chunk(int64_t steps, int64_t state)
-        : pos(steps), u(steps * kLanes), dl(steps * kLanes), du(steps * kLanes), slope(steps * kLanes),
+    Chunk(int64_t steps, int64_t lanes, int64_t state)
+        : W(lanes), pos(steps), u(steps * lanes), dl(steps * lanes), du(steps * lanes), slope(steps * lanes),
           Bs(steps * state), Cs(steps * state) {}
 };
 
-// Gathers (b, k, pos, c0 + lane) of a 4-strided tensor into buf[step * kLanes + lane], zero past nc.
+// The chunk's rows of a tensor with strides s = (batch, group, position, channel), or with five strides
+// (batch, group, position, direction, channel) at direction ch.j: base pointer of the block and the two
+// strides that walk it.
 template <typename T>
-void gather(const T* base, const int64_t* s, const Chunk<T>& ch, T* buf) {
-    const T* p0 = base + ch.b * s[0] + ch.k * s[1] + ch.c0 * s[3];
-    std::fill(buf, buf + ch.n * kLanes, T(0));
-    if (s[3] == 1) {
+struct Rows {
+    T* p0;
+    int64_t pos_stride, chan_stride;
+};
+
+template <typename T, typename P>
+Rows<P> rows4(P* base, const int64_t* s, const Chunk<T>& ch) {
+    return {base + ch.b * s[0] + ch.g * s[1] + ch.c0 * s[3], s[2], s[3]};
+}
+
+template <typename T, typename P>
+Rows<P> rows5(P* base, const int64_t* s, const Chunk<T>& ch) {
+    return {base + ch.b * s[0] + ch.g * s[1] + ch.j * s[3] + ch.c0 * s[4], s[2], s[4]};
+}
+
+// Gathers the rows' (pos, c0 + lane) into buf[step * W + lane], zero past nc.
+template <typename T>
+void gather(Rows<const T> r, const Chunk<T>& ch, T* buf) {
+    const int64_t W = ch.W;
+    std::fill(buf, buf + ch.n * W, T(0));
+    if (r.chan_stride == 1) {
         for (int64_t j = 0; j < ch.n; ++j) {
-            const T* row = p0 + ch.pos[j] * s[2];
-            for (int64_t c = 0; c < ch.nc; ++c) buf[j * kLanes + c] = row[c];
+            const T* row = r.p0 + ch.pos[j] * r.pos_stride;
+            for (int64_t c = 0; c < ch.nc; ++c) buf[j * W + c] = row[c];
         }
     } else {
         for (int64_t c = 0; c < ch.nc; ++c) {
-            const T* col = p0 + c * s[3];
-            for (int64_t j = 0; j < ch.n; ++j) buf[j * kLanes + c] = col[ch.pos[j] * s[2]];
+            const T* col = r.p0 + c * r.chan_stride;
+            for (int64_t j = 0; j < ch.n; ++j) buf[j * W + c] = col[ch.pos[j] * r.pos_stride];
         }
     }
 }
 
-// Writes (or, with add, accumulates) buf back to the tensor; the inverse of gather.
+// Writes (or, with add, accumulates) buf back to the rows; the inverse of gather.
 template <typename T>
-void scatter(T* base, const int64_t* s, const Chunk<T>& ch, const T* buf, bool add) {
-    T* p0 = base + ch.b * s[0] + ch.k * s[1] + ch.c0 * s[3];
-    if (s[3] == 1) {
+void scatter(Rows<T> r, const Chunk<T>& ch, const T* buf, bool add) {
+    const int64_t W = ch.W;
+    if (r.chan_stride == 1) {
         for (int64_t j = 0; j < ch.n; ++j) {
-            T* row = p0 + ch.pos[j] * s[2];
-            if (add) for (int64_t c = 0; c < ch.nc; ++c) row[c] += buf[j * kLanes + c];
-            else for (int64_t c = 0; c < ch.nc; ++c) row[c] = buf[j * kLanes + c];
+            T* row = r.p0 + ch.pos[j] * r.pos_stride;
+            if (add) for (int64_t c = 0; c < ch.nc; ++c) row[c] += buf[j * W + c];
+            else for (int64_t c = 0; c < ch.nc; ++c) row[c] = buf[j * W + c];
         }
     } else {
         for (int64_t c = 0; c < ch.nc; ++c) {
-            T* col = p0 + c * s[3];
-            if (add) for (int64_t j = 0; j < ch.n; ++j) col[ch.pos[j] * s[2]] += buf[j * kLanes + c];
-            else for (int64_t j = 0; j < ch.n; ++j) col[ch.pos[j] * s[2]] = buf[j * kLanes + c];
+            T* col = r.p0 + c * r.chan_stride;
+            if (add) for (int64_t j = 0; j < ch.n; ++j) col[ch.pos[j] * r.pos_stride] += buf[j * W + c];
+            else for (int64_t j = 0; j < ch.n; ++j) col[ch.pos[j] * r.pos_stride] = buf[j * W + c];
         }
     }
 }
@@ -199,55 +222,20 @@ void scatter(T* base, const int64_t* s, const Chunk<T>& ch, const T* buf, bool a
 // B_t or C_t of the chunk's steps: (step, state).
 template <typename T>
 void gather_state(const T* base, const int64_t* s, const Chunk<T>& ch, int64_t state, T* buf) {
-    const T* p0 = base + ch.b * s[0] + ch.k * s[1];
+    const T* p0 = base + ch.b * s[0] + ch.g * s[1] + ch.j * s[3];
     for (int64_t j = 0; j < ch.n; ++j)
-        for (int64_t i = 0; i < state; ++i) buf[j * state + i] = p0[ch.pos[j] * s[2] + i * s[3]];
+        for (int64_t i = 0; i < state; ++i) buf[j * state + i] = p0[ch.pos[j] * s[2] + i * s[4]];
 }
 
-// Fills the chunk's positions, u, Δ (bias and softplus applied), softplus slope and Δu, B and C.
-template <typename T>
-void load_chunk(const ScanArgs& a, Chunk<T>& ch, const T* bias) {
-    for (int64_t j = 0; j < ch.n; ++j) ch.pos[j] = position(a.order[ch.k], ch.t0 + j, a);
-    gather(static_cast<const T*>(a.u), a.u_s, ch, ch.u.data());
-    gather(static_cast<const T*>(a.delta), a.dl_s, ch, ch.dl.data());
-    for (int64_t j = 0; j < ch.n; ++j) {
-        T* dl = &ch.dl[j * kLanes];
-        T* sl = &ch.slope[j * kLanes];
-        const T* u = &ch.u[j * kLanes];
-        T* du = &ch.du[j * kLanes];
-        if (a.softplus) {
-#pragma omp simd
-            for (int c = 0; c < kLanes; ++c) {
-                T v, g;
-                softplus(dl[c] + bias[c], v, g);
-                dl[c] = v;
-                sl[c] = g;
-            }
-        } else {
-#pragma omp simd
-            for (int c = 0; c < kLanes; ++c) {
-                dl[c] += bias[c];
-                sl[c] = T(1);
-            }
-        }
-#pragma omp simd
-        for (int c = 0; c < kLanes; ++c) du[c] = dl[c] * u[c];
-    }
-    gather_state(static_cast<const T*>(a.B), a.b_s, ch, a.state, ch.Bs.data());
-    gather_state(static_cast<const T*>(a.C), a.c_s, ch, a.state, ch.Cs.data());
-}
-
-// Per-direction constants of an item, lane-padded: A as (state, lanes), D and bias (lanes).
+// Per-direction constants of an item, lane-padded: A as (state, W), D and bias (W).
 template <typename T>
 struct Params {
     std::vector<T> A, D, bias;
     Params(const ScanArgs& a, int64_t k, int64_t c0, int64_t nc)
-        : A(a.state * kLanes, T(0)), D(kLanes, T(0)), bias(kLanes, T(0)) {
+        : A(a.state * a.lanes, T(0)), D(a.lanes, T(0)), bias(a.lanes, T(0)) {
         const T* Ak = static_cast<const T*>(a.A) + k * a.channels * a.state;
         for (int64_t c = 0; c < nc; ++c) {
-            for (int64_t i = 0; i < a.state; ++i) {
-                A[i * kLanes + c] = Ak[(c0 + c) * a.state + i];
-            }
+            for (int64_t i = 0; i < a.state; ++i) A[i * a.lanes + c] = Ak[(c0 + c) * a.state + i];
             if (a.D) D[c] = static_cast<const T*>(a.D)[k * a.channels + c0 + c];
             // Lanes past nc keep bias 0, so their Δ stays finite; their u = 0 keeps them inert anyway.
             if (a.bias) bias[c] = static_cast<const T*>(a.bias)[k * a.channels + c0 + c];
@@ -255,110 +243,175 @@ struct Params {
     }
 };
 
+// Fills the chunk's positions, u, Δ (bias and softplus applied), softplus slope and Δu, B and C.
+template <typename T>
+void load_chunk(const ScanArgs& a, Chunk<T>& ch, const Params<T>& p) {
+    const int64_t W = ch.W, k = ch.g * a.dirs_per_group + ch.j;
+    for (int64_t j = 0; j < ch.n; ++j) ch.pos[j] = position(a.order[k], ch.t0 + j, a);
+    gather(rows4<T>(static_cast<const T*>(a.u), a.u_s, ch), ch, ch.u.data());
+    gather(rows5<T>(static_cast<const T*>(a.delta), a.dl_s, ch), ch, ch.dl.data());
+    const T* bias = p.bias.data();
+    for (int64_t j = 0; j < ch.n; ++j) {
+        T* dl = &ch.dl[j * W];
+        T* sl = &ch.slope[j * W];
+        const T* u = &ch.u[j * W];
+        T* du = &ch.du[j * W];
+        if (a.softplus) {
+#pragma omp simd
+            for (int64_t c = 0; c < W; ++c) {
+                T v, g;
+                softplus(dl[c] + bias[c], v, g);
+                dl[c] = v;
+                sl[c] = g;
+            }
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < W; ++c) {
+                dl[c] += bias[c];
+                sl[c] = T(1);
+            }
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < W; ++c) du[c] = dl[c] * u[c];
+    }
+    gather_state(static_cast<const T*>(a.B), a.b_s, ch, a.state, ch.Bs.data());
+    gather_state(static_cast<const T*>(a.C), a.c_s, ch, a.state, ch.Cs.data());
+}
+
 int64_t num_chunks(const ScanArgs& a) { return (a.length + a.chunk - 1) / a.chunk; }
 
-int64_t blocks_per_batch(const ScanArgs& a) { return (a.channels + kLanes - 1) / kLanes; }
+int64_t blocks_per_group(const ScanArgs& a) { return (a.channels + a.lanes - 1) / a.lanes; }
 
-template <typename T>
-T* checkpoint_at(const ScanArgs& a, int64_t b, int64_t k, int64_t chunk, int64_t c0) {
-    return static_cast<T*>(a.checkpoints) + (((b * a.dirs + k) * num_chunks(a) + chunk) * a.state) * a.channels + c0;
+// Item it -> (batch, group, first channel).
+void item_at(const ScanArgs& a, int64_t it, int64_t& b, int64_t& g, int64_t& c0) {
+    const int64_t per_g = blocks_per_group(a);
+    c0 = (it % per_g) * a.lanes;
+    g = (it / per_g) % a.groups;
+    b = it / (per_g * a.groups);
 }
 
 template <typename T>
-void forward_item(const ScanArgs& a, int64_t b, int64_t c0) {
-    const int64_t N = a.state, nc = std::min<int64_t>(kLanes, a.channels - c0);
-    Chunk<T> ch(a.chunk, N);
-    std::vector<T> h(N * kLanes), y(a.chunk * kLanes);
-    for (int64_t k = 0; k < a.dirs; ++k) {
+T* checkpoint_at(const ScanArgs& a, int64_t b, int64_t k, int64_t chunk, int64_t c0) {
+    return static_cast<T*>(a.checkpoints) + (((b * directions(a) + k) * num_chunks(a) + chunk) * a.state) * a.channels
+           + c0;
+}
+
+template <typename T>
+void start_chunk(Chunk<T>& ch, const ScanArgs& a, int64_t b, int64_t g, int64_t j, int64_t c0, int64_t nc,
+                 int64_t q) {
+    ch.b = b; ch.g = g; ch.j = j; ch.c0 = c0; ch.nc = nc; ch.t0 = q * a.chunk;
+    ch.n = std::min(a.chunk, a.length - ch.t0);
+}
+
+template <typename T>
+void forward_item(const ScanArgs& a, int64_t it) {
+    int64_t b, g, c0;
+    item_at(a, it, b, g, c0);
+    const int64_t N = a.state, W = a.lanes, nc = std::min(W, a.channels - c0);
+    Chunk<T> ch(a.chunk, W, N);
+    std::vector<T> h(N * W), y(a.chunk * W);
+    for (int64_t j = 0; j < a.dirs_per_group; ++j) {
+        const int64_t k = g * a.dirs_per_group + j;
         Params<T> p(a, k, c0, nc);
         std::fill(h.begin(), h.end(), T(0));
         for (int64_t q = 0; q < num_chunks(a); ++q) {
-            ch.b = b; ch.k = k; ch.c0 = c0; ch.nc = nc; ch.t0 = q * a.chunk;
-            ch.n = std::min(a.chunk, a.length - ch.t0);
-            load_chunk(a, ch, p.bias.data());
+            start_chunk(ch, a, b, g, j, c0, nc, q);
+            load_chunk(a, ch, p);
             if (a.checkpoints) {
                 T* ck = checkpoint_at<T>(a, b, k, q, c0);
                 for (int64_t i = 0; i < N; ++i)
-                    for (int64_t c = 0; c < nc; ++c) ck[i * a.channels + c] = h[i * kLanes + c];
+                    for (int64_t c = 0; c < nc; ++c) ck[i * a.channels + c] = h[i * W + c];
             }
-            for (int64_t j = 0; j < ch.n; ++j) {
-                const T* dl = &ch.dl[j * kLanes];
-                const T* du = &ch.du[j * kLanes];
-                const T* u = &ch.u[j * kLanes];
-                T* yj = &y[j * kLanes];
+            for (int64_t s = 0; s < ch.n; ++s) {
+                const T* dl = &ch.dl[s * W];
+                const T* du = &ch.du[s * W];
+                const T* u = &ch.u[s * W];
+                T* ys = &y[s * W];
 #pragma omp simd
-                for (int c = 0; c < kLanes; ++c) yj[c] = p.D[c] * u[c];
+                for (int64_t c = 0; c < W; ++c) ys[c] = p.D[c] * u[c];
                 for (int64_t i = 0; i < N; ++i) {
-                    const T Bi = ch.Bs[j * N + i], Ci = ch.Cs[j * N + i];
-                    T* hi = &h[i * kLanes];
-                    const T* Ai = &p.A[i * kLanes];
+                    const T Bi = ch.Bs[s * N + i], Ci = ch.Cs[s * N + i];
+                    T* hi = &h[i * W];
+                    const T* Ai = &p.A[i * W];
 #pragma omp simd
-                    for (int c = 0; c < kLanes; ++c) {
+                    for (int64_t c = 0; c < W; ++c) {
                         hi[c] = exp_approx(dl[c] * Ai[c]) * hi[c] + du[c] * Bi;
-                        yj[c] += Ci * hi[c];
+                        ys[c] += Ci * hi[c];
                     }
                 }
             }
-            scatter(static_cast<T*>(a.y), a.y_s, ch, y.data(), k > 0 && a.y_s[1] == 0);
+            scatter(rows4<T>(static_cast<T*>(a.y), a.y_s, ch), ch, y.data(), j > 0);
         }
         if (a.last_state) {
-            T* ls = static_cast<T*>(a.last_state) + ((b * a.dirs + k) * a.channels + c0) * N;
+            T* ls = static_cast<T*>(a.last_state) + ((b * directions(a) + k) * a.channels + c0) * N;
             for (int64_t c = 0; c < nc; ++c)
-                for (int64_t i = 0; i < N; ++i) ls[c * N + i] = h[i * kLanes + c];
+                for (int64_t i = 0; i < N; ++i) ls[c * N + i] = h[i * W + c];
         }
     }
 }
 
-// Accumulators that several items add into: this thread's own copy of dB and dC (batch, dirs, length,
-// state), summed over threads at the end, and per-item dA / dD / dbias (dirs, lanes).
+// Gradients that several items add into: dA / dD / dbias of the item's directions and channels.
 template <typename T>
 struct ItemGrads {
     std::vector<T> dA, dD, dbias;
-    ItemGrads(const ScanArgs& a) : dA(a.dirs * a.state * kLanes, T(0)), dD(a.dirs * kLanes, T(0)),
-                                   dbias(a.dirs * kLanes, T(0)) {}
+    explicit ItemGrads(const ScanArgs& a)
+        : dA(a.dirs_per_group * a.state * a.lanes, T(0)), dD(a.dirs_per_group * a.lanes, T(0)),
+          dbias(a.dirs_per_group * a.lanes, T(0)) {}
 };
 
+// Sum over the item's lanes for dB and dC: blocks of 16 added lane-wise, then the 16 lanes by halving.
 template <typename T>
-void backward_item(const ScanArgs& a, int64_t b, int64_t c0, T* dB, T* dC, ItemGrads<T>& out) {
-    const int64_t N = a.state, nc = std::min<int64_t>(kLanes, a.channels - c0), L = a.length;
-    Chunk<T> ch(a.chunk, N);
-    std::vector<T> g(N * kLanes), h(N * kLanes), gy(a.chunk * kLanes);
+inline T item_lane_sum(const T* v, int64_t W) {
+    T acc[kLanes];
+    for (int l = 0; l < kLanes; ++l) acc[l] = v[l];
+    for (int64_t blk = kLanes; blk < W; blk += kLanes)
+        for (int l = 0; l < kLanes; ++l) acc[l] += v[blk + l];
+    return lane_sum(acc);
+}
+
+template <typename T>
+void backward_item(const ScanArgs& a, int64_t it, T* dB, T* dC, ItemGrads<T>& out) {
+    int64_t b, g, c0;
+    item_at(a, it, b, g, c0);
+    const int64_t N = a.state, W = a.lanes, nc = std::min(W, a.channels - c0), L = a.length;
+    Chunk<T> ch(a.chunk, W, N);
+    std::vector<T> gst(N * W), h(N * W), gy(a.chunk * W), gu(a.chunk * W), gdl(a.chunk * W);
     // Per step of the chunk: the decay a_t and the decayed state a_t h_{t-1}, kept rather than h_t because
     // the gradients of Δ and A need it and h_t - Δ_t B_t u_t would lose it to cancellation.
-    std::vector<T> decay(a.chunk * N * kLanes), kept(a.chunk * N * kLanes);
-    std::vector<T> gu(a.chunk * kLanes), gdl(a.chunk * kLanes);
-    for (int64_t k = 0; k < a.dirs; ++k) {
+    std::vector<T> decay(a.chunk * N * W), kept(a.chunk * N * W);
+    std::vector<T> gdu(W), gdl_exp(W), part_b(W), part_c(W);
+    for (int64_t j = 0; j < a.dirs_per_group; ++j) {
+        const int64_t k = g * a.dirs_per_group + j;
         Params<T> p(a, k, c0, nc);
-        T* dA = &out.dA[k * N * kLanes];
-        T* dD = &out.dD[k * kLanes];
-        T* dbias = &out.dbias[k * kLanes];
-        // g carries the adjoint of the state after the step being processed, decayed once more: what the
+        T* dA = &out.dA[j * N * W];
+        T* dD = &out.dD[j * W];
+        T* dbias = &out.dbias[j * W];
+        // gst carries the adjoint of the state after the step being processed, decayed once more: what the
         // state before it receives from the future.
-        std::fill(g.begin(), g.end(), T(0));
+        std::fill(gst.begin(), gst.end(), T(0));
         if (a.grad_last) {
-            const T* gl = static_cast<const T*>(a.grad_last) + ((b * a.dirs + k) * a.channels + c0) * N;
+            const T* gl = static_cast<const T*>(a.grad_last) + ((b * directions(a) + k) * a.channels + c0) * N;
             for (int64_t c = 0; c < nc; ++c)
-                for (int64_t i = 0; i < N; ++i) g[i * kLanes + c] = gl[c * N + i];
+                for (int64_t i = 0; i < N; ++i) gst[i * W + c] = gl[c * N + i];
         }
         for (int64_t q = num_chunks(a) - 1; q >= 0; --q) {
-            ch.b = b; ch.k = k; ch.c0 = c0; ch.nc = nc; ch.t0 = q * a.chunk;
-            ch.n = std::min(a.chunk, L - ch.t0);
-            load_chunk(a, ch, p.bias.data());
-            gather(static_cast<const T*>(a.grad_y), a.gy_s, ch, gy.data());
+            start_chunk(ch, a, b, g, j, c0, nc, q);
+            load_chunk(a, ch, p);
+            gather(rows4<T>(static_cast<const T*>(a.grad_y), a.gy_s, ch), ch, gy.data());
             const T* ck = checkpoint_at<T>(a, b, k, q, c0);
             for (int64_t i = 0; i < N; ++i)
-                for (int64_t c = 0; c < kLanes; ++c) h[i * kLanes + c] = c < nc ? ck[i * a.channels + c] : T(0);
-            for (int64_t j = 0; j < ch.n; ++j) {
-                const T* dl = &ch.dl[j * kLanes];
-                const T* du = &ch.du[j * kLanes];
+                for (int64_t c = 0; c < W; ++c) h[i * W + c] = c < nc ? ck[i * a.channels + c] : T(0);
+            for (int64_t s = 0; s < ch.n; ++s) {
+                const T* dl = &ch.dl[s * W];
+                const T* du = &ch.du[s * W];
                 for (int64_t i = 0; i < N; ++i) {
-                    const T Bi = ch.Bs[j * N + i];
-                    const T* Ai = &p.A[i * kLanes];
-                    T* hi = &h[i * kLanes];
-                    T* ki = &kept[(j * N + i) * kLanes];
-                    T* ai = &decay[(j * N + i) * kLanes];
+                    const T Bi = ch.Bs[s * N + i];
+                    const T* Ai = &p.A[i * W];
+                    T* hi = &h[i * W];
+                    T* ki = &kept[(s * N + i) * W];
+                    T* ai = &decay[(s * N + i) * W];
 #pragma omp simd
-                    for (int c = 0; c < kLanes; ++c) {
+                    for (int64_t c = 0; c < W; ++c) {
                         T at = exp_approx(dl[c] * Ai[c]);
                         T kt = at * hi[c];
                         ai[c] = at;
@@ -367,54 +420,61 @@ void backward_item(const ScanArgs& a, int64_t b, int64_t c0, T* dB, T* dC, ItemG
                     }
                 }
             }
-            for (int64_t j = ch.n - 1; j >= 0; --j) {
-                const T* dl = &ch.dl[j * kLanes];
-                const T* du = &ch.du[j * kLanes];
-                const T* u = &ch.u[j * kLanes];
-                const T* gyj = &gy[j * kLanes];
-                T gdu[kLanes], gdl_exp[kLanes];
-                for (int c = 0; c < kLanes; ++c) gdu[c] = gdl_exp[c] = T(0);
-                T* dBj = dB + ((b * a.dirs + k) * L + ch.pos[j]) * N;
-                T* dCj = dC + ((b * a.dirs + k) * L + ch.pos[j]) * N;
+            for (int64_t s = ch.n - 1; s >= 0; --s) {
+                const T* dl = &ch.dl[s * W];
+                const T* du = &ch.du[s * W];
+                const T* u = &ch.u[s * W];
+                const T* gys = &gy[s * W];
+                std::fill(gdu.begin(), gdu.end(), T(0));
+                std::fill(gdl_exp.begin(), gdl_exp.end(), T(0));
+                T* dBs = dB + ((b * directions(a) + k) * L + ch.pos[s]) * N;
+                T* dCs = dC + ((b * directions(a) + k) * L + ch.pos[s]) * N;
                 for (int64_t i = 0; i < N; ++i) {
-                    const T Bi = ch.Bs[j * N + i], Ci = ch.Cs[j * N + i];
-                    const T* ki = &kept[(j * N + i) * kLanes];
-                    const T* ai = &decay[(j * N + i) * kLanes];
-                    const T* Ai = &p.A[i * kLanes];
-                    T* gi = &g[i * kLanes];
-                    T* dAi = &dA[i * kLanes];
-                    T part_b[kLanes], part_c[kLanes];
+                    const T Bi = ch.Bs[s * N + i], Ci = ch.Cs[s * N + i];
+                    const T* ki = &kept[(s * N + i) * W];
+                    const T* ai = &decay[(s * N + i) * W];
+                    const T* Ai = &p.A[i * W];
+                    T* gi = &gst[i * W];
+                    T* dAi = &dA[i * W];
+                    T* pb = part_b.data();
+                    T* pc = part_c.data();
+                    T* gdu_ = gdu.data();
+                    T* gdle = gdl_exp.data();
 #pragma omp simd
-                    for (int c = 0; c < kLanes; ++c) {
-                        T gt = gi[c] + Ci * gyj[c];                 // adjoint of h_t
+                    for (int64_t c = 0; c < W; ++c) {
+                        T gt = gi[c] + Ci * gys[c];                 // adjoint of h_t
                         T x = gt * ki[c];                           // ∂L/∂(Δ_t A) = g_t a_t h_{t-1}
-                        gdu[c] += gt * Bi;
-                        gdl_exp[c] += x * Ai[c];
+                        gdu_[c] += gt * Bi;
+                        gdle[c] += x * Ai[c];
                         dAi[c] += x * dl[c];
-                        part_b[c] = gt * du[c];
-                        part_c[c] = (ki[c] + du[c] * Bi) * gyj[c];  // h_t ȳ_t
+                        pb[c] = gt * du[c];
+                        pc[c] = (ki[c] + du[c] * Bi) * gys[c];     // h_t ȳ_t
                         gi[c] = ai[c] * gt;
                     }
-                    dBj[i] += lane_sum(part_b);
-                    dCj[i] += lane_sum(part_c);
+                    dBs[i] += item_lane_sum(pb, W);
+                    dCs[i] += item_lane_sum(pc, W);
                 }
-                T* guj = &gu[j * kLanes];
-                T* gdlj = &gdl[j * kLanes];
-                const T* sl = &ch.slope[j * kLanes];
+                T* gus = &gu[s * W];
+                T* gdls = &gdl[s * W];
+                const T* sl = &ch.slope[s * W];
+                const T* gdu_ = gdu.data();
+                const T* gdle = gdl_exp.data();
 #pragma omp simd
-                for (int c = 0; c < kLanes; ++c) {
-                    guj[c] = gdu[c] * dl[c] + p.D[c] * gyj[c];
-                    T graw = (gdl_exp[c] + gdu[c] * u[c]) * sl[c];
-                    gdlj[c] = graw;
+                for (int64_t c = 0; c < W; ++c) {
+                    gus[c] = gdu_[c] * dl[c] + p.D[c] * gys[c];
+                    T graw = (gdle[c] + gdu_[c] * u[c]) * sl[c];
+                    gdls[c] = graw;
                     dbias[c] += graw;
-                    dD[c] += gyj[c] * u[c];
+                    dD[c] += gys[c] * u[c];
                 }
             }
-            scatter(static_cast<T*>(a.du), a.u_s, ch, gu.data(), k > 0 && a.u_s[1] == 0);
-            scatter(static_cast<T*>(a.ddelta), a.dl_s, ch, gdl.data(), false);
+            scatter(rows4<T>(static_cast<T*>(a.du), a.u_s, ch), ch, gu.data(), j > 0);
+            scatter(rows5<T>(static_cast<T*>(a.ddelta), a.dl_s, ch), ch, gdl.data(), false);
         }
     }
 }
+
+int64_t item_count(const ScanArgs& a) { return a.batch * a.groups * blocks_per_group(a); }
 
 int thread_count(const ScanArgs& a, int64_t items) {
     return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(a.threads, items)));
@@ -422,16 +482,18 @@ int thread_count(const ScanArgs& a, int64_t items) {
 
 template <typename T>
 void forward(const ScanArgs& a) {
-    const int64_t per_b = blocks_per_batch(a), items = a.batch * per_b;
+    const int64_t items = item_count(a);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(a, items))
-    for (int64_t it = 0; it < items; ++it) forward_item<T>(a, it / per_b, (it % per_b) * kLanes);
+    for (int64_t it = 0; it < items; ++it) forward_item<T>(a, it);
 }
 
 template <typename T>
 void backward(const ScanArgs& a) {
-    const int64_t per_b = blocks_per_batch(a), items = a.batch * per_b;
+    const int64_t items = item_count(a), K = directions(a), N = a.state;
     const int nt = thread_count(a, items);
-    const int64_t bc_size = a.batch * a.dirs * a.length * a.state;
+    // Each thread's own dB and dC (batch, directions, length, state): items of other channel blocks add into the
+    // same entries. Summed over threads at the end.
+    const int64_t bc_size = a.batch * K * a.length * N;
     std::vector<T> dB(nt * bc_size), dC(nt * bc_size);
     std::vector<ItemGrads<T>> grads;
     grads.reserve(items);
@@ -445,10 +507,8 @@ void backward(const ScanArgs& a) {
 #endif
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < items; ++it)
-            backward_item<T>(a, it / per_b, (it % per_b) * kLanes, &dB[tid * bc_size], &dC[tid * bc_size],
-                             grads[it]);
+            backward_item<T>(a, it, &dB[tid * bc_size], &dC[tid * bc_size], grads[it]);
     }
-    // The threads' copies of dB and dC summed.
     T* dB_out = static_cast<T*>(a.dB);
     T* dC_out = static_cast<T*>(a.dC);
 #pragma omp parallel for num_threads(nt)
@@ -461,22 +521,26 @@ void backward(const ScanArgs& a) {
         dB_out[e] = sb;
         dC_out[e] = sc;
     }
-    const int64_t N = a.state;
     T* dA = static_cast<T*>(a.dA);
     T* dD = static_cast<T*>(a.dD);
     T* dbias = static_cast<T*>(a.dbias);
-    std::fill(dA, dA + a.dirs * a.channels * N, T(0));
-    if (a.D) std::fill(dD, dD + a.dirs * a.channels, T(0));
-    if (a.bias) std::fill(dbias, dbias + a.dirs * a.channels, T(0));
+    std::fill(dA, dA + K * a.channels * N, T(0));
+    if (a.D) std::fill(dD, dD + K * a.channels, T(0));
+    if (a.bias) std::fill(dbias, dbias + K * a.channels, T(0));
+    const int64_t W = a.lanes;
     for (int64_t it = 0; it < items; ++it) {
-        const int64_t c0 = (it % per_b) * kLanes, nc = std::min<int64_t>(kLanes, a.channels - c0);
-        for (int64_t k = 0; k < a.dirs; ++k)
+        int64_t b, g, c0;
+        item_at(a, it, b, g, c0);
+        const int64_t nc = std::min(W, a.channels - c0);
+        for (int64_t j = 0; j < a.dirs_per_group; ++j) {
+            const int64_t k = g * a.dirs_per_group + j;
             for (int64_t c = 0; c < nc; ++c) {
                 for (int64_t i = 0; i < N; ++i)
-                    dA[(k * a.channels + c0 + c) * N + i] += grads[it].dA[(k * N + i) * kLanes + c];
-                if (a.D) dD[k * a.channels + c0 + c] += grads[it].dD[k * kLanes + c];
-                if (a.bias) dbias[k * a.channels + c0 + c] += grads[it].dbias[k * kLanes + c];
+                    dA[(k * a.channels + c0 + c) * N + i] += grads[it].dA[(j * N + i) * W + c];
+                if (a.D) dD[k * a.channels + c0 + c] += grads[it].dD[j * W + c];
+                if (a.bias) dbias[k * a.channels + c0 + c] += grads[it].dbias[j * W + c];
             }
+        }
     }
 }
 
@@ -484,7 +548,7 @@ void backward(const ScanArgs& a) {
 
 extern "C" {
 
-int clipdehaze_scan_abi_version() { return 1; }
+int clipdehaze_scan_abi_version() { return 2; }
 
 void clipdehaze_scan_forward_f32(const ScanArgs* a) { forward<float>(*a); }
 void clipdehaze_scan_forward_f64(const ScanArgs* a) { forward<double>(*a); }

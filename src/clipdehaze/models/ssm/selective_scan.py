@@ -147,25 +147,25 @@ def _compiled_unavailable_reason(u: Tensor, B: Tensor, C: Tensor) -> str | None:
 
 
 def _compiled_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, compute):
-    """(b, d, L) operands as the kernel's (batch, group, position, channel) views: one kernel direction per
-    channel group of B / C (a shared B or C is broadcast over the other's groups), y and the last state
-    viewed back; D and the Δ bias and softplus are applied inside the kernel."""
+    """(b, d, L) operands as the kernel's (batch, group, position, [direction,] channel) views: one group of one
+    direction per channel group of B / C (a shared B or C is broadcast over the other's groups), y and the last
+    state viewed back; D and the Δ bias and softplus are applied inside the kernel."""
     b, d, length = u.shape
     groups = max(m.shape[1] if m.dim() == 4 else 1 for m in (B, C))
 
     def channels(x):  # (b, d, L) -> (b, groups, L, d / groups)
         return x.to(compute).view(b, groups, d // groups, length).transpose(2, 3)
 
-    def states(m):  # (b, [g,] n, L) -> (b, groups, L, n)
+    def states(m):  # (b, [g,] n, L) -> (b, groups, L, 1, n)
         m = m.to(compute)
         m = m.unsqueeze(1) if m.dim() == 3 else m
-        return m.expand(b, groups, *m.shape[2:]).transpose(2, 3)
+        return m.expand(b, groups, *m.shape[2:]).transpose(2, 3).unsqueeze(3)
 
     def per_channel(x):
         return x.to(compute).view(groups, d // groups, *x.shape[1:]) if x is not None else None
 
-    y, last = cpu_kernel.scan(channels(u), channels(delta), per_channel(A), states(B), states(C), per_channel(D),
-                              per_channel(delta_bias), delta_softplus, return_last_state=True)
+    y, last = cpu_kernel.scan(channels(u), channels(delta).unsqueeze(3), per_channel(A), states(B), states(C),
+                              per_channel(D), per_channel(delta_bias), delta_softplus, return_last_state=True)
     return y.transpose(2, 3).reshape(b, d, length), last.reshape(b, d, -1)
 
 

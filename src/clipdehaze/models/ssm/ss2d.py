@@ -21,7 +21,7 @@ from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.cpu_kernel import ORDERS
 from clipdehaze.models.ssm.selective_scan import BACKENDS, selective_scan
 
-__all__ = ["SS2D", "scan_row_pairs"]
+__all__ = ["SS2D", "row_and_column_maps", "scan_row_pairs"]
 
 _DIRECTIONS = 4  # row-major, column-major, and both reversed
 
@@ -112,18 +112,15 @@ class SS2D(nn.Module):
         """:meth:`forward_core` on a channel-last (B, H, W, d_inner) map, returning the same layout, with the
         compiled CPU scan (:func:`scan_row_pairs`)."""
         b, h, w, d = x.shape
-        k, n, r = _DIRECTIONS, self.d_state, self.dt_rank
-        A = -torch.exp(self.A_logs.float()).view(k, d, n)
-        D = self.Ds.float().view(k, d)
-        grids = (x.contiguous(), x.transpose(1, 2).contiguous())
-        operands = []
-        for first, grid in enumerate(grids):
-            pair = slice(first, k, 2)   # directions 0, 2 (rows) or 1, 3 (columns)
-            # Per pixel, both directions' (Δ low-rank, B, C): one matmul in pixel order.
-            x_dbl = F.linear(grid.view(b, -1, d), self.x_proj_weight[pair].flatten(0, 1))
-            dts, Bs, Cs = torch.split(x_dbl.view(b, -1, 2, r + 2 * n), [r, n, n], dim=3)
-            operands.append((torch.einsum("blkr,kdr->blkd", dts, self.dt_projs_weight[pair]), Bs, Cs))
-        return scan_row_pairs(grids, operands, A, D, self.dt_projs_bias.float())
+        n, r = self.d_state, self.dt_rank
+        grids = row_and_column_maps(x)
+        # Per pixel of each grid, its two directions' (Δ low-rank, B, C): one batched matmul in pixel order.
+        x_proj = _by_grid(self.x_proj_weight).flatten(1, 2)                        # (2, 2 (r + 2n), d)
+        x_dbl = torch.matmul(grids, x_proj.transpose(1, 2)).unflatten(3, (2, r + 2 * n))
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=4)
+        delta = torch.einsum("bgljr,gjdr->bgljd", dts, _by_grid(self.dt_projs_weight))
+        return scan_row_pairs(grids, delta, Bs, Cs, -torch.exp(self.A_logs.float()).view(_DIRECTIONS, d, n),
+                              self.Ds.float().view(_DIRECTIONS, d), self.dt_projs_bias.float(), h, w)
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
@@ -137,26 +134,39 @@ class SS2D(nn.Module):
         return self.dropout(self.out_proj(y))
 
 
-def scan_row_pairs(grids: tuple[Tensor, Tensor], operands, A: Tensor, D: Tensor, delta_bias: Tensor) -> Tensor:
+def _by_grid(t: Tensor) -> Tensor:
+    """Per-direction parameters (4, ...), direction k = grid + 2 j, as (grid, j, ...): grid 0 walks the map's
+    rows forwards (j = 0) and backwards (j = 1), grid 1 its transpose's."""
+    return t.view(2, 2, *t.shape[1:]).transpose(0, 1)
+
+
+def row_and_column_maps(x: Tensor) -> Tensor:
+    """(B, H, W, d) -> (B, 2, H·W, d): the map and its transpose, each flattened row-major, so that every scan
+    order of SS2D is a walk along the rows of one of them, forwards or backwards."""
+    b, h, w, d = x.shape
+    grids = x.new_empty(b, 2, h * w, d)
+    grids[:, 0].view(b, h, w, d).copy_(x)
+    grids[:, 1].view(b, w, h, d).copy_(x.transpose(1, 2))
+    return grids
+
+
+def scan_row_pairs(grids: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tensor, delta_bias: Tensor,
+                   height: int, width: int) -> Tensor:
     """SS2D's four scans with the compiled CPU kernel, every one streaming through memory in order.
 
-    ``grids``: the channel-last map (B, H, W, d) and its transpose (B, W, H, d), both contiguous; directions 0
-    and 2 walk the rows of the first forwards and backwards (row-major order and its reverse), 1 and 3 the rows
-    of the second (column-major order). A column walk of a channel-last map would jump a whole row per step,
-    and the scan measured bound by those cache and TLB misses; the price is the transposed copy and one
-    transposed sum of the outputs, not four reordered copies of the inputs, Δ and outputs.
+    ``grids`` (:func:`row_and_column_maps`): directions 0 and 2 walk the rows of the map forwards and backwards
+    (row-major order and its reverse), 1 and 3 the rows of its transpose (column-major order). A column walk of
+    a channel-last map would jump a whole row per step, and the scan measured bound by those cache and TLB
+    misses; the price is the transposed copy and one transposed sum of the outputs, not four reordered copies
+    of the inputs, Δ and outputs. One kernel call runs both grids in parallel; each reads its grid once per
+    direction and sums its two directions' outputs; the Δ bias, softplus and D skip run inside it.
 
-    ``operands``: per grid, (Δ pre-activation (B, L, 2, d), B, C (B, L, 2, n)) of its two directions in that
-    grid's pixel order; A (4, d, n), D and ``delta_bias`` (4, d) of the four directions. The kernel reads each
-    grid once for both of its directions and sums their outputs; bias, softplus and D run inside it.
-    Returns the merged (B, H, W, d).
+    ``delta`` (B, 2, L, 2, d), ``Bs`` and ``Cs`` (B, 2, L, 2, n): per grid and pixel of that grid, the Δ
+    pre-activation, B and C of its forward and backward direction; A (4, d, n), D and ``delta_bias`` (4, d)
+    per SS2D direction. Returns the merged (B, H, W, d).
     """
-    ys = []
-    for first, (grid, (delta, Bs, Cs)) in enumerate(zip(grids, operands)):
-        b, gh, gw, d = grid.shape
-        pair = slice(first, _DIRECTIONS, 2)
-        y, _ = cpu_kernel.scan(grid.view(b, 1, gh * gw, d), delta.transpose(1, 2), A[pair], Bs.transpose(1, 2),
-                               Cs.transpose(1, 2), D[pair], delta_bias=delta_bias[pair], delta_softplus=True,
-                               orders=(ORDERS["rows"], ORDERS["rows_reversed"]))
-        ys.append(y.view(b, gh, gw, d))
-    return ys[0] + ys[1].transpose(1, 2)
+    b, _, _, d = grids.shape
+    A, D, delta_bias = (_by_grid(t).flatten(0, 1) for t in (A, D, delta_bias))   # kernel order: 2 grid + j
+    y, _ = cpu_kernel.scan(grids, delta, A, Bs, Cs, D, delta_bias=delta_bias, delta_softplus=True,
+                           orders=(ORDERS["rows"], ORDERS["rows_reversed"]) * 2)
+    return y[:, 0].view(b, height, width, d) + y[:, 1].view(b, width, height, d).transpose(1, 2)
