@@ -114,6 +114,7 @@ class SS2D(nn.Module):
         b, h, w, d = x.shape
         n, r = self.d_state, self.dt_rank
         grids = row_and_column_maps(x)
+        del x   # at inference the last reference: the map lives on in the grids only
         # Per pixel of each grid, its two directions' (Δ low-rank, B, C): one batched matmul in pixel order.
         x_proj = _by_grid(self.x_proj_weight).flatten(1, 2)                        # (2, 2 (r + 2n), d)
         x_dbl = torch.matmul(grids, x_proj.transpose(1, 2)).unflatten(3, (2, r + 2 * n))
@@ -122,15 +123,24 @@ class SS2D(nn.Module):
         return scan_row_pairs(grids, delta, Bs, Cs, -torch.exp(self.A_logs.float()).view(_DIRECTIONS, d, n),
                               self.Ds.float().view(_DIRECTIONS, d), self.dt_projs_bias.float(), h, w)
 
+    def _in_proj(self, x: Tensor, part: int) -> Tensor:
+        """The branch (0) or the gate (1) half of in_proj: computed apart, so that at inference the gate does not
+        occupy memory during the scan."""
+        bias = self.in_proj.bias.chunk(2)[part] if self.in_proj.bias is not None else None
+        return F.linear(x, self.in_proj.weight.chunk(2)[part], bias)
+
+    def _branch(self, x: Tensor) -> Tensor:
+        """in_proj's branch half, depthwise conv, SiLU: (B, H, W, C) -> (B, d_inner, H, W) in channels_last."""
+        return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)))
+
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
         if self.scan_backend != "cuda" and cpu_kernel.available(x):
-            y = self.forward_core_channels_last(x.permute(0, 2, 3, 1))
+            # The branch is passed on without a name here, so the scan can free it once it has copied it.
+            y = self.forward_core_channels_last(self._branch(x).permute(0, 2, 3, 1))
         else:
-            y = self.forward_core(x).transpose(1, 2).reshape(b, h, w, self.d_inner)
-        y = self.out_norm(y) * F.silu(z)
+            y = self.forward_core(self._branch(x)).transpose(1, 2).reshape(b, h, w, self.d_inner)
+        y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
         return self.dropout(self.out_proj(y))
 
 
