@@ -444,3 +444,13 @@ def test_benchmark_ss2d_ops_compute_the_same_gradients():
         grads.append({k: v.grad for k, v in leaves.items()})
     for k in grads[1]:
         assert_close(grads[0][k], grads[1][k].double(), 1e-5, k)
+
+
+def test_compiled_scan_takes_non_contiguous_inputs():
+    compiled_kernel_or_skip()
+    inputs = make_inputs(length=33, bc="grouped")
+    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() >= 2 else v)
+               for k, v in inputs.items()}
+    assert not strided["u"].is_contiguous() and not strided["B"].is_contiguous()
+    torch.testing.assert_close(selective_scan_torch(**strided, implementation="compiled"),
+                               selective_scan_torch(**inputs, implementation="chunked"), rtol=1e-10, atol=1e-10)

@@ -154,7 +154,7 @@ def _compiled_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, compute):
     groups = max(m.shape[1] if m.dim() == 4 else 1 for m in (B, C))
 
     def channels(x):  # (b, d, L) -> (b, groups, L, d / groups)
-        return x.to(compute).view(b, groups, d // groups, length).transpose(2, 3)
+        return x.to(compute).reshape(b, groups, d // groups, length).transpose(2, 3)
 
     def states(m):  # (b, [g,] n, L) -> (b, groups, L, 1, n)
         m = m.to(compute)
@@ -162,7 +162,7 @@ def _compiled_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, compute):
         return m.expand(b, groups, *m.shape[2:]).transpose(2, 3).unsqueeze(3)
 
     def per_channel(x):
-        return x.to(compute).view(groups, d // groups, *x.shape[1:]) if x is not None else None
+        return x.to(compute).reshape(groups, d // groups, *x.shape[1:]) if x is not None else None
 
     y, last = cpu_kernel.scan(channels(u), channels(delta).unsqueeze(3), per_channel(A), states(B), states(C),
                               per_channel(D), per_channel(delta_bias), delta_softplus, return_last_state=True)
