@@ -454,3 +454,20 @@ def test_compiled_scan_takes_non_contiguous_inputs():
     assert not strided["u"].is_contiguous() and not strided["B"].is_contiguous()
     torch.testing.assert_close(selective_scan_torch(**strided, implementation="compiled"),
                                selective_scan_torch(**inputs, implementation="chunked"), rtol=1e-10, atol=1e-10)
+
+
+def test_compiled_grouped_scan_takes_views_with_gaps():
+    """u and delta as strided slices (their gradients are written with the operands' strides)."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(2)
+    big_u = torch.randn(2, 1, 30, 40, generator=g, dtype=torch.float64)
+    big_delta = torch.randn(2, 1, 30, 1, 40, generator=g, dtype=torch.float64)
+    A = -torch.rand(1, 20, 2, generator=g, dtype=torch.float64)
+    B, C = torch.randn(2, 2, 1, 30, 1, 2, generator=g, dtype=torch.float64)
+    results = []
+    for make in (lambda t: t[..., ::2], lambda t: t[..., ::2].contiguous()):
+        u, delta = (t.clone().requires_grad_() for t in (big_u, big_delta))
+        y, _ = cpu_kernel.scan(make(u), make(delta), A, B, C, delta_softplus=True)
+        results.append((y, *torch.autograd.grad((y * y).sum(), (u, delta))))
+    for a, e in zip(*results):
+        assert_close(a, e, 1e-12)

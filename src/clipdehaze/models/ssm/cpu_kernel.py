@@ -148,12 +148,16 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     return lib, None
 
 
+@functools.cache
+def _warn(reason: str) -> None:
+    log.warning("the CPU selective scan runs the slower PyTorch path: %s", reason)
+
+
 def unavailable_reason() -> str | None:
     """Why the compiled scan cannot run here (``None`` when it can). Builds it on the first call."""
     lib, reason = _library()
-    if lib is None and not getattr(unavailable_reason, "warned", False):
-        unavailable_reason.warned = True
-        log.warning("the CPU selective scan runs the slower PyTorch path: %s", reason)
+    if lib is None:
+        _warn(reason)
     return reason
 
 
@@ -186,6 +190,7 @@ def _ptr(t: Tensor | None) -> int | None:
 
 
 def _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last):
+    """The kernel's arguments, and the order tensor they point into (keep it alive for the call)."""
     b, groups, length, per_group, d = delta.shape
     n = A.shape[-1]
     threads = torch.get_num_threads()
@@ -198,7 +203,7 @@ def _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkp
                      D=_ptr(D), bias=_ptr(bias), softplus=int(softplus), threads=threads,
                      y=_ptr(y), y_s=y.stride() if y is not None else (0,) * 4,
                      checkpoints=_ptr(checkpoints), last_state=_ptr(last))
-    return args, order, chunk
+    return args, order
 
 
 def _call(name: str, t: Tensor, args: _ScanArgs) -> None:
@@ -212,11 +217,11 @@ class _Scan(torch.autograd.Function):
         b, groups, length, per_group, d = delta.shape
         k, n = groups * per_group, A.shape[-1]
         y = torch.empty_like(u)
-        _, _, chunk = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, None, None, None)
+        _, chunk = _geometry(b, groups, d, n, torch.get_num_threads())
         checkpoints = (torch.empty(b, k, -(-length // chunk), n, d, dtype=u.dtype)
                        if torch.is_grad_enabled() or any(ctx.needs_input_grad) else None)
         last = torch.empty(b, k, d, n, dtype=u.dtype) if want_last else None
-        args, order, _ = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last)
+        args, order = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last)
         _call("forward", u, args)
         ctx.save_for_backward(u, delta, A, B, C, D, bias, checkpoints)
         ctx.geometry = (orders, height, width, softplus)
@@ -235,7 +240,7 @@ class _Scan(torch.autograd.Function):
         dB, dC = (torch.empty(b, groups, per_group, length, n, dtype=u.dtype) for _ in range(2))
         dD = torch.empty_like(D) if D is not None else None
         dbias = torch.empty_like(bias) if bias is not None else None
-        args, order, _ = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, None, checkpoints, None)
+        args, order = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, None, checkpoints, None)
         args.grad_y, args.gy_s = grad_y.data_ptr(), grad_y.stride()
         grad_last = grad_last.contiguous() if grad_last is not None else None
         args.grad_last = _ptr(grad_last)
@@ -272,4 +277,6 @@ def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
                          f"height x width = L ({length}); got u {tuple(u.shape)}, delta {tuple(delta.shape)}, "
                          f"{len(orders)} orders and {height} x {width}")
     A, D, delta_bias = (t.contiguous() if t is not None else None for t in (A, D, delta_bias))
+    # The gradients of u and delta are written with their strides: views with gaps or overlaps are copied.
+    u, delta = (t if torch.empty_like(t).stride() == t.stride() else t.contiguous() for t in (u, delta))
     return _Scan.apply(u, delta, A, B, C, D, delta_bias, orders, height, width, delta_softplus, return_last_state)
