@@ -17,9 +17,8 @@ Shapes follow ``selective_scan_fn``: u, δ, z (b, d, L); A (d, n) real; B and C 
 D and delta_bias (d,). The output has u's dtype; the scan runs in float32 (float64 for float64 input).
 
 Backends: ``"cuda"`` calls mamba-ssm's fused kernel (an optional extra: it only builds on CUDA machines),
-``"torch"`` runs :func:`selective_scan_torch` below on any device (the compiled CPU kernel for CPU tensors, the
-chunked PyTorch scan elsewhere), ``"auto"`` takes the CUDA kernel when it imported and the tensors are on a CUDA
-device, :func:`selective_scan_torch` otherwise.
+``"torch"`` runs :func:`selective_scan_torch` below on any device, ``"auto"`` takes the kernel when it
+imported and the tensors are on a CUDA device, the PyTorch scan otherwise.
 """
 
 from __future__ import annotations
