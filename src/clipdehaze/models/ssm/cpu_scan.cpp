@@ -186,7 +186,8 @@ Rows<P> rows5(P* base, const int64_t* s, const Chunk<T>& ch) {
 template <typename T>
 void gather(Rows<const T> r, const Chunk<T>& ch, T* buf) {
     const int64_t W = ch.W;
-    std::fill(buf, buf + ch.n * W, T(0));
+    if (ch.nc < W)
+        for (int64_t j = 0; j < ch.n; ++j) std::fill(buf + j * W + ch.nc, buf + (j + 1) * W, T(0));
     if (r.chan_stride == 1) {
         for (int64_t j = 0; j < ch.n; ++j) {
             const T* row = r.p0 + ch.pos[j] * r.pos_stride;
