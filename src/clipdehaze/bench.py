@@ -491,7 +491,7 @@ def models_markdown(rows: list[dict[str, Any]]) -> str:
                 cols += [(f"latency_s_{n}{suffix}", f"{n}²{tag} s"), (f"images_per_s_{n}{suffix}", f"{n}²{tag} img/s"),
                          (f"peak_mb_{n}{suffix}", f"{n}²{tag} MB")]
         if any(f"seam_max_abs_{n}" in r for r in rows):
-            cols += [(f"seam_max_abs_{n}", f"{n}² seam max |Δ|"), (f"seam_psnr_db_{n}", f"{n}² seam PSNR dB")]
+            cols += [(f"seam_max_abs_{n}", f"{n}² seam max abs diff"), (f"seam_psnr_db_{n}", f"{n}² seam PSNR dB")]
     cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)"),
              ("train_loss", "train loss")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
@@ -524,7 +524,7 @@ def run_models(names: list[str], out: Path, **kw) -> dict[str, Any]:
           f"{kw.get('mac_size', 256)}², generator alone: 'MACs' on the published implementation's graph (the "
           f"papers' convention), 'executed MACs' on the fused equivalent this code runs. Latency: median, batch 1, "
           f"no grad; img/s = 1 / latency. Seam: tiled ({kw.get('tile', 256)} px tiles, overlap 1/8) against untiled "
-          f"output on a natural photo (scikit-image's astronaut), largest |difference| and PSNR in [0, 1]. Train step: AdamW, batch {kw.get('train_batch', 4)}, "
+          f"output on a natural photo (scikit-image's astronaut), largest absolute difference and PSNR in [0, 1]. Train step: AdamW, batch {kw.get('train_batch', 4)}, "
           f"{kw.get('train_crop', 128)}² crops, L1 plus the generator's training-only terms ('train loss': "
           f"srd = the SAR weather net's CLIP-SRD, frozen-CLIP teacher computed live in both columns); the "
           f"generator's CLIP inputs cached unless noted.\n\n"
