@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["available_memory_bytes", "peak_memory_bytes"]
+__all__ = ["available_memory_bytes", "peak_memory_bytes", "release_freed_memory"]
 
 
 def _proc_status_bytes(field: str) -> int | None:
@@ -35,6 +35,15 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+def release_freed_memory() -> None:
+    """Give the memory the C allocator holds but no longer uses back to the OS (glibc's ``malloc_trim``; a no-op
+    elsewhere). glibc serves allocations of up to 32 MB from its heap once such a block was freed, and a heap
+    fragmented by a previous tile can grow by another tile's worth instead of reusing it."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def reset_peak_rss() -> int | None:
     """Reset this process's RSS high-water mark; return the baseline to subtract, or ``None`` where the OS offers
     no reset (then no peak of a part of the run can be measured).
@@ -44,9 +53,7 @@ def reset_peak_rss() -> int | None:
     (``malloc_trim``) and growth counts everything the work allocates. getrusage's ru_maxrss is never reset and
     carries the *parent's* peak over fork + exec, so it cannot serve.
     """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
