@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import shutil
 import sys
 import types
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdehaze.models.ssm import SS2D, selective_scan, selective_scan_torch
+from clipdehaze.models.ssm import SS2D, cpu_kernel, selective_scan, selective_scan_torch
 
 # The package re-exports the function under the module's name, so fetch the module itself.
 scan_module = importlib.import_module("clipdehaze.models.ssm.selective_scan")
@@ -80,10 +81,10 @@ def grads(fn, inputs, weights):
     return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items()}
 
 
-def assert_close(actual, expected, rtol):
+def assert_close(actual, expected, rtol, label=""):
     scale = expected.abs().max().clamp_min(1e-12)
     err = (actual.double() - expected).abs().max() / scale
-    assert err < rtol, f"max error {err:.2e} relative to max |expected| {scale:.2e}"
+    assert err < rtol, f"{label} max error {err:.2e} relative to max |expected| {scale:.2e}"
 
 
 CASES = [
@@ -96,17 +97,33 @@ CASES = [
 ]
 
 
+def compiled_kernel_or_skip():
+    reason = cpu_kernel.unavailable_reason()
+    if reason is not None:
+        assert shutil.which("g++") is None and shutil.which("clang++") is None, reason
+        pytest.skip(f"no compiled CPU scan here: {reason}")
+
+
+# The compiled kernel takes input-dependent B and C only; time-invariant ones always run the chunked scan.
+IMPL_CASES = [(impl, case) for impl in ("chunked", "compiled") for case in CASES
+              if impl == "chunked" or case["bc"] != "invariant"]
+
+
 @pytest.mark.parametrize("length", [1, 7, 130])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("implementation,case", IMPL_CASES,
+                         ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) if isinstance(c, dict) else c)
 @pytest.mark.parametrize("softplus", [False, True])
-def test_torch_scan_matches_sequential_reference(case, length, softplus):
+def test_torch_scan_matches_sequential_reference(implementation, case, length, softplus):
+    if implementation == "compiled":
+        compiled_kernel_or_skip()
     inputs = make_inputs(length=length, **case)
     w = torch.randn(2, 8, length, dtype=torch.float64), torch.randn(2, 8, 4, dtype=torch.float64)
     y_ref, last_ref, g_ref = grads(lambda **kw: reference_scan(**kw, delta_softplus=softplus), inputs, w)
     # float64 run: the algorithm itself is exact; float32 run: the 1e-4 budget of the public contract.
     for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
-        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=softplus,
-                                                              return_last_state=True), cast(inputs, dtype), w)
+        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=softplus, return_last_state=True,
+                                                              implementation=implementation),
+                           cast(inputs, dtype), w)
         assert y.dtype == dtype
         assert_close(y, y_ref, rtol)
         assert_close(last, last_ref, rtol)
@@ -127,6 +144,100 @@ def test_every_chunk_size_is_exact(chunk_size):
     assert_close(last, last_ref, 1e-10)
     for k in g_ref:
         assert_close(g[k], g_ref[k], 1e-10)
+
+
+@pytest.mark.parametrize("d_state,length", [(1, 601), (16, 37)])
+def test_compiled_scan_d_state_1_and_16_odd_lengths(d_state, length):
+    """Several chunks (256 steps at d_state 1, 16 at 16) with a partial last one, and 20 channels: one full
+    16-channel block and a partial one; every optional input and a gradient on the last state."""
+    compiled_kernel_or_skip()
+    inputs = make_inputs(d=20, n=d_state, length=length, bc="grouped", groups=4)
+    w = torch.randn(2, 20, length, dtype=torch.float64), torch.randn(2, 20, d_state, dtype=torch.float64)
+    y_ref, last_ref, g_ref = grads(lambda **kw: reference_scan(**kw, delta_softplus=True), inputs, w)
+    for dtype, rtol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        y, last, g = grads(lambda **kw: selective_scan_torch(**kw, delta_softplus=True, return_last_state=True,
+                                                              implementation="compiled"), cast(inputs, dtype), w)
+        assert_close(y, y_ref, rtol)
+        assert_close(last, last_ref, rtol)
+        for k in g_ref:
+            assert_close(g[k], g_ref[k], rtol)
+
+
+def scan_order(code, h, w):
+    """Pixel indices (row-major) in the order a direction visits them: ORDERS' bit 0 columns, bit 1 reversed."""
+    grid = torch.arange(h * w).view(h, w)
+    order = (grid.t() if code & 1 else grid).flatten()
+    return order.flip(0) if code & 2 else order
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_grouped_scan_matches_the_reference_per_direction(threads):
+    """SS2D's use: groups of directions that read one channel-last map (b, G, L, d) each in its own order
+    (all four orders appear), their outputs summed per pixel of the group's map."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(1)
+    b, h, w, d, n, G, J = 2, 5, 7, 20, 3, 2, 2
+    L = h * w
+    orders = [cpu_kernel.ORDERS[o] for o in ("rows", "cols_reversed", "cols", "rows_reversed")]  # k = g J + j
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    leaves = dict(u=rnd(b, G, L, d), delta=rnd(b, G, L, J, d) - 1, A=-torch.rand(G * J, d, n, generator=g,
+                  dtype=torch.float64) - 0.2, B=rnd(b, G, L, J, n), C=rnd(b, G, L, J, n), D=rnd(G * J, d),
+                  bias=rnd(G * J, d) * 0.1)
+    gy = rnd(b, G, L, d)
+
+    def reference(u, delta, A, B, C, D, bias):
+        ys = []
+        for grp in range(G):
+            y = 0
+            for j in range(J):
+                k = grp * J + j
+                idx = scan_order(orders[k], h, w)
+
+                def seq(t):  # (b, L, c) at the group's pixels -> direction k's sequence (b, c, L)
+                    return t[:, idx].transpose(1, 2)
+
+                yk, _ = reference_scan(seq(u[:, grp]), seq(delta[:, grp, :, j]), A[k], seq(B[:, grp, :, j]),
+                                       seq(C[:, grp, :, j]), D[k], delta_bias=bias[k], delta_softplus=True)
+                y = y + torch.empty_like(yk).index_copy_(2, idx, yk)
+            ys.append(y.transpose(1, 2))
+        return torch.stack(ys, 1)
+
+    expected = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    y_ref = reference(*expected)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), expected)
+    actual = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    torch.set_num_threads(threads)
+    try:
+        y, _ = cpu_kernel.scan(*actual[:5], actual[5], actual[6], delta_softplus=True, orders=orders, height=h,
+                               width=w)
+        g_act = torch.autograd.grad((y * gy).sum(), actual)
+    finally:
+        torch.set_num_threads(1)
+    assert_close(y, y_ref.detach(), 1e-10)
+    for name, a, e in zip(leaves, g_act, g_ref):
+        assert a.shape == e.shape, name
+        assert_close(a, e, 1e-10, name)
+
+
+def test_without_a_compiler_the_chunked_scan_runs_and_compiled_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "false")   # found on PATH, fails every build
+    monkeypatch.setenv("CLIPDEHAZE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_compiler", lambda: shutil.which("false"))
+    cpu_kernel._library.cache_clear()
+    try:
+        reason = cpu_kernel.unavailable_reason()
+        assert reason is not None and "cpu_scan.cpp" in reason
+        inputs = cast(make_inputs(length=9))
+        y = selective_scan_torch(**inputs)
+        torch.testing.assert_close(y, selective_scan_torch(**inputs, implementation="chunked"), rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="compiling cpu_scan.cpp failed"):
+            selective_scan_torch(**inputs, implementation="compiled")
+        assert not SS2D(d_model=8, d_state=2)(torch.randn(1, 3, 4, 8)).isnan().any()
+    finally:
+        cpu_kernel._library.cache_clear()
 
 
 @pytest.mark.parametrize("bad", [dict(B=torch.zeros(2, 3, 4, 7)), dict(C=torch.zeros(2, 4, 6)),
@@ -227,6 +338,28 @@ def test_ss2d_shapes_and_backward(shape):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.parametrize("d_state,shape", [(1, (2, 7, 9, 16)), (16, (1, 5, 3, 24))])
+def test_ss2d_channel_last_path_equals_the_four_copy_path(monkeypatch, d_state, shape):
+    """The compiled channel-last SS2D against the pre-kernel path (four reordered copies through the
+    chunked scan), same weights: outputs and every gradient."""
+    compiled_kernel_or_skip()
+    torch.manual_seed(0)
+    layer = SS2D(d_model=shape[-1], d_state=d_state, expand=1.5)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(*shape)
+
+    def run():
+        out = layer(x)
+        return out, torch.autograd.grad((out * w).sum(), [x, *layer.parameters()])
+
+    out, g = run()
+    monkeypatch.setattr(cpu_kernel, "available", lambda *tensors: False)
+    out_ref, g_ref = run()
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    for (name, _), a, e in zip([("x", x), *layer.named_parameters()], g, g_ref):
+        assert_close(a, e.double(), 1e-5, name)
+
+
 def test_ss2d_rejects_an_unknown_backend():
     with pytest.raises(ValueError, match="scan_backend"):
         SS2D(d_model=8, scan_backend="tvm")
@@ -274,11 +407,67 @@ def test_ss2d_scan_orders_match_a_per_direction_reference():
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_benchmark_runs_and_reports_ratios():
-    from clipdehaze.models.ssm.bench import run_scan_benchmark
+def test_benchmark_runs_and_reports_ratios_and_the_bound():
+    from clipdehaze.models.ssm.bench import _work, format_table, run_scan_benchmark
 
-    report = run_scan_benchmark(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=1, sequential_steps=8)
+    report = run_scan_benchmark(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=1, sequential_steps=8,
+                                cliphaze_cases=(("tiny", 1, 4, 6),))
     (row,) = report["results"]
     assert row["length"] == 32 and row["sequential_steps_timed"] == 8
-    assert row["torch_s"] > 0 and row["speedup_vs_sequential_unbound"] > 0
+    assert row["chunked_s"] > 0 and row["sequential_unbound_vs_compiled"] > 0
     assert (row["mambapy_s"] is None) == (importlib.util.find_spec("mambapy") is None)
+    floors = report["floors"]
+    assert floors["copy_bytes_per_s"] > 1e8 and floors["exp_per_s"] > 1e7
+    bound = row["bound"]
+    assert bound["bound_s"] == max(bound["memory_s"], bound["exp_s"]) > 0
+    assert row["compiled_vs_bound"] == pytest.approx(row["compiled_s"] / bound["bound_s"])
+    (tiny,) = report["cliphaze"]
+    assert tiny["compiled_s"] > 0 and tiny["chunked_s"] > 0 and tiny["bound"]["bound_s"] > 0
+    assert "lower bound" in format_table(report) and "tiny" in format_table(report)
+    # The work counted at (b, d, L) = (1, 4, 32), n = 2, float32: forward reads u, Δ (128 each), B and C (64 each),
+    # A (8) and writes y (128); the backward reads those and ȳ and writes the five gradients; one exp per state
+    # element (256) per pass.
+    reads = 128 + 128 + 64 + 64 + 8
+    assert _work(1, 1, 32, 4, 2, False, False) == ((reads + 128 + reads + 128 + reads) * 4, 2 * 256)
+
+
+def test_benchmark_ss2d_ops_compute_the_same_gradients():
+    """The bench's compiled SS2D scan and the four-copy chunked path it is compared with do the same work."""
+    from clipdehaze.models.ssm import bench
+
+    compiled_kernel_or_skip()
+    operands = bench._ss2d_operands(2, 5, 7, seed=0)
+    grads = []
+    for op in (bench._ss2d_compiled, bench._ss2d_chunked):
+        leaves = bench._leaves(operands)
+        op(leaves, 5, 7)
+        grads.append({k: v.grad for k, v in leaves.items()})
+    for k in grads[1]:
+        assert_close(grads[0][k], grads[1][k].double(), 1e-5, k)
+
+
+def test_compiled_scan_takes_non_contiguous_inputs():
+    compiled_kernel_or_skip()
+    inputs = make_inputs(length=33, bc="grouped")
+    strided = {k: (v.transpose(-1, -2).contiguous().transpose(-1, -2) if v is not None and v.dim() >= 2 else v)
+               for k, v in inputs.items()}
+    assert not strided["u"].is_contiguous() and not strided["B"].is_contiguous()
+    torch.testing.assert_close(selective_scan_torch(**strided, implementation="compiled"),
+                               selective_scan_torch(**inputs, implementation="chunked"), rtol=1e-10, atol=1e-10)
+
+
+def test_compiled_grouped_scan_takes_views_with_gaps():
+    """u and delta as strided slices (their gradients are written with the operands' strides)."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(2)
+    big_u = torch.randn(2, 1, 30, 40, generator=g, dtype=torch.float64)
+    big_delta = torch.randn(2, 1, 30, 1, 40, generator=g, dtype=torch.float64)
+    A = -torch.rand(1, 20, 2, generator=g, dtype=torch.float64)
+    B, C = torch.randn(2, 2, 1, 30, 1, 2, generator=g, dtype=torch.float64)
+    results = []
+    for make in (lambda t: t[..., ::2], lambda t: t[..., ::2].contiguous()):
+        u, delta = (t.clone().requires_grad_() for t in (big_u, big_delta))
+        y, _ = cpu_kernel.scan(make(u), make(delta), A, B, C, delta_softplus=True)
+        results.append((y, *torch.autograd.grad((y * y).sum(), (u, delta))))
+    for a, e in zip(*results):
+        assert_close(a, e, 1e-12)

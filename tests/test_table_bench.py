@@ -46,13 +46,14 @@ def test_bench_cli_scan_and_clip_create_out_and_print_tables(tmp_path, capsys, m
 
     def small_scan(repeats):
         seen["repeats"] = repeats
-        return real_scan(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=repeats, sequential_steps=8)
+        return real_scan(lengths=(32,), batch=1, d_inner=4, d_state=2, repeats=repeats, sequential_steps=8,
+                         cliphaze_cases=(("tiny", 1, 4, 6),))
 
     monkeypatch.setattr(scan_bench, "run_scan_benchmark", small_scan)
     monkeypatch.setattr(clip_bench, "run_clip_benchmark",
                         lambda: real_clip(models=("clipdehaze_tiny",), n_images=2, size=64))
     out = tmp_path / "new" / "bench"
-    assert bench.main(["scan", "--repeats", "2", "--out", str(out)]) == 0
+    assert bench.main(["scan", "--repeats", "2", "--out", str(out), "--no-profile"]) == 0
     assert seen["repeats"] == 2 and json.loads((out / "scan.json").read_text())["config"]["repeats"] == 2
     assert "selective scan, forward + backward" in capsys.readouterr().out
     out2 = tmp_path / "other"
@@ -126,3 +127,35 @@ def test_demo_combined_grid_has_a_row_per_method(tmp_path):
     for row, name in enumerate(runs):  # each row's first tile is that method's first image
         value = img.convert("L").getpixel((150 + 5, 20 + row * (64 + 8) + 5))
         assert abs(value - 0.1 * row * 255) < 8, name
+
+
+def test_cliphaze_profile_shares_and_goal_ratios():
+    """The profile splits real steps into the named parts (the scan inside SS2D), shares summing to one, and
+    restores everything it patched; the goal ratios compare models timed in turn."""
+    from clipdehaze import bench
+    from clipdehaze.models.ssm import cpu_kernel, ss2d
+
+    originals = (cpu_kernel.scan, ss2d.selective_scan, cpu_kernel._Scan.__dict__["backward"])
+    prof = bench.profile_cliphaze("cliphaze_test", size=32, batch=2, repeats=1)
+    assert (cpu_kernel.scan, ss2d.selective_scan, cpu_kernel._Scan.__dict__["backward"]) == originals
+    for kind in ("inference", "train step"):
+        part = prof[kind]
+        assert set(part["seconds"]) == set(bench.PROFILE_PARTS)
+        assert sum(part["shares"].values()) == pytest.approx(1.0)
+        for name in ("scan", "SS2D other", "window attention", "CAM"):
+            assert part["seconds"][name] > 0, (kind, name)
+    assert "window attention" in bench.format_profile(prof)
+    rows = bench.goal_ratios(repeats=1, goals=(("cliphaze_test", "dehazeformer_test", "inference", 9.0),
+                                               ("cliphaze_test", "dehazeformer_test", "train step", 9.0)))
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["model_s"] / r["reference_s"]) and r["met"] == (r["ratio"] <= 9.0)
+    assert "side by side" in bench.format_goals(rows)
+
+
+def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):
+    from clipdehaze.demo import DEFAULT_MODELS, DEFAULT_STEPS, train_overrides
+
+    for name in DEFAULT_MODELS:
+        cfg = compose_cfg("train", train_overrides(name, DEFAULT_STEPS, ["clip=tiny_random"]))
+        assert cfg.trainer.max_steps == DEFAULT_STEPS and cfg.trainer.get("max_time") is None, name
+        assert cfg.trainer.max_epochs >= DEFAULT_STEPS, name   # an epoch is at least one step: epochs never stop it first

@@ -633,8 +633,8 @@ def test_predict_never_writes_a_nan_output_as_a_black_image(compose_cfg, tmp_pat
 
     real_restore = predict_module.restore
 
-    def unstable_on_width_31(module, x, tile, overlap):
-        y = real_restore(module, x, tile, overlap)
+    def unstable_on_width_31(module, x, *tiling):
+        y = real_restore(module, x, *tiling)
         if x.shape[-1] == 31:
             y[..., 2:5, 3] = float("nan")
         return y

@@ -2,7 +2,7 @@
 
     clipdehaze-bench models [--models dehazeformer_t cliphaze_t ...] [--out outputs/bench]
     clipdehaze-bench clip        # zero-shot map / embeddings, live vs cached (tiny_random and ViT-B/32 random)
-    clipdehaze-bench scan        # selective scan: ours vs sequential loop vs mambapy
+    clipdehaze-bench scan        # selective scan vs this machine's lower bound, loops, mambapy; cliphaze_t profile
     clipdehaze-bench all
 
 ``models`` reports per generator variant: parameters; MACs at a given size (``torch.utils.flop_counter``, MACs =
@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -150,67 +149,56 @@ def _clip_inputs(model, prior, x):
 
 
 # ----------------------------------------------------------------------------------------------------- models
+def _tiled_fn(model, inputs: dict[str, torch.Tensor], x: torch.Tensor):
+    """The generator over tiles of ``x`` as ``clipdehaze-predict`` runs it (CLIP maps cropped per tile)."""
+    from clipdehaze.utils.tiling import crop_inputs
+
+    def fn(t, box):
+        return model(t, **crop_inputs(inputs, x.shape[-2:], box, t.shape[-2:]))
+    return fn
+
+
 def _memory_worker(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | None) -> dict[str, Any]:
     """Run in a fresh process: peak memory of one inference."""
+    from clipdehaze.utils.memory import peak_memory_bytes
     from clipdehaze.utils.tiling import tiled_forward
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, prior = _build(name, clip_cfg, device)
     x = torch.rand(1, 3, size, size, device=device)
     inputs = _clip_inputs(model, prior, x)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_peak_rss()
+
+    def work():
+        with torch.no_grad():
+            if tiled:
+                tiled_forward(_tiled_fn(model, inputs, x), x, tile=tile, overlap=tile // 8)
+            else:
+                model(x, **inputs)
+    peak = peak_memory_bytes(work, device)
+    return {"peak_mb": round(peak / 2**20, 1) if peak is not None else None}
+
+
+def sample_image(size: int) -> torch.Tensor:
+    """A natural photo (scikit-image's astronaut) resized to size x size, (1, 3, size, size) in [0, 1]."""
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
+    return torch.nn.functional.interpolate(img, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def seam_difference(model, prior, size: int, tile: int, device: torch.device) -> dict[str, float]:
+    """Tiled (``tile`` px, overlap tile / 8, as the bench's tiled runs) against untiled inference on a natural
+    photo: the largest absolute difference and the PSNR of the tiled output against the untiled one."""
+    from clipdehaze.utils.tiling import tiled_forward
+
+    x = sample_image(size).to(device)
+    inputs = _clip_inputs(model, prior, x)
     with torch.no_grad():
-        if tiled:
-            def fn(t, box):
-                top, left, h, w = box
-                kw = {k: (v[..., top:top + h, left:left + w] if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v)
-                      for k, v in inputs.items()}
-                return model(t, **kw)
-            tiled_forward(fn, x, tile=tile, overlap=tile // 8)
-        else:
-            model(x, **inputs)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _peak_rss() - base
-    return {"peak_mb": round(max(peak, 0) / 2**20, 1)}
-
-
-def _proc_status_bytes(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> int:
-    """Reset this process's RSS high-water mark where the OS allows; return the baseline to subtract.
-
-    Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS, so the peak counts from now on.
-    getrusage's ru_maxrss is avoided there: it carries the *parent's* peak over fork + exec, so a worker started
-    by a process that had already used more memory would report no growth at all.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        reset = False
-    now = _proc_status_bytes("VmRSS" if reset else "VmHWM")
-    return now if now is not None else _peak_rss()
-
-
-def _peak_rss() -> int:
-    hwm = _proc_status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        whole = model(x, **inputs).clamp(0, 1)
+        tiled = tiled_forward(_tiled_fn(model, inputs, x), x, tile=tile, overlap=tile // 8).clamp(0, 1)
+    mse = (tiled - whole).square().mean().item()
+    return {"max_abs": (tiled - whole).abs().max().item(),
+            "psnr_db": 10 * math.log10(1 / mse) if mse > 0 else float("inf")}
 
 
 def _peak_memory(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | None,
@@ -254,13 +242,7 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
             def run(tiled=tiled, x=x, inputs=inputs):
                 with torch.no_grad():
                     if tiled:
-                        def fn(t, box):
-                            top, left, h, w = box
-                            kw = {k: (v[..., top:top + h, left:left + w]
-                                      if v.ndim == 4 and v.shape[-2:] == x.shape[-2:] else v)
-                                  for k, v in inputs.items()}
-                            return model(t, **kw)
-                        return tiled_forward(fn, x, tile=tile, overlap=tile // 8)
+                        return tiled_forward(_tiled_fn(model, inputs, x), x, tile=tile, overlap=tile // 8)
                     return model(x, **inputs)
 
             lat = _timeit(run, repeats=repeats if size <= tile else 1)
@@ -268,6 +250,10 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
             row[f"images_per_s_{key}"] = round(1.0 / lat, 2) if lat > 0 else None
             if memory:
                 row[f"peak_mb_{key}"] = _peak_memory(name, size, tiled, tile, clip_cfg, timeout)
+        if size > tile and row.get(f"latency_s_{size}") is not None:
+            seam = seam_difference(model, prior, size, tile, device)
+            row[f"seam_max_abs_{size}"] = round(seam["max_abs"], 5)
+            row[f"seam_psnr_db_{size}"] = round(seam["psnr_db"], 2)
 
     if params:
         model.train()
@@ -295,6 +281,198 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
     return row
 
 
+# ----------------------------------------------------------------------------------------------- scan profile
+PROFILE_PARTS = ("scan", "SS2D other", "window attention", "CAM", "rest")
+
+
+def _module_part(module: torch.nn.Module) -> str | None:
+    from clipdehaze.models.generators.cliphaze import (
+        CLIPAggregation,
+        ConcatAggregation,
+        SumAggregation,
+        WindowSelfAttention,
+    )
+    from clipdehaze.models.ssm import SS2D
+
+    if isinstance(module, SS2D):
+        return "SS2D"
+    if isinstance(module, WindowSelfAttention):
+        return "window attention"
+    if isinstance(module, (CLIPAggregation, SumAggregation, ConcatAggregation)):
+        return "CAM"
+    return None
+
+
+class _PartTimer:
+    """Wall time of CLIPHaze's parts inside real steps: module hooks time each part's forward and backward
+    (the autograd engine runs a module's backward nodes back to back: they carry higher sequence numbers than
+    the sibling path's), and the selective scan, inside SS2D, is timed around its function and its autograd
+    backward."""
+
+    def __init__(self, model: torch.nn.Module):
+        from clipdehaze.models.ssm import cpu_kernel, ss2d
+        from clipdehaze.models.ssm.selective_scan import _ChunkedScan
+
+        self.seconds = dict.fromkeys(("scan", "SS2D", "window attention", "CAM"), 0.0)
+        self.handles = []
+        for m in model.modules():
+            part = _module_part(m)
+            if part is not None:
+                start = self._start(m)
+                stop = self._stop(m, part)
+                self.handles += [m.register_forward_pre_hook(lambda mod, args, start=start: start()),
+                                 m.register_forward_hook(lambda mod, args, out, stop=stop: stop()),
+                                 m.register_full_backward_pre_hook(lambda mod, g, start=start: start()),
+                                 m.register_full_backward_hook(lambda mod, gi, go, stop=stop: stop())]
+        self.patched = [(cpu_kernel, "scan"), (ss2d, "selective_scan"),
+                        (cpu_kernel._Scan, "backward"), (_ChunkedScan, "backward")]
+        self.saved = [owner.__dict__[attr] for owner, attr in self.patched]
+        for (owner, attr), fn in zip(self.patched, self.saved):
+            setattr(owner, attr, self._timed(fn))
+
+    def _start(self, key):
+        def start():
+            self._t0 = getattr(self, "_t0", {})
+            self._t0[id(key)] = time.perf_counter()
+        return start
+
+    def _stop(self, key, part):
+        def stop():
+            self.seconds[part] += time.perf_counter() - self._t0.pop(id(key))
+        return stop
+
+    def _timed(self, fn):
+        wrapped_fn = fn.__func__ if isinstance(fn, staticmethod) else fn
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return wrapped_fn(*args, **kwargs)
+            finally:
+                self.seconds["scan"] += time.perf_counter() - t0
+        return staticmethod(timed) if isinstance(fn, staticmethod) else timed
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+        for (owner, attr), fn in zip(self.patched, self.saved):
+            setattr(owner, attr, fn)
+
+
+def profile_cliphaze(name: str = "cliphaze_t", size: int = 256, batch: int = 1, repeats: int = 3) -> dict[str, Any]:
+    """Where ``name``'s time goes at ``size``², inference (no grad) and one train step (L1, AdamW): the selective
+    scan, the rest of SS2D (projections, convolution, norm, gate), window attention, the CAM, and the rest
+    (FFN, norms, convolutions of the U-Net, loss, optimiser), each timed inside the step (:class:`_PartTimer`),
+    medians over ``repeats`` steps after a warm-up. CLIP inputs are given precomputed (random), so the frozen
+    CLIP's own cost is excluded."""
+    from clipdehaze.models import create_generator
+
+    torch.manual_seed(0)
+    model = create_generator(name)
+    x = torch.rand(batch, 3, size, size)
+    inputs = dummy_clip_inputs(model, x)
+    target = torch.rand_like(x)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def infer():
+        with torch.no_grad():
+            model.eval()(x, **inputs)
+
+    def step():
+        loss = torch.nn.functional.l1_loss(model.train()(x, **inputs), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    result: dict[str, Any] = {"model": name, "size": size, "batch": batch}
+    for kind, fn in (("inference", infer), ("train step", step)):
+        fn()
+        runs = []
+        for _ in range(repeats):
+            timer = _PartTimer(model)
+            try:
+                t0 = time.perf_counter()
+                fn()
+                total = time.perf_counter() - t0
+            finally:
+                timer.close()
+            t = timer.seconds
+            runs.append({"total": total, "scan": t["scan"], "SS2D other": t["SS2D"] - t["scan"],
+                         "window attention": t["window attention"], "CAM": t["CAM"],
+                         "rest": total - t["SS2D"] - t["window attention"] - t["CAM"]})
+        med = {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
+        times = {p: med[p] for p in PROFILE_PARTS}
+        result[kind] = {"total_s": med["total"], "seconds": times,
+                        "shares": {k: v / sum(times.values()) for k, v in times.items()}}
+    return result
+
+
+def format_profile(prof: dict[str, Any]) -> str:
+    head = f"{prof['model']} at {prof['batch']} x {prof['size']}², time share by part (seconds)"
+    lines = [head, f"{'':<12} | {'total':>7} | " + " | ".join(f"{p:>16}" for p in PROFILE_PARTS)]
+    for kind in ("inference", "train step"):
+        r = prof[kind]
+        cells = [f"{r['shares'][p] * 100:5.1f}% ({r['seconds'][p]:6.3f})" for p in PROFILE_PARTS]
+        lines.append(f"{kind:<12} | {r['total_s']:7.3f} | " + " | ".join(f"{c:>16}" for c in cells))
+    lines.append("parts timed inside the step, forward and backward (medians); rest = FFN, norms, U-Net "
+                 "convolutions, loss, optimiser; CLIP inputs precomputed")
+    return "\n".join(lines)
+
+
+GOALS = (("cliphaze_t", "dehazeformer_s", "inference", 1.5), ("cliphaze_t", "dehazeformer_t", "train step", 2.0))
+_GOAL_SHAPES = {"inference": "1 x 256²", "train step": "4 x 128²"}
+
+
+def goal_ratios(repeats: int = 5, goals=GOALS) -> list[dict[str, Any]]:
+    """CLIPHaze against DehazeFormer, side by side in one process: each repeat times every model once in turn
+    (inference 1 x 256², no grad; train step: L1 + AdamW on 4 x 128² crops), so load drift hits all alike;
+    the ratio of medians is compared with the goal."""
+    from clipdehaze.models import create_generator
+
+    names = sorted({n for g in goals for n in g[:2]})
+    torch.manual_seed(0)
+    models = {n: create_generator(n) for n in names}
+    opts = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+    x1, xb = torch.rand(1, 3, 256, 256), torch.rand(4, 3, 128, 128)
+    inputs = {n: (dummy_clip_inputs(m, x1), dummy_clip_inputs(m, xb)) for n, m in models.items()}
+    yb = torch.rand_like(xb)
+
+    def infer(n):
+        with torch.no_grad():
+            models[n].eval()(x1, **inputs[n][0])
+
+    def step(n):
+        loss = torch.nn.functional.l1_loss(models[n].train()(xb, **inputs[n][1]), yb)
+        opts[n].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[n].step()
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(repeats + 1):  # the first round warms up
+        for kind, fn in (("inference", infer), ("train step", step)):
+            for n in names:
+                t0 = time.perf_counter()
+                fn(n)
+                if r:
+                    times.setdefault((n, kind), []).append(time.perf_counter() - t0)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    rows = []
+    for ours, ref, kind, goal in goals:
+        ratio = med[(ours, kind)] / med[(ref, kind)]
+        rows.append({"model": ours, "reference": ref, "what": f"{kind} {_GOAL_SHAPES[kind]}",
+                     "model_s": med[(ours, kind)], "reference_s": med[(ref, kind)], "ratio": ratio, "goal": goal,
+                     "met": ratio <= goal})
+    return rows
+
+
+def format_goals(rows: list[dict[str, Any]]) -> str:
+    lines = ["goals, measured side by side (models alternated each repeat, medians):"]
+    for r in rows:
+        lines.append(f"  {r['model']} {r['what']}: {r['model_s']:.3f} s vs {r['reference']} {r['reference_s']:.3f} s "
+                     f"= {r['ratio']:.2f}x (goal <= {r['goal']}x: {'met' if r['met'] else 'NOT met'})")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------------- report
 def _fmt(v: Any) -> str:
     if v is None:
@@ -312,6 +490,8 @@ def models_markdown(rows: list[dict[str, Any]]) -> str:
             if any(f"latency_s_{n}{suffix}" in r for r in rows):
                 cols += [(f"latency_s_{n}{suffix}", f"{n}²{tag} s"), (f"images_per_s_{n}{suffix}", f"{n}²{tag} img/s"),
                          (f"peak_mb_{n}{suffix}", f"{n}²{tag} MB")]
+        if any(f"seam_max_abs_{n}" in r for r in rows):
+            cols += [(f"seam_max_abs_{n}", f"{n}² seam max abs diff"), (f"seam_psnr_db_{n}", f"{n}² seam PSNR dB")]
     cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)"),
              ("train_loss", "train loss")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
@@ -343,7 +523,9 @@ def run_models(names: list[str], out: Path, **kw) -> dict[str, Any]:
     md = (f"# clipdehaze-bench models\n\n{environment()}\n\nMACs: torch.utils.flop_counter (FLOPs/2, conv+matmul) at "
           f"{kw.get('mac_size', 256)}², generator alone: 'MACs' on the published implementation's graph (the "
           f"papers' convention), 'executed MACs' on the fused equivalent this code runs. Latency: median, batch 1, "
-          f"no grad; img/s = 1 / latency. Train step: AdamW, batch {kw.get('train_batch', 4)}, "
+          f"no grad; img/s = 1 / latency. Seam: tiled ({kw.get('tile', 256)} px tiles, overlap 1/8) against "
+          f"untiled output on a natural photo (scikit-image's astronaut), largest absolute difference and PSNR in "
+          f"[0, 1]. Train step: AdamW, batch {kw.get('train_batch', 4)}, "
           f"{kw.get('train_crop', 128)}² crops, L1 plus the generator's training-only terms ('train loss': "
           f"srd = the SAR weather net's CLIP-SRD, frozen-CLIP teacher computed live in both columns); the "
           f"generator's CLIP inputs cached unless noted.\n\n"
@@ -373,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mac-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case (models and scan)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="scan: skip the cliphaze_t profile and the side-by-side goal ratios")
     ap.add_argument("--max-untiled-gmacs", type=float, default=60.0,
                     help="skip untiled inference above 256 px for models heavier than this at 256²")
     ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture (random weights) for CLIP nets")
@@ -394,8 +578,13 @@ def main(argv: list[str] | None = None) -> int:
         from clipdehaze.models.ssm import bench as scan_bench
 
         res = scan_bench.run_scan_benchmark(repeats=args.repeats)
+        print(scan_bench.format_table(res), flush=True)
+        if not args.no_profile:
+            res["profile"] = profile_cliphaze(repeats=args.repeats)
+            print("\n" + format_profile(res["profile"]), flush=True)
+            res["goals"] = goal_ratios(repeats=max(3, args.repeats))
+            print("\n" + format_goals(res["goals"]))
         (out / "scan.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-        print(scan_bench.format_table(res))
     return 0
 
 

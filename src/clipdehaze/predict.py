@@ -2,6 +2,7 @@
 
     clipdehaze-predict ckpt_path=<run>/checkpoints/last.ckpt input=photo.jpg output=restored/
     clipdehaze-predict model=dcp input=hazy_folder/ output=dehazed/ tile=512 overlap=32
+    clipdehaze-predict ... memory_budget_mb=1024      # tile=auto (default): largest tiles that fit 1 GB
 
 Never writes into the input folder and never overwrites an input file. Outputs are ``<output>/<stem>.png``, so
 inputs that share a stem (``a.jpg`` and ``a.png``) would overwrite each other: such a folder is refused before
@@ -23,7 +24,8 @@ from clipdehaze.data.datasets import list_images
 from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, png_text, save_image
 from clipdehaze.pipeline import module_for_inference
 from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
-from clipdehaze.utils.tiling import tiled_forward
+from clipdehaze.utils.memory import available_memory_bytes
+from clipdehaze.utils.tiling import auto_tile, check_tiling, crop_inputs, tiled_forward
 
 log = logging.getLogger("clipdehaze.predict")
 register_resolvers()
@@ -71,24 +73,38 @@ def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: b
                               "pass overwrite=true to replace them, or choose another output=")
 
 
+def tiling_options(cfg: DictConfig, generator) -> tuple[int | str, int, int | None]:
+    """``tile`` (pixels or ``"auto"``), ``overlap`` and the memory budget in bytes (``None``: half the memory
+    available when an image is restored), checked before any image is read: each bad value is refused naming
+    its option."""
+    tile, overlap, budget = cfg.get("tile", "auto"), cfg.get("overlap", 32), cfg.get("memory_budget_mb")
+    check_tiling(tile, overlap, getattr(generator, "min_size", 16), allow_auto=True)
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+            raise ValueError(f"memory_budget_mb={budget!r}: must be a positive number of megabytes (or null: half "
+                             "the available memory)")
+        budget = int(budget * 2**20)
+    return tile, overlap, budget
+
+
 @torch.no_grad()
-def restore(module, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+def restore(module, x: torch.Tensor, tile: int | str = "auto", overlap: int = 32,
+            memory_budget: int | None = None) -> torch.Tensor:
     """Generator output for one image (1, 3, H, W), tiled; CLIP inputs come from the whole image and spatial
-    ones (density maps) are cropped per tile, so tiling does not change what the prior sees."""
+    ones (density maps) are cropped per tile, so tiling does not change what the prior sees.
+
+    ``tile="auto"``: the largest tile whose inference fits ``memory_budget`` bytes (default: half the memory
+    available on ``x``'s device), the whole image when it fits (:func:`clipdehaze.utils.tiling.auto_tile`)."""
     clip_inputs = module.clip_inputs(x)
 
     def fn(t: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-        top, left, h, w = box
-        kw = {}
-        for k, v in clip_inputs.items():
-            if v.ndim == 4 and v.shape[-2:] == x.shape[-2:]:
-                v = v[..., top:top + h, left:left + w]
-                if v.shape[-2:] != t.shape[-2:]:  # tile was padded up to the minimum size
-                    v = torch.nn.functional.interpolate(v, size=t.shape[-2:], mode="nearest")
-            kw[k] = v
-        return module.generator(t, **kw)
+        return module.generator(t, **crop_inputs(clip_inputs, x.shape[-2:], box, t.shape[-2:]))
 
     min_size = getattr(module.generator, "min_size", 16)
+    if tile == "auto":
+        if memory_budget is None:
+            memory_budget = (available_memory_bytes(x.device) or 4 * 2**30) // 2
+        tile = auto_tile(fn, x, memory_budget, overlap, min_size=min_size)
     return tiled_forward(fn, x, tile=tile, overlap=overlap, min_size=min_size).clamp(0, 1)
 
 
@@ -99,6 +115,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     files = _inputs(in_path)
     _check_output(files, in_path, out_dir, bool(cfg.get("overwrite", False)))
     module = module_for_inference(cfg).eval()
+    tile, overlap, budget = tiling_options(cfg, module.generator)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +127,7 @@ def predict(cfg: DictConfig) -> list[Path]:
             log.error("%s", e)
             failed.append(p)
             continue
-        y = restore(module, x, int(cfg.tile), int(cfg.overlap))
+        y = restore(module, x, tile, overlap, budget)
         if nan := int(y.isnan().sum()):
             # A PNG cannot hold NaN; written, these pixels would pass for black.
             log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this input); "

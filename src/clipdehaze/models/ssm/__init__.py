@@ -2,8 +2,9 @@
 VMamba (Liu et al. 2024) / MambaIR (Guo et al. ECCV 2024).
 
 The scan runs, for CUDA tensors, mamba-ssm's CUDA kernel when it is installed, else our Triton kernels
-(:mod:`.triton_scan`, nothing to compile), and the exact pure-PyTorch chunked scan otherwise; importing this
-package needs neither mamba-ssm nor Triton. Benchmark: ``python -m clipdehaze.models.ssm.bench``.
+(:mod:`.triton_scan`, nothing to compile); for CPU tensors the compiled CPU kernel (:mod:`.cpu_kernel`, built on
+first use with the machine's C++ compiler); and the exact pure-PyTorch chunked scan otherwise. Importing this
+package needs neither mamba-ssm, Triton nor a compiler. Benchmark: ``clipdehaze-bench scan``.
 """
 
 from clipdehaze.models.ssm.selective_scan import (

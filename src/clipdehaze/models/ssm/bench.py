@@ -1,10 +1,13 @@
-"""CPU benchmark of the pure-PyTorch selective scan against a per-token loop and mambapy's parallel scan.
+"""CPU benchmark of the selective scan: our two scans against a per-token loop and mambapy, and against
+this machine's lower bound for the work.
 
 Each method does the same work, forward and backward (gradients of u, Δ, A, B and C), for Mamba's
 selective scan (Gu & Dao 2023) with input-dependent B and C, as used by VMamba / MambaIR's SS2D:
 discretisation exp(Δ A) and Δ B u, the scan over L, and the output contraction y_t = <C_t, h_t>.
 
-- ``torch``: :func:`clipdehaze.models.ssm.selective_scan_torch` (chunked scan, hand-written backward).
+- ``compiled``: :func:`clipdehaze.models.ssm.selective_scan_torch` with the compiled CPU kernel.
+- ``chunked``: the same function's pure-PyTorch chunked scan (hand-written backward), the CPU path before
+  the kernel and the path on devices without mamba-ssm.
 - ``sequential (indexed)``: one Python step per token, reading x[..., t] each step, as the reference
   implementation in mamba-ssm (``selective_scan_ref``) and ``tests/test_ssm.py`` do; autograd then
   materialises a full-length gradient per step, so its backward grows as L².
@@ -15,6 +18,16 @@ discretisation exp(Δ A) and Δ B u, the scan over L, and the output contraction
 
 The loops are timed on their first ``sequential_steps`` tokens of the full-length inputs and the time
 is scaled to L (per-step cost does not depend on the position, so this is linear extrapolation).
+
+**Lower bound.** No implementation can beat the larger of (a) the bytes the forward and the backward must at
+least read and write (every operand and result once per pass, nothing else stored) divided by this machine's
+memory bandwidth, measured as a large tensor copy, and (b) the transcendentals it cannot avoid (one exp per
+state element per pass, and with softplus on Δ one exp and one log per Δ element per pass) divided by the
+fastest exponential throughput measured (torch.exp or torch.exp2 on cache-resident tensors). The tables give
+each scan's time as a multiple of that bound. Besides the (b, d, L) case, the bound is taken at CLIPHaze's own
+shapes: SS2D's four-direction scan at the first stage of ``cliphaze_t`` (24 channels, d_state 1, the full
+resolution of a 256² image and of the train step's batch of four 128² crops), as CLIPHaze calls it
+(channel-last input shared by the four scan orders, Δ bias, softplus and D inside the scan).
 
 Run: ``python -m clipdehaze.models.ssm.bench [--lengths 4096 16384] [--repeats 3] [--threads N]``.
 """
@@ -27,9 +40,11 @@ from typing import Callable
 
 import torch
 
+from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.selective_scan import selective_scan_torch
+from clipdehaze.models.ssm.ss2d import row_and_column_maps, scan_row_pairs
 
-__all__ = ["format_table", "run_scan_benchmark"]
+__all__ = ["format_table", "machine_floors", "run_scan_benchmark", "scan_bound"]
 
 
 def _time(fn: Callable[[], None], repeats: int) -> float:
@@ -41,6 +56,51 @@ def _time(fn: Callable[[], None], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def machine_floors(repeats: int = 5) -> dict[str, float]:
+    """This machine's memory bandwidth (bytes read + written by a 256 MB tensor copy, per second) and exponential
+    throughput (elements per second, best of torch.exp and torch.exp2 over cache-resident sizes): the rates a
+    lower bound may assume, so the best of several measurements."""
+    src = torch.empty(1 << 25)
+    dst = torch.empty_like(src)
+    copy_s = _time(lambda: dst.copy_(src), repeats)
+    del src, dst
+    exp_rate, exp_op = 0.0, ""
+    for size in (1 << 16, 1 << 18, 1 << 20):
+        x = -torch.rand(size)
+        out = torch.empty_like(x)
+        calls = max(1, (1 << 24) // size)
+        for name, fn in (("torch.exp", torch.exp), ("torch.exp2", torch.exp2)):
+            def run(fn=fn):
+                for _ in range(calls):
+                    fn(x, out=out)
+            rate = size * calls / _time(run, repeats)
+            if rate > exp_rate:
+                exp_rate, exp_op = rate, f"{name} on {size} elements"
+    return {"copy_bytes_per_s": 2 * (1 << 25) * 4 / copy_s, "exp_per_s": exp_rate, "exp_op": exp_op,
+            "threads": torch.get_num_threads()}
+
+
+def scan_bound(bytes_moved: float, transcendentals: float, floors: dict[str, float]) -> dict[str, float | str]:
+    memory_s = bytes_moved / floors["copy_bytes_per_s"]
+    exp_s = transcendentals / floors["exp_per_s"]
+    return {"bound_s": max(memory_s, exp_s), "memory_s": memory_s, "exp_s": exp_s,
+            "limit": "memory" if memory_s >= exp_s else "exp"}
+
+
+def _work(batch: int, dirs: int, length: int, d: int, n: int, shared_u: bool, softplus: bool,
+          itemsize: int = 4) -> tuple[float, float]:
+    """(bytes, transcendentals) of forward + backward at least: every operand read and every result written
+    once per pass. u and y are (batch, L, d) when shared by the directions, else (batch, dirs, L, d)."""
+    u = batch * length * d * (1 if shared_u else dirs)
+    delta = batch * dirs * length * d
+    bc = 2 * batch * dirs * length * n
+    params = dirs * d * (n + (2 if softplus else 0))   # A, and D and the Δ bias where used
+    forward = u + delta + bc + params + u               # reads, then y
+    backward = (u + delta + bc + params + u) + (u + delta + bc + params)  # reads incl. ȳ, then the gradients
+    exps = 2 * (batch * dirs * length * d * n + (2 * delta if softplus else 0))
+    return (forward + backward) * itemsize, exps
 
 
 def _inputs(batch: int, d_inner: int, d_state: int, length: int, seed: int) -> dict[str, torch.Tensor]:
@@ -56,12 +116,12 @@ def _inputs(batch: int, d_inner: int, d_state: int, length: int, seed: int) -> d
 
 def _leaves(tensors: dict[str, torch.Tensor], transpose: bool = False) -> dict[str, torch.Tensor]:
     """Fresh leaf copies requiring grad; ``transpose`` gives mambapy's (B, L, ·) layout."""
-    return {k: (v.transpose(-1, -2) if transpose and v.dim() == 3 else v).contiguous().requires_grad_()
+    return {k: (v.transpose(-1, -2) if transpose and v.dim() == 3 else v).contiguous().detach().requires_grad_()
             for k, v in tensors.items()}
 
 
-def _torch_scan(x: dict[str, torch.Tensor]) -> None:
-    selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"]).sum().backward()
+def _scan(x: dict[str, torch.Tensor], implementation: str) -> None:
+    selective_scan_torch(x["u"], x["delta"], x["A"], x["B"], x["C"], implementation=implementation).sum().backward()
 
 
 def _sequential(x: dict[str, torch.Tensor], steps: int, unbind: bool) -> None:
@@ -89,15 +149,61 @@ def _mambapy_scan(x: dict[str, torch.Tensor], pscan) -> None:
     (hs @ C.unsqueeze(-1)).squeeze(3).sum().backward()
 
 
+# CLIPHaze's scans at full resolution: cliphaze_t's first stage (24 channels, expand 1, d_state 1), four scan
+# directions, for one 256² image (inference) and the bench's train batch of four 128² crops.
+CLIPHAZE_CASES = (("cliphaze_t stage 1, 1 x 256²", 1, 256, 256), ("cliphaze_t stage 1, 4 x 128²", 4, 128, 128))
+_CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, _DIRECTIONS = 24, 1, 4
+
+
+def _ss2d_operands(batch: int, h: int, w: int, seed: int) -> dict[str, torch.Tensor]:
+    """The SS2D scan's operands as SS2D computes them: the channel-last map u (b, H·W, d) and, per pixel of the
+    map and of its transpose, the Δ pre-activations, B and C of the two directions walking that grid's rows
+    (b, 2, L, 2, ·); distributed like an SS2D's at initialisation (Δ around Mamba's initial time steps, A = -1)."""
+    g = torch.Generator().manual_seed(seed)
+    k, d, n, length = _DIRECTIONS, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, h * w
+    return dict(u=torch.randn(batch, length, d, generator=g), delta=torch.randn(batch, 2, length, 2, d, generator=g) - 4,
+                B=torch.randn(batch, 2, length, 2, n, generator=g), C=torch.randn(batch, 2, length, 2, n, generator=g),
+                A=-torch.ones(k, d, n), D=torch.ones(k, d), bias=torch.zeros(k, d))
+
+
+def _ss2d_compiled(x: dict[str, torch.Tensor], h: int, w: int) -> None:
+    b, _, d = x["u"].shape
+    grids = row_and_column_maps(x["u"].view(b, h, w, d))
+    scan_row_pairs(grids, x["delta"], x["B"], x["C"], x["A"], x["D"], x["bias"], h, w).sum().backward()
+
+
+def _ss2d_chunked(x: dict[str, torch.Tensor], h: int, w: int) -> None:
+    """The path the compiled one replaced: four reordered copies in (b, 4·d, L), the chunked scan, merged back.
+    SS2D direction k = grid + 2 j reads grid ``k % 2`` (0: the map, 1: its transpose), backwards when j = 1."""
+    b, length, d = x["u"].shape
+    u_cols = x["u"].view(b, h, w, d).transpose(1, 2).reshape(b, length, d)
+
+    def per_direction(t):  # (b, 2, L, 2, c) per grid pixel -> (b, 4, c, L) in each direction's order
+        seqs = [t[:, k % 2, :, k // 2].transpose(1, 2) for k in range(_DIRECTIONS)]
+        return torch.stack([s.flip(-1) if k >= 2 else s for k, s in enumerate(seqs)], 1)
+
+    u = per_direction(torch.stack([x["u"], u_cols], 1).unsqueeze(3).expand(-1, -1, -1, 2, -1))
+    y = selective_scan_torch(u.flatten(1, 2), per_direction(x["delta"]).flatten(1, 2), x["A"].flatten(0, 1),
+                             per_direction(x["B"]), per_direction(x["C"]), x["D"].flatten(),
+                             delta_bias=x["bias"].flatten(), delta_softplus=True,
+                             implementation="chunked").view(b, _DIRECTIONS, d, length)
+    y_rows = y[:, 0] + y[:, 2].flip(-1)
+    y_cols = y[:, 1] + y[:, 3].flip(-1)
+    (y_rows + y_cols.view(b, d, w, h).transpose(2, 3).reshape(b, d, length)).sum().backward()
+
+
 def run_scan_benchmark(lengths=(4096, 16384), batch: int = 2, d_inner: int = 192, d_state: int = 16,
                        repeats: int = 3, sequential_steps: int = 512, threads: int | None = None,
-                       seed: int = 0) -> dict:
-    """Time forward + backward of each method at each length; returns seconds and speed-up ratios.
+                       seed: int = 0, cliphaze_cases=CLIPHAZE_CASES) -> dict:
+    """Time forward + backward of each method at each length, and both scans at CLIPHaze's shapes; every time
+    also as a multiple of this machine's lower bound (:func:`machine_floors`, :func:`scan_bound`).
 
-    Returns ``{"config": {...}, "results": [{"length", "torch_s", "sequential_indexed_s",
-    "sequential_unbound_s", "sequential_steps_timed", "mambapy_s", "speedup_vs_sequential_indexed",
-    "speedup_vs_sequential_unbound", "speedup_vs_mambapy"}, ...]}``; mambapy entries are ``None`` when it is
-    not installed (``pip install mambapy``, in the ``dev`` extra).
+    Returns ``{"config", "floors", "results": [{"length", "compiled_s", "chunked_s", "sequential_indexed_s",
+    "sequential_unbound_s", "sequential_steps_timed", "mambapy_s", "<method>_vs_compiled" ratios, "bound": {...},
+    "compiled_vs_bound", "chunked_vs_bound"}, ...], "cliphaze": [{"case", "batch", "height", "width",
+    "compiled_s", "chunked_s", "bound", ...}]}``. ``compiled_s`` is ``None`` (and the ratios to it too) where the
+    kernel is unavailable (``compiled_unavailable`` says why); mambapy entries are ``None`` when it is not
+    installed (``pip install mambapy``, in the ``dev`` extra).
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -105,42 +211,92 @@ def run_scan_benchmark(lengths=(4096, 16384), batch: int = 2, d_inner: int = 192
         from mambapy.pscan import pscan
     except ImportError:
         pscan = None
+    floors = machine_floors()
+    compiled_reason = cpu_kernel.unavailable_reason()
     results = []
     for length in lengths:
         base = _inputs(batch, d_inner, d_state, length, seed)
         steps = min(sequential_steps, length)
         row = {"length": length, "sequential_steps_timed": steps}
-        row["torch_s"] = _time(lambda: _torch_scan(_leaves(base)), repeats)
+        row["compiled_s"] = (_time(lambda: _scan(_leaves(base), "compiled"), repeats)
+                             if compiled_reason is None else None)
+        row["chunked_s"] = _time(lambda: _scan(_leaves(base), "chunked"), repeats)
         for name, unbind in (("indexed", False), ("unbound", True)):
             per_run = _time(lambda: _sequential(_leaves(base), steps, unbind), max(1, repeats // 2))
             row[f"sequential_{name}_s"] = per_run * length / steps
-            row[f"speedup_vs_sequential_{name}"] = row[f"sequential_{name}_s"] / row["torch_s"]
-        if pscan is not None:
-            row["mambapy_s"] = _time(lambda: _mambapy_scan(_leaves(base, transpose=True), pscan), repeats)
-            row["speedup_vs_mambapy"] = row["mambapy_s"] / row["torch_s"]
-        else:
-            row["mambapy_s"] = row["speedup_vs_mambapy"] = None
+        row["mambapy_s"] = (_time(lambda: _mambapy_scan(_leaves(base, transpose=True), pscan), repeats)
+                            if pscan is not None else None)
+        reference = row["compiled_s"]
+        for method in ("chunked", "sequential_indexed", "sequential_unbound", "mambapy"):
+            t = row[f"{method}_s"]
+            row[f"{method}_vs_compiled"] = t / reference if t is not None and reference else None
+        row["bound"] = scan_bound(*_work(batch, 1, length, d_inner, d_state, False, False), floors)
+        for method in ("compiled", "chunked"):
+            t = row[f"{method}_s"]
+            row[f"{method}_vs_bound"] = t / row["bound"]["bound_s"] if t is not None else None
         results.append(row)
+    cliphaze = []
+    for case, b, h, w in cliphaze_cases:
+        base = _ss2d_operands(b, h, w, seed)
+        row = {"case": case, "batch": b, "height": h, "width": w, "channels": _CLIPHAZE_CHANNELS,
+               "d_state": _CLIPHAZE_STATE, "directions": _DIRECTIONS}
+        row["compiled_s"] = (_time(lambda: _ss2d_compiled(_leaves(base), h, w), repeats)
+                             if compiled_reason is None else None)
+        row["chunked_s"] = _time(lambda: _ss2d_chunked(_leaves(base), h, w), max(1, repeats // 2))
+        row["bound"] = scan_bound(*_work(b, _DIRECTIONS, h * w, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, True, True),
+                                  floors)
+        for method in ("compiled", "chunked"):
+            t = row[f"{method}_s"]
+            row[f"{method}_vs_bound"] = t / row["bound"]["bound_s"] if t is not None else None
+        cliphaze.append(row)
     config = dict(batch=batch, d_inner=d_inner, d_state=d_state, repeats=repeats,
-                  threads=torch.get_num_threads(), torch=torch.__version__)
-    return {"config": config, "results": results}
+                  threads=torch.get_num_threads(), torch=torch.__version__, compiled_unavailable=compiled_reason)
+    return {"config": config, "floors": floors, "results": results, "cliphaze": cliphaze}
+
+
+def _s(t: float | None, width: int = 8) -> str:
+    return f"{t:{width}.4f}" if t is not None else f"{'n/a':>{width}}"
+
+
+def _x(r: float | None) -> str:
+    return f"{r:6.1f}x" if r is not None else f"{'':>7}"
 
 
 def format_table(report: dict) -> str:
-    cfg = report["config"]
-    lines = [f"selective scan, forward + backward, CPU, batch={cfg['batch']} d_inner={cfg['d_inner']} "
-             f"d_state={cfg['d_state']}, {cfg['threads']} threads, torch {cfg['torch']}, best of {cfg['repeats']}",
-             f"{'L':>6} | {'torch':>8} | {'seq. indexed':>12} {'ratio':>6} | {'seq. unbound':>12} {'ratio':>6} | "
-             f"{'mambapy':>8} {'ratio':>6}"]
+    cfg, fl = report["config"], report["floors"]
+    lines = [f"machine floors ({fl['threads']} threads): memory {fl['copy_bytes_per_s'] / 1e9:.1f} GB/s "
+             f"(256 MB tensor copy, bytes read + written), exponentials {fl['exp_per_s'] / 1e9:.2f} G/s "
+             f"({fl['exp_op']}, best measured)"]
+    if cfg.get("compiled_unavailable"):
+        lines.append(f"compiled scan unavailable: {cfg['compiled_unavailable']}")
+    lines += ["", f"selective scan, forward + backward, CPU, batch={cfg['batch']} d_inner={cfg['d_inner']} "
+              f"d_state={cfg['d_state']}, {cfg['threads']} threads, torch {cfg['torch']}, best of {cfg['repeats']}",
+              f"{'L':>6} | {'bound':>8} {'limit':>6} | {'compiled':>8} {'/bound':>7} | {'chunked':>8} {'/bound':>7} "
+              f"{'/comp.':>7} | {'seq. indexed':>12} {'/comp.':>7} | {'seq. unbound':>12} {'/comp.':>7} | "
+              f"{'mambapy':>8} {'/comp.':>7}"]
     for r in report["results"]:
-        mp = (f"{r['mambapy_s']:8.3f} {r['speedup_vs_mambapy']:5.1f}x" if r["mambapy_s"] is not None
-              else f"{'n/a':>8} {'':>6}")
-        lines.append(f"{r['length']:>6} | {r['torch_s']:8.3f} | {r['sequential_indexed_s']:12.3f} "
-                     f"{r['speedup_vs_sequential_indexed']:5.1f}x | {r['sequential_unbound_s']:12.3f} "
-                     f"{r['speedup_vs_sequential_unbound']:5.1f}x | {mp}")
+        bd = r["bound"]
+        lines.append(f"{r['length']:>6} | {_s(bd['bound_s'])} {bd['limit']:>6} | {_s(r['compiled_s'])} "
+                     f"{_x(r['compiled_vs_bound'])} | {_s(r['chunked_s'])} {_x(r['chunked_vs_bound'])} "
+                     f"{_x(r['chunked_vs_compiled'])} | {_s(r['sequential_indexed_s'], 12)} "
+                     f"{_x(r['sequential_indexed_vs_compiled'])} | {_s(r['sequential_unbound_s'], 12)} "
+                     f"{_x(r['sequential_unbound_vs_compiled'])} | {_s(r['mambapy_s'])} {_x(r['mambapy_vs_compiled'])}")
     steps = ", ".join(f"L={r['length']}: {r['sequential_steps_timed']}" for r in report["results"])
-    lines.append(f"times in seconds; ratio = method time / torch time; sequential loops timed on the first "
-                 f"tokens ({steps}) and scaled linearly to L")
+    lines.append(f"times in seconds; /bound = time / lower bound; /comp. = time / compiled time; sequential loops "
+                 f"timed on the first tokens ({steps}) and scaled linearly to L")
+    if report.get("cliphaze"):
+        lines += ["", "CLIPHaze's scans at full resolution (SS2D: 4 scan orders of one channel-last map, Δ bias + "
+                  "softplus + D inside the scan), forward + backward; chunked = the four-copy path it replaced",
+                  f"{'case':<30} | {'state elements':>14} | {'bound':>8} {'limit':>6} | {'compiled':>8} "
+                  f"{'/bound':>7} | {'chunked':>8} {'/bound':>7}"]
+        for r in report["cliphaze"]:
+            bd = r["bound"]
+            elems = r["batch"] * r["height"] * r["width"] * r["channels"] * r["d_state"] * r["directions"]
+            lines.append(f"{r['case']:<30} | {elems:>14,} | {_s(bd['bound_s'])} {bd['limit']:>6} | "
+                         f"{_s(r['compiled_s'])} {_x(r['compiled_vs_bound'])} | {_s(r['chunked_s'])} "
+                         f"{_x(r['chunked_vs_bound'])}")
+    lines.append("bound = max(bytes of every operand and result once per pass / memory rate, transcendentals "
+                 "(1 exp per state element, +2 per Δ element with softplus, per pass) / exponential rate)")
     return "\n".join(lines)
 
 
@@ -155,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     print(format_table(run_scan_benchmark(tuple(args.lengths), args.batch, args.d_inner, args.d_state, args.repeats,
-                                     args.sequential_steps, args.threads)))
+                                          args.sequential_steps, args.threads)))
 
 
 if __name__ == "__main__":

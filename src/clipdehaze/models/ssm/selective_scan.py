@@ -34,7 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from clipdehaze.models.ssm import cpu_kernel
+
 BACKENDS = ("auto", "cuda", "triton", "torch")
+IMPLEMENTATIONS = ("auto", "compiled", "chunked")
 
 __all__ = ["BACKENDS", "cuda_kernel_unavailable_reason", "selective_scan", "selective_scan_torch",
            "triton_unavailable_reason"]
@@ -123,16 +126,23 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                          z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
-                         return_last_state: bool = False, chunk_size: int | None = None):
-    """Pure-PyTorch selective scan: exact (it runs the recurrence itself), differentiable, any device.
+                         return_last_state: bool = False, chunk_size: int | None = None,
+                         implementation: str = "auto"):
+    """Selective scan without mamba-ssm: exact (it runs the recurrence itself), differentiable, any device.
 
-    The sequence is cut into chunks of ``chunk_size`` steps (default: chosen from L and the tensor
-    sizes, see :func:`_chunking`) and a loop over the positions inside a chunk advances every chunk at
+    ``implementation``: ``"compiled"`` runs the compiled CPU kernel (:mod:`.cpu_kernel`: CPU tensors, B and C
+    input-dependent, built on first use), ``"chunked"`` the pure-PyTorch scan below (any device), ``"auto"``
+    the kernel where it applies and builds, the chunked scan otherwise.
+
+    Chunked scan: the sequence is cut into chunks of ``chunk_size`` steps (default: chosen from L and the
+    tensor sizes, see :func:`_chunking`) and a loop over the positions inside a chunk advances every chunk at
     once, so the Python loop is about chunk_size + L / chunk_size iterations long instead of L, while
     every step is still the plain recurrence: no exponential of a positive number and no division,
     hence no overflow for any Δ·A. Gradients come from a hand-written adjoint scan
-    (:class:`_ChunkedScan`); unlike the CUDA kernel, a gradient on ``last_state`` is propagated too.
+    (:class:`_ChunkedScan`); unlike the CUDA kernel, a gradient on ``last_state`` is propagated too (by both).
     """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if A.is_complex():
         raise ValueError("selective_scan_torch supports real A only (as used by Mamba, VMamba and MambaIR); "
                          "complex A needs the CUDA kernel")
@@ -143,6 +153,16 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     _check_bc("C", C, u, A)
     dtype_in = u.dtype
     compute = torch.promote_types(u.dtype, torch.float32)
+    if implementation != "chunked":
+        reason = _compiled_unavailable_reason(u, B, C)
+        if reason is None:
+            y, last_state = _compiled_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, compute)
+            if z is not None:
+                y = y * F.silu(z.to(compute))
+            y = y.to(dtype_in)
+            return (y, last_state) if return_last_state else y
+        if implementation == "compiled":
+            raise RuntimeError(f"selective_scan_torch(implementation='compiled') cannot run: {reason}")
     u = u.to(compute)
     delta = delta.to(compute)
     if delta_bias is not None:
@@ -156,6 +176,37 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
         y = y * F.silu(z.to(compute))
     y = y.to(dtype_in)
     return (y, last_state) if return_last_state else y
+
+
+def _compiled_unavailable_reason(u: Tensor, B: Tensor, C: Tensor) -> str | None:
+    if u.device.type != "cpu":
+        return f"the tensors are on {u.device}; the compiled scan runs on CPU tensors"
+    if B.dim() == 2 or C.dim() == 2:
+        return "time-invariant B or C (d, n) is not supported by the compiled scan"
+    return cpu_kernel.unavailable_reason()
+
+
+def _compiled_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, compute):
+    """(b, d, L) operands as the kernel's (batch, group, position, [direction,] channel) views: one group of one
+    direction per channel group of B / C (a shared B or C is broadcast over the other's groups), y and the last
+    state viewed back; D and the Δ bias and softplus are applied inside the kernel."""
+    b, d, length = u.shape
+    groups = max(m.shape[1] if m.dim() == 4 else 1 for m in (B, C))
+
+    def channels(x):  # (b, d, L) -> (b, groups, L, d / groups)
+        return x.to(compute).reshape(b, groups, d // groups, length).transpose(2, 3)
+
+    def states(m):  # (b, [g,] n, L) -> (b, groups, L, 1, n)
+        m = m.to(compute)
+        m = m.unsqueeze(1) if m.dim() == 3 else m
+        return m.expand(b, groups, *m.shape[2:]).transpose(2, 3).unsqueeze(3)
+
+    def per_channel(x):
+        return x.to(compute).reshape(groups, d // groups, *x.shape[1:]) if x is not None else None
+
+    y, last = cpu_kernel.scan(channels(u), channels(delta).unsqueeze(3), per_channel(A), states(B), states(C),
+                              per_channel(D), per_channel(delta_bias), delta_softplus, return_last_state=True)
+    return y.transpose(2, 3).reshape(b, d, length), last.reshape(b, d, -1)
 
 
 def _check_bc(name: str, m: Tensor, u: Tensor, A: Tensor) -> None:
