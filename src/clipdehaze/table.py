@@ -219,7 +219,7 @@ class Row:
     @property
     def prior(self) -> str:
         """The CLIP prior control of the row's runs (``-``: no CLIP input)."""
-        return " | ".join(sorted({r.prior for r in self.runs}))
+        return ", ".join(sorted({r.prior for r in self.runs}))
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
