@@ -4,6 +4,7 @@ headless Chromium without console errors or network requests."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -273,3 +274,22 @@ def test_compare_html_renders_in_headless_chromium(chromium, tmp_path):
     assert clip == "inset(0px 20% 0px 0px)"
     assert zoom == {"shown": "block", "width": 32, "rendered": 32, "src": True}
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_make_study_runs_offline_and_says_the_random_prior_carries_nothing(tmp_path):
+    """``make study``'s driver, one family, two seeds, two steps: the multirun, the comparison, and the statement."""
+    out = subprocess.run([sys.executable, "-m", "clipdehaze.study", "--families", "mixcldehazenet", "--seeds", "0,1",
+                          "--steps", "2", "--out", str(tmp_path / "study")], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.count("cannot carry information about the images") >= 3  # the driver (twice) and compare.md
+    (report,) = (tmp_path / "study").glob("*/mixcldehazenet/compare")
+    md = (report / "compare.md").read_text()
+    assert "Control: **mixcldehazenet_test [CLIP-free]**" in md
+    for kind in ("real vs shuffled", "real vs constant"):
+        assert f"| {kind} | mixcldehazenet_test [real] |" in md
+    rows = _csv(report / "compare.csv")
+    assert {r["variant_seeds"] for r in rows} == {"0 1"} and len(rows) == 5 * 2
+    html = (report / "compare.html").read_text()
+    assert html.count('class="viewer"') == 5 * 4 and "save_test_outputs=true" not in html

@@ -185,6 +185,8 @@ class MetricResult:
     @property
     def verdict(self) -> str:
         """From the seed-level interval when there is one (another training run), else the image-level one."""
+        if not np.any(self.per_image != 0):
+            return "identical on every image (the model got the same inputs, or ignores them)"
         interval, level = (self.seed_ci, "seed") if self.seed_ci is not None else (self.ci, "image")
         if interval is None:
             return "undetermined (one image and one seed)"
@@ -377,6 +379,11 @@ def random_prior(rows: list[Row]) -> bool:
     return any("random CLIP" in r.flags for r in rows)
 
 
+def _seeds(seeds: list[Any]) -> str:
+    numeric = all(isinstance(s, (int, float)) for s in seeds)
+    return " ".join(map(str, sorted(seeds) if numeric else sorted(seeds, key=str)))
+
+
 def _row_cell(row: Row, metric: str) -> str:
     s = row.stat(metric)
     if s.mean is None:
@@ -395,8 +402,8 @@ def report_blocks(rows: list[Row], base: Row, comparisons: list[Comparison], met
     blocks += [("p", f"Control: **{short[id(base)]}** = {row_name(base)}."), ("h", 2, "Rows"),
                ("table", ["row", "variant", "prior", *[f"{m.upper()} (mean ± std over seeds)" for m in metrics],
                           "seeds", "flags"],
-                [[short[id(r)], row_name(r), r.prior, *[_row_cell(r, m) for m in metrics],
-                  " ".join(map(str, r.seeds)), "; ".join(r.flags)] for r in rows])]
+                [[short[id(r)], row_name(r), r.prior, *[_row_cell(r, m) for m in metrics], _seeds(r.seeds),
+                  "; ".join(r.flags)] for r in rows])]
     for m in metrics:
         table = []
         for c in comparisons:
@@ -454,8 +461,8 @@ def write_csv(comparisons: list[Comparison], path: Path, short: dict[int, str]) 
                 w.writerow({
                     "kind": c.kind, "variant": short[id(c.variant.row)], "reference": short[id(c.reference.row)],
                     "variant_row": row_name(c.variant.row), "reference_row": row_name(c.reference.row), "metric": m,
-                    "n_images": res.n_images, "variant_seeds": " ".join(map(str, c.variant.seeds)),
-                    "reference_seeds": " ".join(map(str, c.reference.seeds)), "variant_mean": res.variant_mean,
+                    "n_images": res.n_images, "variant_seeds": _seeds(c.variant.seeds),
+                    "reference_seeds": _seeds(c.reference.seeds), "variant_mean": res.variant_mean,
                     "reference_mean": res.reference_mean, "delta": res.delta,
                     "ci_low": res.ci[0] if res.ci else None, "ci_high": res.ci[1] if res.ci else None,
                     "wilcoxon_p": res.wilcoxon_p, "win_rate": res.win_rate, "tie_rate": res.tie_rate,

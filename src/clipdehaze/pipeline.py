@@ -152,14 +152,17 @@ def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module
     other than ``real`` (``clip_control``, ``test_clip_control``) serves the same full-image outputs, redirected,
     averaged or zeroed, also with ``clip_cache=false`` (then from memory): see :mod:`clipdehaze.models.clip.control`."""
     from clipdehaze.models.clip.control import MemoryClipStore, PriorControl, uncontrollable_inputs
+    from clipdehaze.models.registry import clip_inputs_of
 
     control = PriorControl.from_config(cfg, train_config)
+    if control.controlled and not clip_inputs_of(module.generator):
+        log.warning("prior control %s has no effect: model=%s takes no CLIP input", control.record(),
+                    module.generator_name)
     if module.clip_prior is None or not hasattr(datamodule, "attach_clip_cache"):
         return
     from clipdehaze.data.io import load_image
     from clipdehaze.models.clip import ClipCache
     from clipdehaze.models.clip.cache import CACHEABLE
-    from clipdehaze.models.registry import clip_inputs_of
 
     if control.controlled and (bad := uncontrollable_inputs(clip_inputs_of(module.generator))):
         raise ValueError(f"model={module.generator_name} takes CLIP inputs {bad}, which a prior control cannot "

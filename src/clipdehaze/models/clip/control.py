@@ -43,6 +43,9 @@ from clipdehaze.models.clip.cache import CACHEABLE, ClipCache, LoaderFn
 from clipdehaze.models.clip.density import crop_density
 from clipdehaze.models.clip.frozen import FrozenCLIP
 
+__all__ = ["CONTROLS", "ControlledClipInputs", "MemoryClipStore", "PriorControl", "check_control", "derangement",
+           "uncontrollable_inputs"]
+
 CONTROLS = ("real", "shuffled", "constant", "zero")
 
 
@@ -80,10 +83,6 @@ class MemoryClipStore(ClipCache):
         self._entries[self.content_hash(path)] = entry
 
 
-def _unit(v: Tensor) -> Tensor:
-    return F.normalize(v, dim=-1)
-
-
 class ControlledClipInputs:
     """One split's CLIP inputs under a control, with :meth:`ClipCache.sample_inputs`'s interface (what the
     datasets call): ``store`` holds every image's full-image entry, ``paths`` are the split's input files."""
@@ -102,7 +101,7 @@ class ControlledClipInputs:
         out: dict[str, Tensor] = {}
         for key in ("text_feature", "image_embedding"):
             if key in entries[0]:
-                out[key] = _unit(torch.stack([e[key] for e in entries]).mean(0))
+                out[key] = F.normalize(torch.stack([e[key] for e in entries]).mean(0), dim=-1)
         if "density_grid" in entries[0]:
             hw = (max(e["density_grid"].shape[-2] for e in entries), max(e["density_grid"].shape[-1] for e in entries))
             grids = [F.interpolate(e["density_grid"][None], size=hw, mode="bilinear", align_corners=False)[0]
@@ -187,7 +186,3 @@ def uncontrollable_inputs(names: Sequence[str]) -> list[str]:
     """CLIP inputs a control cannot replace (not stored per image: a crop's dense features are not a crop of the
     full image's)."""
     return [n for n in names if n not in CACHEABLE]
-
-
-__all__ = ["CONTROLS", "ControlledClipInputs", "MemoryClipStore", "PriorControl", "check_control", "derangement",
-           "uncontrollable_inputs"]
