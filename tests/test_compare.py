@@ -195,6 +195,20 @@ def test_the_control_is_the_clip_free_row_or_named(tmp_path):
         compare([sweep])
 
 
+def test_identical_outputs_are_called_identical(tmp_path):
+    """A control that changes nothing the model uses (e.g. every image has the same zero-shot class, so a shuffled
+    text feature is the real one) gives Δ = 0 on every image, and the verdict says so."""
+    sweep = _study(tmp_path)
+    for d in sweep.iterdir():
+        if json.loads((d / "metrics.json").read_text())["clip_control"] == {"train": "shuffled", "test": "shuffled"}:
+            real = sweep / str(int(d.name) - 1)  # the fixture writes each seed's real run just before its shuffled one
+            (d / "per_image.csv").write_text((real / "per_image.csv").read_text())
+    _, _, comparisons = compare([sweep])
+    twin = next(c for c in comparisons if c.kind == "real vs shuffled")
+    assert twin.results["psnr"].verdict.startswith("identical on every image")
+    assert twin.results["psnr"].wilcoxon_p is None and twin.results["psnr"].tie_rate == 1.0
+
+
 def test_report_files_and_the_random_prior_statement(tmp_path, capsys):
     sweep = _study(tmp_path)
     for m in sweep.glob("*/metrics.json"):
@@ -212,6 +226,23 @@ def test_report_files_and_the_random_prior_statement(tmp_path, capsys):
     assert len(per_image) == 3 * 2 * len(IMAGES)  # comparisons x metrics x images
     html = (out / "compare.html").read_text()
     assert "save_test_outputs=true" in html  # the fixture runs saved no outputs: the page says how to get them
+
+
+def test_viewer_names_unreadable_images_instead_of_embedding_them(tmp_path):
+    sources = tmp_path / "set"
+    for n in IMAGES:
+        save_image(np.full((3, 8, 8), 0.5), sources / "hazy" / n)
+        save_image(np.full((3, 8, 8), 0.5), sources / "GT" / n)
+    sweep = _study(tmp_path, outputs=sources)
+    for f in (sweep / "0" / "test_outputs").iterdir():  # the real prior's seed-0 run: truncated files
+        f.write_bytes(f.read_bytes()[:40])
+    (sources / "GT" / IMAGES[0]).unlink()
+    make_report([sweep], tmp_path / "out", viewer_images=len(IMAGES))
+    html = (tmp_path / "out" / "compare.html").read_text()
+    assert f"(unreadable or missing: {sweep / '0' / 'test_outputs' / 'img00.png'})" in html
+    assert f"(unreadable or missing: {sources / 'GT' / IMAGES[0]})" in html
+    assert f'"file:{sweep / "0" / "test_outputs" / "img00.png"}"' not in html
+    assert f'"file:{sweep / "1" / "test_outputs" / "img00.png"}"' in html  # the shuffled run's outputs are fine
 
 
 def test_compare_reads_the_per_image_file_train_and_eval_write():

@@ -138,6 +138,8 @@ def test_controls_a_run_and_an_evaluation_resolve():
                                                                                               "test": "zero"}
     with pytest.raises(ValueError, match="test_clip_control='random' is not a prior control; choose one of real"):
         PriorControl.from_config({"clip_control": "real", "test_clip_control": "random"})
+    with pytest.raises(ValueError, match="clip_control='noise' in the training config of /runs/x.ckpt is not a prior control"):
+        PriorControl.from_config({"test_clip_control": None}, {"clip_control": "noise"}, "/runs/x.ckpt")
 
 
 def test_pipeline_serves_controlled_inputs_alike_with_and_without_the_cache(compose_cfg, split_root, tmp_path):

@@ -73,13 +73,15 @@ class _Images:
         return key
 
     def add_file(self, path: Path) -> str | None:
-        """An image file as PNG (any format load_image reads); None when it cannot be read."""
+        """An image file as PNG (a PNG as it is, any other format load_image reads re-encoded), decoded first so a
+        broken file never reaches the page; None when it cannot be read."""
         from clipdehaze.data.io import ImageReadError, encode_png, load_image
 
         key = f"file:{path}"
         if key not in self.uris:
             try:
-                data = path.read_bytes() if path.suffix.lower() == ".png" else encode_png(load_image(path))
+                image = load_image(path)
+                data = path.read_bytes() if path.suffix.lower() == ".png" else encode_png(image)
             except (OSError, ImageReadError):
                 return None
             self.add_png_bytes(key, data)
@@ -147,22 +149,22 @@ def _viewer(comparison, short: dict[int, str], metric: str, k: int, images: _Ima
             return (title + f"<p class=\"warn\">No restored images to show: {_e(missing)} does not exist. The runs "
                     "save them with <code>save_test_outputs=true</code> (the study experiments set it).</p>")
         text = png_text(v_out)
-        hazy = images.add_file(Path(text[SOURCE_KEYS[0]])) if SOURCE_KEYS[0] in text else None
-        gt = images.add_file(Path(text[SOURCE_KEYS[1]])) if SOURCE_KEYS[1] in text else None
-        v_key = images.add_png_bytes(f"out:{v_out}", v_out.read_bytes())
-        r_key = images.add_png_bytes(f"out:{r_out}", r_out.read_bytes())
+        files = [Path(text[SOURCE_KEYS[0]]) if SOURCE_KEYS[0] in text else None, r_out, v_out,
+                 Path(text[SOURCE_KEYS[1]]) if SOURCE_KEYS[1] in text else None]
+        keys = [images.add_file(f) if f is not None else None for f in files]
         d = float(res.per_image[i])
         unit = " dB" if metric == "psnr" else ""
         panels = []
-        for key, label in ((hazy, "hazy"), (r_key, f"reference: {r_name}"), (v_key, f"variant: {v_name}"),
-                           (gt, "GT")):
-            img = (f'<img class="zoom" data-src="{_e(key)}" alt="{_e(label)} {_e(name)}" '
-                   'title="click: full resolution">' if key else "<p>(file not found)</p>")
+        for key, file, label in zip(keys, files, ("hazy", f"reference: {r_name}", f"variant: {v_name}", "GT")):
+            img = (f'<img class="zoom" data-src="{_e(key)}" alt="{_e(label)} {_e(name)}" title="click: full '
+                   f'resolution">' if key else f"<p>(unreadable or missing: {_e(file or 'not recorded')})</p>")
             panels.append(f"<figure>{img}<figcaption>{_e(label)}</figcaption></figure>")
-        slider = (f'<div class="slider"><img class="zoom" data-src="{_e(r_key)}" alt="{_e(r_name)} {_e(name)}">'
-                  f'<img class="zoom after" data-src="{_e(v_key)}" alt="{_e(v_name)} {_e(name)}">'
-                  f'<input type="range" min="0" max="100" value="50" aria-label="before/after">'
-                  f"<figcaption>slider: left of the line {_e(v_name)}, right {_e(r_name)}</figcaption></div>")
+        r_key, v_key = keys[1:3]
+        slider = "" if not (r_key and v_key) else (
+            f'<div class="slider"><img class="zoom" data-src="{_e(r_key)}" alt="{_e(r_name)} {_e(name)}">'
+            f'<img class="zoom after" data-src="{_e(v_key)}" alt="{_e(v_name)} {_e(name)}">'
+            f'<input type="range" min="0" max="100" value="50" aria-label="before/after">'
+            f"<figcaption>slider: left of the line {_e(v_name)}, right {_e(r_name)}</figcaption></div>")
         cls = "pos" if d > 0 else "neg"
         blocks.append(f'<div class="viewer"><p><strong>{_e(name)}</strong>: Δ {metric.upper()} '
                       f'<span class="{cls}">{d:+.3f}{unit}</span> (mean over seeds; {res.variant_per_image[i]:.3f} vs '

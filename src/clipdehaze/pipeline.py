@@ -154,7 +154,7 @@ def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module
     from clipdehaze.models.clip.control import MemoryClipStore, PriorControl, uncontrollable_inputs
     from clipdehaze.models.registry import clip_inputs_of
 
-    control = PriorControl.from_config(cfg, train_config)
+    control = PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path"))
     if control.controlled and not clip_inputs_of(module.generator):
         log.warning("prior control %s has no effect: model=%s takes no CLIP input", control.record(),
                     module.generator_name)
@@ -188,7 +188,7 @@ def clip_control_record(cfg: DictConfig, module: DehazeLitModule,
 
     if not clip_inputs_of(module.generator):
         return None
-    return PriorControl.from_config(cfg, train_config).record()
+    return PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path")).record()
 
 
 #: Per-image metrics of the test split, written by clipdehaze-train and clipdehaze-eval alike.

@@ -61,9 +61,9 @@ def derangement(n: int, seed: int) -> list[int]:
             return perm.tolist()
 
 
-def check_control(value: Any, key: str) -> str:
+def check_control(value: Any, key: str, where: str = "") -> str:
     if value not in CONTROLS:
-        raise ValueError(f"{key}={value!r} is not a prior control; choose one of {', '.join(CONTROLS)}")
+        raise ValueError(f"{key}={value!r}{where} is not a prior control; choose one of {', '.join(CONTROLS)}")
     return value
 
 
@@ -172,13 +172,17 @@ class PriorControl:
         return store if control == "real" else ControlledClipInputs(store, paths, control, self.seed)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], train_config: Mapping[str, Any] | None = None) -> "PriorControl":
+    def from_config(cls, cfg: Mapping[str, Any], train_config: Mapping[str, Any] | None = None,
+                    source: str | None = None) -> "PriorControl":
         """A run's controls: ``clip_control`` of the training run (the checkpoint's for an evaluation; ``real`` for
         weights trained elsewhere), and ``test_clip_control`` of this run, else of the training run, else the
-        training control. The derangement seed is the training run's."""
+        training control. The derangement seed is the training run's. ``source`` names the file ``train_config``
+        was read from, for the error about a value that is not a control."""
         trained = train_config if train_config is not None else cfg
-        fit = trained.get("clip_control") or "real"
-        test = cfg.get("test_clip_control") or trained.get("test_clip_control") or fit
+        where = f" in the training config of {source}" if train_config is not None and source else ""
+        fit = check_control(trained.get("clip_control") or "real", "clip_control", where)
+        test = cfg.get("test_clip_control") or check_control(trained.get("test_clip_control") or fit,
+                                                             "test_clip_control", where)
         return cls(fit, test, int(trained.get("seed", cfg.get("seed")) or 0))
 
 
