@@ -245,6 +245,20 @@ def test_viewer_names_unreadable_images_instead_of_embedding_them(tmp_path):
     assert f'"file:{sweep / "1" / "test_outputs" / "img00.png"}"' in html  # the shuffled run's outputs are fine
 
 
+def test_the_table_has_a_prior_column(tmp_path):
+    from clipdehaze.table import make_table
+
+    sweep = _study(tmp_path)
+    evaluated = json.loads((sweep / "0" / "metrics.json").read_text())
+    evaluated["clip_control"] = {"train": "real", "test": "shuffled"}
+    evaluated["config"]["test_clip_control"] = "shuffled"
+    (sweep / "0" / "metrics.json").write_text(json.dumps(evaluated))
+    result = make_table([sweep], None, tmp_path / "table")
+    assert sorted(r["prior"] for r in result["rows"]) == ["-", "real", "shuffled", "train real / test shuffled"]
+    md = (tmp_path / "table" / "table.md").read_text()
+    assert "| dataset | method | prior |" in md and "| train real / test shuffled |" in md
+
+
 def test_compare_reads_the_per_image_file_train_and_eval_write():
     from clipdehaze import compare as C
     from clipdehaze.callbacks import SOURCE_KEYS

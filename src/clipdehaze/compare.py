@@ -396,7 +396,7 @@ def report_blocks(rows: list[Row], base: Row, comparisons: list[Comparison], met
     ``("h", level, text)``, ``("p", text)``, ``("warn", text)``, ``("ul", [items])``, ``("table", header, rows)``.
     Text may hold ``**bold**`` and ```code``` spans."""
     short = short_names(rows)
-    blocks: list[tuple] = [("h", 1, f"Does the CLIP prior help? {rows[0].dataset}, {base.images} test images")]
+    blocks: list[tuple] = [("h", 1, f"Does the CLIP prior help? {rows[0].dataset} (test images: {base.images})")]
     if random_prior(rows):
         blocks.append(("warn", RANDOM_PRIOR_NOTE))
     blocks += [("p", f"Control: **{short[id(base)]}** = {row_name(base)}."), ("h", 2, "Rows"),
