@@ -6,11 +6,13 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-fast demo bench gpu-check clean help
+.PHONY: install test test-fast demo study bench gpu-check clean help
 
 help:
 	@echo "make demo   - train/evaluate the comparison on the embedded synthetic haze set (CPU, offline)"
 	@echo "make test   - run the test suite (CPU, offline)"
+	@echo "make study  - does the CLIP prior help? the prior study of each CLIP-guided net, shortened (CPU, offline,"
+	@echo "              random tiny CLIP: it shows the machinery, its prior carries no information)"
 	@echo "make bench  - params / MACs / latency / memory of every generator -> outputs/bench/"
 	@echo "make gpu-check - install, then check the GPU path (Triton kernels, CUDA tests, throughput) -> outputs/gpu-check/"
 
@@ -30,6 +32,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m clipdehaze.demo
+
+study: $(STAMP)
+	$(BIN)/python -m clipdehaze.study
 
 bench: $(STAMP)
 	$(BIN)/clipdehaze-bench

@@ -53,7 +53,8 @@ NEEDS = {
 }
 
 TOOLS = {"train": "clipdehaze.train", "eval": "clipdehaze.evaluate", "predict": "clipdehaze.predict",
-         "data": "clipdehaze.data.cli", "table": "clipdehaze.table", "bench": "clipdehaze.bench"}
+         "data": "clipdehaze.data.cli", "table": "clipdehaze.table", "bench": "clipdehaze.bench",
+         "compare": "clipdehaze.compare"}
 _PLACEHOLDER = re.compile(r"<([A-Za-z][\w-]*)>")
 _NEEDS_MARK = re.compile(r"\(needs: ([\w-]+)\)")
 

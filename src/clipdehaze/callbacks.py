@@ -31,6 +31,33 @@ class PreemptionCheckpoint(L.Callback):
         log.warning("SIGTERM received at global step %d: saved %s; resume with resume=auto", trainer.global_step, path)
 
 
+#: Text chunks of a saved test output naming the files it was restored from and scored against.
+SOURCE_KEYS = ("clipdehaze-input", "clipdehaze-target")
+
+
+class SaveTestOutputs(L.Callback):
+    """Write each test image's restored output (clamped to [0, 1], 8-bit PNG) to ``dirpath/<input stem>.png``, with
+    the absolute paths of its input and target files in the PNG's text chunks (:data:`SOURCE_KEYS`), so a reader
+    (``clipdehaze-compare``'s image viewer) finds all three without the run's data config. Each rank writes the
+    images it scored."""
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        from clipdehaze.data.io import save_image
+
+        if outputs is None:
+            return
+        test_set = getattr(getattr(trainer, "datamodule", None), "test_set", None)
+        pairs = getattr(getattr(test_set, "dataset", test_set), "pairs", None)
+        for out, name, index in zip(outputs, batch["name"], batch["index"].tolist()):
+            text = {}
+            if pairs is not None:
+                text = {k: str(Path(p).resolve()) for k, p in zip(SOURCE_KEYS, pairs[index]) if p is not None}
+            save_image(out.detach().float().clamp(0, 1).cpu(), self.dirpath / f"{Path(name).stem}.png", text=text)
+
+
 PANEL_LABELS = ("hazy", "output", "GT", "CLIP density")
 
 

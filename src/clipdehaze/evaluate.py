@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     module = module_for_inference(cfg)
     module.hparams["sample_images"] = cfg.get("num_grid_images", 4)
-    attach_clip_cache(cfg, datamodule, module)
+    attach_clip_cache(cfg, datamodule, module, train_config)
     trainer = build_trainer(cfg)
     start = time.perf_counter()
     trainer.test(module, datamodule=datamodule)

@@ -223,7 +223,8 @@ class DehazeLitModule(L.LightningModule):
         self._test_names.clear()
         self.test_samples.clear()
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        # Returned for callbacks (SaveTestOutputs).
         out = self._eval_step(batch, self.test_metrics)
         for i, name in zip(batch["index"].tolist(), batch["name"]):
             self._test_names[int(i)] = name
@@ -234,6 +235,7 @@ class DehazeLitModule(L.LightningModule):
                 "target": batch["target"][0].detach().cpu(),
                 "name": batch["name"][0],
             })
+        return out
 
     def test_key(self, metric: str) -> str:
         suffix = self.hparams.get("dataset_name")

@@ -39,6 +39,10 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
                            f"{torch.__version__} sees none here; use trainer=cpu, or trainer=default (accelerator=auto "
                            "picks the GPU where there is one)")
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if cfg.get("save_test_outputs"):
+        from clipdehaze.callbacks import SaveTestOutputs
+
+        callbacks.append(SaveTestOutputs(Path(cfg.paths.output_dir) / "test_outputs"))
     loggers = _instantiate_group(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
@@ -147,20 +151,50 @@ def check_crop_fits_model(datamodule: L.LightningDataModule, module: DehazeLitMo
                              f"takes ({minimum} px per side); set data.{option}={minimum} or more")
 
 
-def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module: DehazeLitModule) -> None:
+def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module: DehazeLitModule,
+                      train_config: dict[str, Any] | None = None) -> None:
     """With ``clip_cache=true``, serve the generator's cacheable CLIP inputs from disk (computed once per image,
-    keyed by content hash + CLIP model id + prompts; stale entries are rebuilt, never used)."""
-    if not cfg.get("clip_cache") or module.clip_prior is None or not hasattr(datamodule, "attach_clip_cache"):
+    keyed by content hash + CLIP model id + prompts; stale entries are rebuilt, never used). A prior control
+    other than ``real`` (``clip_control``, ``test_clip_control``) serves the same full-image outputs, redirected,
+    averaged or zeroed, also with ``clip_cache=false`` (then from memory): see :mod:`clipdehaze.models.clip.control`."""
+    from clipdehaze.models.clip.control import MemoryClipStore, PriorControl, uncontrollable_inputs
+    from clipdehaze.models.registry import clip_inputs_of
+
+    control = PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path"))
+    if control.controlled and not clip_inputs_of(module.generator):
+        log.warning("prior control %s has no effect: model=%s takes no CLIP input", control.record(),
+                    module.generator_name)
+    if module.clip_prior is None or not hasattr(datamodule, "attach_clip_cache"):
         return
     from clipdehaze.data.io import load_image
     from clipdehaze.models.clip import ClipCache
     from clipdehaze.models.clip.cache import CACHEABLE
+
+    if control.controlled and (bad := uncontrollable_inputs(clip_inputs_of(module.generator))):
+        raise ValueError(f"model={module.generator_name} takes CLIP inputs {bad}, which a prior control cannot "
+                         f"replace (not stored per image); use clip_control=real")
+    names = [n for n in clip_inputs_of(module.generator) if n in CACHEABLE]
+    if not names:
+        return
+    if cfg.get("clip_cache"):
+        store = ClipCache(Path(cfg.paths.cache_dir) / "clip", module.clip_prior, names=names, loader_fn=load_image)
+    elif control.controlled:
+        store = MemoryClipStore(module.clip_prior, names, loader_fn=load_image)
+    else:
+        return
+    datamodule.attach_clip_cache(store, names, control=control)
+
+
+def clip_control_record(cfg: DictConfig, module: DehazeLitModule,
+                        train_config: dict[str, Any] | None = None) -> dict[str, str] | None:
+    """``metrics.json``'s ``clip_control``: the prior controls of training and test, None for a generator without
+    CLIP inputs."""
+    from clipdehaze.models.clip.control import PriorControl
     from clipdehaze.models.registry import clip_inputs_of
 
-    names = [n for n in clip_inputs_of(module.generator) if n in CACHEABLE]
-    if names:
-        cache = ClipCache(Path(cfg.paths.cache_dir) / "clip", module.clip_prior, names=names, loader_fn=load_image)
-        datamodule.attach_clip_cache(cache, names)
+    if not clip_inputs_of(module.generator):
+        return None
+    return PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path")).record()
 
 
 #: Per-image metrics of the test split, written by clipdehaze-train and clipdehaze-eval alike.
@@ -274,6 +308,7 @@ def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, flo
         "dataset": dataset,
         "weights": weights or {"origin": "unknown"},
         "clip": getattr(prior, "model_id", None),
+        "clip_control": clip_control_record(cfg, module, train_config),
         "code": provenance.code_provenance(),
         "environment": provenance.environment_provenance(provenance.trainer_device(trainer)),
         "config_sha256": provenance.config_sha256({"eval": config, "train": train_config} if train_config else config),

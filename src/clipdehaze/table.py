@@ -64,6 +64,7 @@ class Run:
     weights_origin: str
     clip: str | None
     model_config: dict[str, Any] | None
+    prior: str = "-"
 
 
 def _test_metrics(metrics: dict[str, Any], dataset: str | None) -> dict[str, float]:
@@ -104,6 +105,19 @@ def _model_config(summary: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _prior(summary: dict[str, Any]) -> str:
+    """The ``prior`` cell: the CLIP prior control (:mod:`clipdehaze.models.clip.control`), ``real``, ``shuffled``,
+    ``train real / test shuffled``..., or ``-`` for a generator without CLIP input. A run from before prior controls
+    existed had the real prior whenever it built a CLIP."""
+    if "clip_control" not in summary:
+        return "real" if summary.get("clip") else "-"
+    record = summary["clip_control"]
+    if not record:
+        return "-"
+    train, test = record.get("train", "real"), record.get("test", "real")
+    return train if train == test else f"train {train} / test {test}"
+
+
 def to_run(summary: dict[str, Any], path: str) -> Run:
     dataset = summary.get("dataset") or {}
     data = str(summary.get("data"))
@@ -113,7 +127,7 @@ def to_run(summary: dict[str, Any], path: str) -> Run:
         metrics=_test_metrics(summary.get("metrics", {}), summary.get("data")), params=summary.get("params"),
         images=dataset.get("images", summary.get("images")), available=dataset.get("available"),
         subset=bool(dataset.get("subset")), weights_origin=(summary.get("weights") or {}).get("origin", "unknown"),
-        clip=summary.get("clip"), model_config=_model_config(summary))
+        clip=summary.get("clip"), model_config=_model_config(summary), prior=_prior(summary))
 
 
 def collect_runs(paths: list[Path]) -> list[Run]:
@@ -205,6 +219,11 @@ class Row:
         values = sorted({r.images for r in self.runs if r.images is not None})
         return "/".join(map(str, values)) if values else "-"
 
+    @property
+    def prior(self) -> str:
+        """The CLIP prior control of the row's runs (``-``: no CLIP input)."""
+        return ", ".join(sorted({r.prior for r in self.runs}))
+
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
     """Each key's last dotted component when that is unique among ``keys``, else the full key."""
@@ -292,7 +311,8 @@ def build_rows(groups: list[Row], published: list[dict[str, Any]], macs: dict[in
             matched.add((g.generator, g.dataset))
         row: dict[str, Any] = {
             "dataset": g.dataset, "method": g.generator + (f" ({g.label})" if g.label else ""),
-            "generator": g.generator, "variant": g.label, "n": len(g.runs), "seeds": " ".join(map(str, g.seeds)),
+            "generator": g.generator, "variant": g.label, "prior": g.prior, "n": len(g.runs),
+            "seeds": " ".join(map(str, g.seeds)),
             "images": g.images, "manifest": (g.manifest or "")[:12],
             "params_m": g.params / 1e6 if g.params is not None else None,
             "macs_g": (macs or {}).get(i), "protocol": g.protocol, "flags": "; ".join(g.flags),
@@ -361,14 +381,14 @@ def to_markdown(rows: list[dict[str, Any]], unmatched: list[dict[str, Any]], pro
     notes = _Footnotes()
     metrics = _metric_names(rows)
     has_pub = any(r["published_psnr"] is not None for r in rows)
-    head = ["dataset", "method", *["PSNR (dB)" if m == "psnr" else m.upper() for m in metrics], "n", "images",
-            "params (M)", "MACs (G)"]
+    head = ["dataset", "method", "prior", *["PSNR (dB)" if m == "psnr" else m.upper() for m in metrics], "n",
+            "images", "params (M)", "MACs (G)"]
     if has_pub:
         head += ["published PSNR / SSIM", "Δ PSNR", "Δ SSIM", "source"]
     head += ["flags"]
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["dataset"], r["method"], *[_stat_cell(r, m) for m in metrics], str(r["n"]),
+        cells = [r["dataset"], r["method"], r["prior"], *[_stat_cell(r, m) for m in metrics], str(r["n"]),
                  r["images"], _f(r["params_m"], 3), _f(r["macs_g"], 2)]
         if has_pub:
             pub = ("-" if r["published_psnr"] is None else
@@ -378,7 +398,8 @@ def to_markdown(rows: list[dict[str, Any]], unmatched: list[dict[str, Any]], pro
         cells.append(r["flags"] or "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Each row is one variant; mean ± std [95% t-interval] over its n seeds (a single seed: the value). "
-              "images: test images scored per run.", "", "Metric protocol of our rows:",
+              "images: test images scored per run. prior: the CLIP prior control (real, shuffled, constant, zero; "
+              "- for no CLIP input).", "", "Metric protocol of our rows:",
               *[f"- {p}" for p in protocols]]
     if unmatched:
         lines += ["", "## Published rows without a matching run", "",

@@ -195,10 +195,12 @@ class PairedDataModule(L.LightningDataModule):
         self.predict_set: Dataset | None = None
         self.clip_cache = None
         self.clip_names: tuple[str, ...] = ()
+        self.clip_control = None
 
-    def attach_clip_cache(self, cache, names: Sequence[str]) -> None:
-        """Serve the generator's CLIP inputs ``names`` from ``cache`` (built for every input image at setup)."""
-        self.clip_cache, self.clip_names = cache, tuple(names)
+    def attach_clip_cache(self, cache, names: Sequence[str], control=None) -> None:
+        """Serve the generator's CLIP inputs ``names`` from ``cache`` (built for every input image at setup);
+        a :class:`clipdehaze.models.clip.control.PriorControl` decides per split what each image receives."""
+        self.clip_cache, self.clip_names, self.clip_control = cache, tuple(names), control
 
     # ------------------------------------------------------------------------------------------
 
@@ -231,15 +233,19 @@ class PairedDataModule(L.LightningDataModule):
             self._serve_clip_cache()
 
     def _serve_clip_cache(self) -> None:
+        from clipdehaze.models.clip.control import PriorControl
+
+        control = self.clip_control or PriorControl()
         # Built here, in the main process, so data-loader workers only read (a miss would run CLIP in a worker).
         # Lightning calls setup on the device the module is about to move to; the prior goes there first.
         device = self.trainer.strategy.root_device if self.trainer is not None else None
         for ds in (self.train_set, self.val_set, self.test_set, self.predict_set):
             base = getattr(ds, "dataset", ds)  # evenly_spaced_subset wraps in a Subset
-            if base is None or base.clip_cache is self.clip_cache:
+            if base is None or base.clip_cache is not None:
                 continue
-            self.clip_cache.build(base.input_paths(), device=device)
-            base.attach_clip_cache(self.clip_cache, self.clip_names)
+            source = control.source(self.clip_cache, base.input_paths(), base.mode, device=device)
+            if source is not None:
+                base.attach_clip_cache(source, self.clip_names)
 
     # ------------------------------------------------------------------------------------------
 
