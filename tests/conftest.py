@@ -142,9 +142,9 @@ def compose_cfg(tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from clipdehaze.utils.hydra_utils import register_resolvers
+    from clipdehaze.utils.hydra_utils import register_with_hydra
 
-    register_resolvers()
+    register_with_hydra()
 
     def make(config_name: str = "train", overrides: list[str] | None = None, out: Path | None = None):
         GlobalHydra.instance().clear()

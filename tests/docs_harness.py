@@ -151,9 +151,9 @@ def make_paper_datasets(data_dir: Path) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from clipdehaze.utils.hydra_utils import register_resolvers
+    from clipdehaze.utils.hydra_utils import register_with_hydra
 
-    register_resolvers()
+    register_with_hydra()
     names = []
     for cfg_file in sorted((REPO / "conf" / "data").glob("*.yaml")):
         name = cfg_file.stem

@@ -106,6 +106,7 @@ def test_generator_inputs_match_the_single_calls(tiny, images):
     assert torch.allclose(out["text_feature"], tiny.text_feature(images), atol=1e-6)
     assert torch.allclose(out["density_map"], tiny.density_map(images), atol=1e-6)
     assert torch.allclose(out["dense_features"], tiny.dense_features(images), atol=1e-6)
+    assert torch.equal(out["image_encoder"](images.flip(-1)), tiny.image_embedding(images.flip(-1)))
     assert tiny.generator_inputs([], images) == {}
     with pytest.raises(ValueError, match="unknown CLIP inputs"):
         tiny.generator_inputs(["text"], images)

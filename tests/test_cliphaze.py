@@ -167,3 +167,31 @@ def test_tiny_random_clip_end_to_end(compose_cfg):
     assert set(inputs) == {"density_map", "image_embedding"}
     y = model(x, **inputs)
     assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+# Module names before CLIPHaze moved onto the shared skeleton (clipdehaze.models.unet); the weights are the same.
+_PRE_SKELETON_NAMES = {"patch_embed.proj.": "shallow.proj.", "patch_merge1.": "down1.", "patch_merge2.": "down2.",
+                       "patch_split1.": "up1.", "patch_split2.": "up2.", "patch_unembed.proj.0.": "reconstruct.proj."}
+
+
+def test_outputs_equal_the_pre_skeleton_network():
+    """Same weights (each parameter drawn from a seed of its pre-skeleton name), same inputs: the outputs stored from
+    CLIPHaze's own U-Net wiring before it moved onto the skeleton DehazeFormer and MixDehazeNet share."""
+    import zlib
+    from pathlib import Path
+
+    model = create_generator("cliphaze_test").eval()
+    for name, p in model.named_parameters():
+        old = next((name.replace(new, was, 1) for new, was in _PRE_SKELETON_NAMES.items() if name.startswith(new)),
+                   name)
+        g = torch.Generator().manual_seed(zlib.crc32(old.encode()))
+        p.data.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if old.endswith(("norm1.weight", "norm2.weight"))
+                                                               else 0.0))
+    g = torch.Generator().manual_seed(15)
+    x = torch.rand(2, 3, 21, 27, generator=g)
+    density = torch.rand(2, 1, 21, 27, generator=g)
+    embedding = F.normalize(torch.randn(2, 512, generator=g), dim=-1)
+    expected = torch.load(Path(__file__).parent / "data" / "cliphaze_test_pre_skeleton.pt", weights_only=True)
+    with torch.no_grad():
+        out = model(x, density_map=density, image_embedding=embedding)
+    torch.testing.assert_close(out, expected["output"], rtol=0, atol=1e-5)

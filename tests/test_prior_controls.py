@@ -190,7 +190,7 @@ def test_mixdehazenet_arm_is_mixdehazenet(compose_cfg):
                                              ("zero", True), ("cliphaze_sum", False)])
 def test_study_arms_compose(arm, clip_inputs, compose_cfg):
     from clipdehaze.models import create_generator
-    from clipdehaze.models.registry import clip_inputs_of
+    from clipdehaze.models import clip_inputs_of
 
     cfg = compose_cfg("train", ["experiment=study_cliphaze", "model=cliphaze_test", "clip=tiny_random", f"arm={arm}"])
     model = OmegaConf.to_container(cfg.model, resolve=True)

@@ -256,8 +256,9 @@ def test_experiments_compose_and_instantiate(experiment, compose_cfg):
 
 def test_model_configs_follow_the_clip_width(compose_cfg):
     cfg = compose_cfg("train", ["model=sar_weather_t", "clip=tiny_random"])
-    assert OmegaConf.to_container(cfg.model, resolve=True) == {"name": "sar_weather_t", "clip_dim": 64,
-                                                                "cwp": True, "srd": True}
+    assert OmegaConf.to_container(cfg.model, resolve=True) == {
+        "name": "sar_weather_t", "dims": [24, 48, 96], "enc_depths": [4, 4, 10], "dec_depths": [4, 4], "clip_dim": 64,
+        "cwp": True, "srd": True}
 
 
 def _png(path: Path, rng: np.random.Generator, size=(24, 32)) -> None:

@@ -93,15 +93,21 @@ def count_macs(model: torch.nn.Module, x: torch.Tensor, inputs: dict[str, torch.
     return counter.get_total_flops() // 2
 
 
-def dummy_clip_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Random tensors shaped like the CLIP inputs a generator asks for (for MACs, which ignore values)."""
+def dummy_clip_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Random tensors shaped like the CLIP inputs a generator asks for (for MACs, which ignore values); an
+    ``image_encoder`` returns random embeddings of the images it is given."""
     from clipdehaze.models import clip_inputs_of
 
     d = getattr(model, "clip_dim", None) or getattr(model, "text_dim", None) or 512
     b, _, h, w = x.shape
     shapes = {"text_feature": (b, 1, d), "image_embedding": (b, d), "density_map": (b, 1, h, w),
               "dense_features": (b, d, max(1, h // 32), max(1, w // 32))}
-    return {n: torch.rand(shapes[n], device=x.device) for n in clip_inputs_of(model)}
+
+    def encoder(images: torch.Tensor) -> torch.Tensor:
+        return torch.rand(images.shape[0], d, device=images.device)
+
+    return {n: encoder if n == "image_encoder" else torch.rand(shapes[n], device=x.device)
+            for n in clip_inputs_of(model)}
 
 
 def generator_macs(name: str, size: int = 256, graph: str = "upstream", **kwargs) -> int:
@@ -125,12 +131,11 @@ def generator_macs(name: str, size: int = 256, graph: str = "upstream", **kwargs
 
 
 def _build(name: str, clip_cfg: dict[str, Any] | None, device: torch.device):
-    from clipdehaze.lit_module import auxiliary_terms
     from clipdehaze.models import clip_inputs_of, create_generator
 
     model = create_generator(name).to(device).eval()
     prior = None
-    if clip_inputs_of(model) or auxiliary_terms(model):
+    if clip_inputs_of(model) or model.auxiliary_terms:
         from clipdehaze.models.clip import FrozenCLIP
 
         prior = FrozenCLIP(**(clip_cfg or DEFAULT_CLIP)).to(device)
@@ -215,7 +220,6 @@ def _peak_memory(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | 
 def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: int = 3, train_batch: int = 4,
                 train_crop: int = 128, clip_cfg: dict | None = None, memory: bool = True, tile: int = 256,
                 max_untiled_gmacs: float = 60.0, timeout: float = 600.0) -> dict[str, Any]:
-    from clipdehaze.lit_module import auxiliary_terms
     from clipdehaze.utils.tiling import tiled_forward
 
     torch.manual_seed(0)
@@ -261,7 +265,7 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
         xb = torch.rand(train_batch, 3, train_crop, train_crop, device=device)
         yb = torch.rand_like(xb)
         cached = _clip_inputs(model, prior, xb)
-        aux = auxiliary_terms(model)
+        aux = model.auxiliary_terms
 
         def step(live: bool):
             inputs = _clip_inputs(model, prior, xb) if live else cached

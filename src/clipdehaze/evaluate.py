@@ -33,10 +33,10 @@ from clipdehaze.pipeline import (
     run_summary,
     write_run_results,
 )
-from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 
 log = logging.getLogger("clipdehaze.eval")
-register_resolvers()
+register_with_hydra()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

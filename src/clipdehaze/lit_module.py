@@ -1,18 +1,18 @@
 """The one LightningModule behind every generator.
 
 Everything architecture-specific lives in the generator (``clipdehaze.models.generators``); this module only
-knows the generator contract:
+knows the generator contract, :class:`clipdehaze.models.Generator`:
 
 * ``forward(x, **clip_inputs)`` maps images in [0, 1] to images in [0, 1] (unclamped);
 * ``generator.clip_inputs`` names what it wants from the frozen CLIP prior (``text_feature``,
   ``density_map``, ``image_embedding`` ...); the data module may serve them from the embedding cache as
   ``batch["clip"]``, otherwise they are computed on the fly;
-* optionally ``generator.auxiliary_losses(x, target, output, clip_prior)`` returns training-only loss terms
-  (e.g. a distillation loss); each is weighted by ``loss_fn.aux_weights[name]`` and added to the reconstruction
-  loss, so their weights are loss config (``loss=sar_weather``), not model config. A term the loss gives no
-  weight counts 0 (a loss that does not know a term cannot have meant 1), and when no term has a positive
-  weight the call is skipped, so it needs no CLIP; a term the generator was built for but the loss switches off
-  is warned about once per fit (its head then trains nothing).
+* ``generator.auxiliary_terms`` names the training-only loss terms ``generator.auxiliary_losses(x, target,
+  output, clip_prior)`` returns (e.g. a distillation loss); each is weighted by ``loss_fn.aux_weights[name]`` and
+  added to the reconstruction loss, so their weights are loss config (``loss=sar_weather``), not model config. A
+  term the loss gives no weight counts 0 (a loss that does not know a term cannot have meant 1), and when no term
+  has a positive weight the call is skipped, so it needs no CLIP; a term the generator was built for but the loss
+  switches off is warned about once per fit (its head then trains nothing).
 
 All constructor arguments are plain containers (dicts of numbers and strings), so checkpoints hold no pickled
 objects and load with ``torch.load(..., weights_only=True)``. The frozen CLIP is rebuilt from its config and is
@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.losses import L1Loss
 from clipdehaze.metrics import ImageQualityMetrics, describe_protocol
-from clipdehaze.models.registry import clip_inputs_of, create_generator
+from clipdehaze.models import Generator, clip_inputs_of, create_generator
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,6 @@ def _plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
-
-
-def auxiliary_terms(generator: torch.nn.Module) -> tuple[str, ...]:
-    """Names of the training-only terms ``generator.auxiliary_losses`` returns, known without running it.
-
-    A generator lists them in ``auxiliary_terms``; SARWeatherNet instead has one term, ``srd``, switched by the
-    boolean attribute of that name.
-    """
-    if not hasattr(generator, "auxiliary_losses"):
-        return ()
-    declared = getattr(generator, "auxiliary_terms", None)
-    if declared is not None:
-        return tuple(declared)
-    return ("srd",) if getattr(generator, "srd", False) else ()
 
 
 #: Checkpoint key of the resolved training config (see ``DehazeLitModule.run_config``).
@@ -113,7 +99,7 @@ class DehazeLitModule(L.LightningModule):
 
         gen_cfg = dict(hp["generator"])
         name = gen_cfg.pop("name")
-        self.generator = create_generator(name, **gen_cfg)
+        self.generator: Generator = create_generator(name, **gen_cfg)
         self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else L1Loss()
 
         wants_clip = bool(clip_inputs_of(self.generator)) or bool(getattr(self.loss_fn, "needs_clip", False))
@@ -162,7 +148,7 @@ class DehazeLitModule(L.LightningModule):
         return {k: float(w) for k, w in weights.items() if float(w) > 0}
 
     def on_fit_start(self) -> None:
-        built = auxiliary_terms(self.generator)
+        built = self.generator.auxiliary_terms
         weights = getattr(self.loss_fn, "aux_weights", None) or {}
         if off := [t for t in built if t not in self.aux_weights]:
             rank_zero_warn(
@@ -180,9 +166,9 @@ class DehazeLitModule(L.LightningModule):
         out = self(x, batch)
         loss = self.loss_fn(out, y, x)
         terms = {}
-        aux, weights = getattr(self.generator, "auxiliary_losses", None), self.aux_weights
-        if aux is not None and weights:
-            terms = aux(x, y, out, self.clip_prior)
+        weights = self.aux_weights
+        if any(t in weights for t in self.generator.auxiliary_terms):
+            terms = self.generator.auxiliary_losses(x, y, out, self.clip_prior)
             for k, v in terms.items():
                 loss = loss + weights.get(k, 0.0) * v
         if not torch.isfinite(loss):

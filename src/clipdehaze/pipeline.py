@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.lit_module import DehazeLitModule
-from clipdehaze.models.registry import create_generator
+from clipdehaze.models import create_generator
 from clipdehaze.utils.checkpoint import load_generator_weights
 from clipdehaze.utils.files import atomic_write, to_json, write_in_order
 
@@ -158,7 +158,7 @@ def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module
     other than ``real`` (``clip_control``, ``test_clip_control``) serves the same full-image outputs, redirected,
     averaged or zeroed, also with ``clip_cache=false`` (then from memory): see :mod:`clipdehaze.models.clip.control`."""
     from clipdehaze.models.clip.control import MemoryClipStore, PriorControl, uncontrollable_inputs
-    from clipdehaze.models.registry import clip_inputs_of
+    from clipdehaze.models import clip_inputs_of
 
     control = PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path"))
     if control.controlled and not clip_inputs_of(module.generator):
@@ -190,7 +190,7 @@ def clip_control_record(cfg: DictConfig, module: DehazeLitModule,
     """``metrics.json``'s ``clip_control``: the prior controls of training and test, None for a generator without
     CLIP inputs."""
     from clipdehaze.models.clip.control import PriorControl
-    from clipdehaze.models.registry import clip_inputs_of
+    from clipdehaze.models import clip_inputs_of
 
     if not clip_inputs_of(module.generator):
         return None

@@ -23,12 +23,12 @@ from omegaconf import DictConfig
 from clipdehaze.data.datasets import list_images
 from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, png_text, save_image
 from clipdehaze.pipeline import module_for_inference
-from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 from clipdehaze.utils.memory import available_memory_bytes
 from clipdehaze.utils.tiling import auto_tile, check_tiling, crop_inputs, tiled_forward
 
 log = logging.getLogger("clipdehaze.predict")
-register_resolvers()
+register_with_hydra()
 
 
 #: The PNG text chunk that marks a file as this command's output (replaceable without overwrite=true).

@@ -29,10 +29,10 @@ from clipdehaze.pipeline import (
     write_run_results,
 )
 from clipdehaze.provenance import weights_provenance
-from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_resolvers
+from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 
 log = logging.getLogger("clipdehaze.train")
-register_resolvers()
+register_with_hydra()
 
 
 def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:

@@ -1,9 +1,10 @@
-"""Blocks shared by the DehazeFormer family of generators.
+"""Building blocks shared by several generators.
 
-``PatchEmbed``, ``PatchUnEmbed`` and ``SKFusion`` follow DehazeFormer ("Vision Transformers for Single
-Image Dehazing", Song et al., IEEE TIP 2023; https://github.com/IDKiro/DehazeFormer, MIT licence)
-parameter for parameter: same attribute names, shapes and arithmetic, so official checkpoints of
-DehazeFormer and of the networks built on its skeleton (MixDehazeNet, MixCLDehazeNet) load unchanged.
+``PatchEmbed``, ``PatchUnEmbed``, ``SKFusion`` and ``WindowAttention`` follow DehazeFormer ("Vision Transformers for
+Single Image Dehazing", Song et al., IEEE TIP 2023; https://github.com/IDKiro/DehazeFormer, MIT licence) parameter
+for parameter: same attribute names, shapes and arithmetic, so official checkpoints of DehazeFormer and of the
+networks built on its skeleton (MixDehazeNet, MixCLDehazeNet) load unchanged. CLIPHaze reuses the window attention
+(with its relative-position MLP) and the skeleton (:mod:`clipdehaze.models.unet`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "softmax", "upstream_graph", "without_autocast"]
-
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "WindowAttention", "get_relative_positions",
+           "softmax", "upstream_graph", "without_autocast"]
 
 
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -34,6 +35,7 @@ def without_autocast(device_type: str):
     if torch.amp.is_autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return nullcontext()
+
 
 class UpstreamGraph:
     """Mixin for a module that runs a cheaper, numerically equivalent form of a published computation.
@@ -131,3 +133,71 @@ class SKFusion(nn.Module):
         attn = self.mlp(feats.sum(dim=1).mean(dim=(2, 3), keepdim=True))
         attn = softmax(attn.view(B, self.height, C, 1, 1), dim=1)
         return (feats * attn).sum(dim=1)
+
+
+def _relative_offsets(window_size: int) -> torch.Tensor:
+    """(N, N, 2) integer (dy, dx) from each key to each query of a window, N = window_size**2, row-major."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+    coords = coords.flatten(1)
+    return (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+
+
+def get_relative_positions(window_size: int) -> torch.Tensor:
+    """(N, N, 2) log-spaced relative positions ``sign(d)·log(1 + |d|)``, the input of the position MLP."""
+    rel = _relative_offsets(window_size)
+    return torch.sign(rel) * torch.log(1.0 + rel.abs())
+
+
+class WindowAttention(UpstreamGraph, nn.Module):
+    """DehazeFormer's multi-head attention inside each window, with a relative-position bias predicted by a small MLP.
+
+    The MLP runs on the (2w-1)^2 distinct offsets; ``upstream_graph=True`` runs it on all w^4 pairs as upstream.
+    :meth:`attend` partitions a channel-last map into windows around it.
+    """
+
+    def __init__(self, dim: int, window_size: int, num_heads: int):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.register_buffer("relative_positions", get_relative_positions(window_size))
+        self.meta = nn.Sequential(nn.Linear(2, 256, bias=True), nn.ReLU(True), nn.Linear(256, num_heads, bias=True))
+
+        # The w^4 (query, key) pairs of a window share only (2w-1)^2 distinct offsets: the MLP runs once per
+        # offset, on one representative row of ``relative_positions``, and the result is gathered per pair.
+        span = 2 * window_size - 1
+        rel = _relative_offsets(window_size).flatten(0, 1) + (window_size - 1)
+        self.register_buffer("_offset_index", rel[:, 0] * span + rel[:, 1], persistent=False)  # pair -> offset
+        d = torch.arange(span) - (window_size - 1)
+        dy, dx = (t.flatten() for t in torch.meshgrid(d, d, indexing="ij"))  # offset ids in the same order
+        qy, qx = dy.clamp(min=0), dx.clamp(min=0)  # a query with a key at (q - d) inside the window
+        rows = (qy * window_size + qx) * window_size ** 2 + (qy - dy) * window_size + (qx - dx)
+        self.register_buffer("_offset_rows", rows, persistent=False)  # offset -> one (query, key) pair
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """(num_heads, N, N) additive attention bias."""
+        if self.upstream_graph:  # upstream: the MLP on every one of the N x N (query, key) pairs
+            return self.meta(self.relative_positions).permute(2, 0, 1)
+        n = self.window_size ** 2
+        table = self.meta(self.relative_positions.view(-1, 2)[self._offset_rows])  # ((2w-1)^2, heads)
+        return table[self._offset_index].view(n, n, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(windows, heads, N, head_dim) each -> same shape."""
+        # Explicit rather than F.scaled_dot_product_attention: on CPU a float mask sends SDPA to its math path,
+        # which adds masked-row checks (all/where) that cost more than they save here.
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn += self.relative_position_bias()
+        return softmax(attn, dim=-1) @ v
+
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3C) channel-last ``[Q | K | V]``, H and W whole windows -> (B, H, W, C): every window attends
+        within itself. One strided copy in, one out (a free view in when ``qkv`` is contiguous)."""
+        B, H, W = qkv.shape[:3]
+        ws, heads = self.window_size, self.num_heads
+        nh, nw, hd = H // ws, W // ws, self.dim // heads
+        windows = qkv.reshape(B, nh, ws, nw, ws, 3, heads, hd)
+        windows = windows.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * nh * nw, heads, ws * ws, hd)
+        out = self(*windows.unbind(0))
+        return out.view(B, nh, nw, heads, ws, ws, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, H, W, self.dim)

@@ -1,51 +1,48 @@
-"""Explicit generator registry.
+"""The generator registry: family name -> the callable that builds it. A leaf module: it imports no model.
 
-Each architecture file decorates its factory functions (``dehazeformer_t``, ``mixdehazenet_s`` ...) with
-:func:`register_generator`; ``clipdehaze.models.generators`` imports every architecture file by name (no
-directory scanning), so one broken file fails loudly at import instead of silently vanishing.
+An architecture file registers its network class (or a factory function) under the family name its variant file
+uses (``dehazeformer.yaml`` names family ``dehazeformer``)::
+
+    @register_generator("dehazeformer")
+    class DehazeFormer(GeneratorBase): ...
+
+Registration happens when the architecture file is imported; :func:`clipdehaze.models.create_generator` imports
+the file that a family's variant file names (``module:``) before looking the family up here, so nothing imports
+every architecture up front and nothing here knows any of them.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import torch.nn as nn
+__all__ = ["register_generator", "registered_builder"]
 
-_GENERATORS: dict[str, Callable[..., nn.Module]] = {}
+Builder = TypeVar("Builder", bound=Callable[..., Any])
 
-
-def register_generator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a factory under its function name."""
-    name = fn.__name__
-    if name in _GENERATORS and _GENERATORS[name] is not fn:
-        raise ValueError(f"generator {name!r} registered twice")
-    _GENERATORS[name] = fn
-    return fn
+_BUILDERS: dict[str, Callable[..., Any]] = {}
 
 
-def _ensure_loaded() -> None:
-    import clipdehaze.models.generators  # noqa: F401  (registers every architecture)
+def register_generator(family: str) -> Callable[[Builder], Builder]:
+    """Decorator: register a class or factory as the builder of generator family ``family``."""
+    if not family.isidentifier():
+        raise ValueError(f"generator family name {family!r} must be a Python identifier (it prefixes variant names)")
+
+    def register(builder: Builder) -> Builder:
+        known = _BUILDERS.get(family)
+        if known is not None and known is not builder:
+            raise ValueError(f"generator family {family!r} registered twice: {_describe(known)} and "
+                             f"{_describe(builder)}")
+        _BUILDERS[family] = builder
+        return builder
+
+    return register
 
 
-def list_generators() -> list[str]:
-    """Sorted names of every registered generator factory."""
-    _ensure_loaded()
-    return sorted(_GENERATORS)
+def registered_builder(family: str) -> Callable[..., Any] | None:
+    """The builder registered for ``family``, or None when no imported module registered it."""
+    return _BUILDERS.get(family)
 
 
-def create_generator(name: str, **kwargs) -> nn.Module:
-    """Build a generator by registered name; ``kwargs`` override the variant's defaults."""
-    _ensure_loaded()
-    try:
-        factory = _GENERATORS[name]
-    except KeyError:
-        valid = ", ".join(sorted(_GENERATORS))
-        raise KeyError(f"unknown generator {name!r}; registered generators: {valid}") from None
-    model = factory(**kwargs)
-    model.generator_name = name
-    return model
-
-
-def clip_inputs_of(model: nn.Module) -> tuple[str, ...]:
-    """Names of the keyword inputs a generator wants from the CLIP prior (empty for CLIP-free nets)."""
-    return tuple(getattr(model, "clip_inputs", ()))
+def _describe(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"

@@ -199,11 +199,26 @@ def sweep_group() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name
 
 
-def register_resolvers() -> None:
+def register_model_configs() -> None:
+    """The ``model`` config group: one option per generator variant, made from the variant files
+    (:mod:`clipdehaze.models.variants`), so ``model=dehazeformer_s`` composes the variant's numbers."""
+    from hydra.core.config_store import ConfigStore
+
+    from clipdehaze.models.variants import variants
+
+    store = ConfigStore.instance()
+    for v in variants().values():
+        store.store(group="model", name=v.name, node=v.model_config(), provider="clipdehaze")
+
+
+def register_with_hydra() -> None:
+    """What every composition of the project's configs needs first: the resolvers (``${clip_dim:...}``,
+    ``${run_stamp:}`` ...) and the ``model`` group's options (:func:`register_model_configs`)."""
     for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim), ("sweep_group", sweep_group),
                      ("cwd", launch_cwd)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
+    register_model_configs()
 
 
 def _initialize():
@@ -212,6 +227,7 @@ def _initialize():
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    register_with_hydra()
     where = config_path()
     if where.startswith("pkg://"):
         return initialize_config_module(config_module="clipdehaze.conf", version_base="1.3")
@@ -235,7 +251,6 @@ def compose_config(config_name: str, overrides: list[str], output_dir: str | Non
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    register_resolvers()
     with _initialize():
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):

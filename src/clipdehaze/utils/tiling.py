@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -102,14 +102,15 @@ def tiled_forward(
     return out / weight
 
 
-def crop_inputs(inputs: dict[str, torch.Tensor], image_hw: tuple[int, int], box: tuple[int, int, int, int],
-                tile_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+def crop_inputs(inputs: dict[str, Any], image_hw: tuple[int, int], box: tuple[int, int, int, int],
+                tile_hw: tuple[int, int]) -> dict[str, Any]:
     """A tile's share of per-image generator inputs: maps at the image's size (CLIP density maps) cropped to the
-    tile's ``box`` (resized to the tile when it was padded up to the minimum size), everything else as is."""
+    tile's ``box`` (resized to the tile when it was padded up to the minimum size), everything else (embeddings,
+    the ``image_encoder`` function) as is."""
     top, left, h, w = box
     out = {}
     for k, v in inputs.items():
-        if v.ndim == 4 and tuple(v.shape[-2:]) == tuple(image_hw):
+        if isinstance(v, torch.Tensor) and v.ndim == 4 and tuple(v.shape[-2:]) == tuple(image_hw):
             v = v[..., top:top + h, left:left + w]
             if tuple(v.shape[-2:]) != tuple(tile_hw):
                 v = F.interpolate(v, size=tile_hw, mode="nearest")

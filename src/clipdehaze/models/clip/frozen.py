@@ -67,7 +67,7 @@ from clipdehaze.models.layers import without_autocast
 
 log = logging.getLogger(__name__)
 
-CLIP_INPUTS = ("text_feature", "density_map", "image_embedding", "dense_features")
+CLIP_INPUTS = ("text_feature", "density_map", "image_embedding", "dense_features", "image_encoder")
 """Names a generator may list in its ``clip_inputs``; see :meth:`FrozenCLIP.generator_inputs`."""
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
@@ -556,16 +556,18 @@ class FrozenCLIP(nn.Module):
 
     # -- the one call a LightningModule makes -----------------------------------------------------------------
 
-    def generator_inputs(self, names: Sequence[str], x: Tensor) -> dict[str, Tensor]:
-        """The CLIP tensors a generator asked for (its ``clip_inputs``), each computed once, no gradient.
+    def generator_inputs(self, names: Sequence[str], x: Tensor) -> dict[str, Any]:
+        """The CLIP inputs a generator asked for (its ``clip_inputs``), each computed once, no gradient.
 
         ``text_feature`` (B, 1, D), ``density_map`` (B, 1, H, W), ``image_embedding`` (B, D),
         ``dense_features`` (B, D, h, w); the global embedding and the dense pass are shared between names.
+        ``image_encoder`` is not a tensor but :meth:`image_embedding` itself, for a generator that embeds an image
+        of its own making (CLIPHaze's first pass); it is never cached and no prior control can replace it.
         """
         unknown = [n for n in names if n not in CLIP_INPUTS]
         if unknown:
             raise ValueError(f"unknown CLIP inputs {unknown}; available: {list(CLIP_INPUTS)}")
-        out: dict[str, Tensor] = {}
+        out: dict[str, Any] = {}
         with torch.no_grad():
             if "text_feature" in names or "image_embedding" in names:
                 emb = self._embed(x)
@@ -581,4 +583,6 @@ class FrozenCLIP(nn.Module):
                 if "density_map" in names:
                     grid = self._density_grid(feats, layout).to(x.dtype)
                     out["density_map"] = upsample_density(grid, *x.shape[-2:])
+        if "image_encoder" in names:
+            out["image_encoder"] = self.image_embedding
         return {n: out[n] for n in names}

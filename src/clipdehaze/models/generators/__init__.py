@@ -1,11 +1,5 @@
-"""Every architecture file, imported explicitly so its factories register themselves.
+"""One file per architecture, each with its variant file (``<arch>.yaml``) beside it.
 
-Add one line per new architecture file.
+Nothing here imports the architectures: :func:`clipdehaze.models.create_generator` imports the one a variant file
+names when a generator of it is first built.
 """
-
-from clipdehaze.models.generators import dcp  # noqa: F401
-from clipdehaze.models.generators import identity  # noqa: F401
-from clipdehaze.models.generators import dehazeformer  # noqa: F401
-from clipdehaze.models.generators import sar_weather  # noqa: F401
-from clipdehaze.models.generators import mixdehazenet  # noqa: F401
-from clipdehaze.models.generators import cliphaze  # noqa: F401

@@ -1,7 +1,8 @@
 """CLIPHaze: window self-attention and a 2-D selective scan in parallel, fused per pixel under CLIP's guidance.
 
 Paper: X. Zhang, F. Xie, H. Ding, L. Pan, Z. Shi, "Adapt CLIP as Aggregation Instructor for Image Dehazing",
-arXiv:2408.12317 v1, 2024 (v2/v3 of the same arXiv entry rename the method DehazeMatic and change it).
+arXiv:2408.12317 v1, 2024 (v2 and v3 of the same arXiv entry rename the method DehazeMatic and change its
+aggregator; v3 also moves the haze density estimation inside the network).
 Upstream: none published ("code will be public after acceptance"). This file is our own implementation of the
 mechanism as v1 describes it, MIT licence (this project's). What v1 fixes, we follow:
 
@@ -26,12 +27,15 @@ Every choice v1 leaves open is ours and listed here and in ``experiments/cliphaz
    512-wide layer per block. FiLM rather than cross-attention: the embedding is a single vector, so attention
    over one key would collapse to a gate anyway.
 3. The density map is CLIP's zero-shot P(hazy) from :class:`clipdehaze.models.clip.FrozenCLIP` (fixed prompts,
-   no prompt learning); the embedding is FrozenCLIP's global embedding of the hazy input (v1 calls its
-   embedding one "without degradation information"; no such restored-image embedding is available before the
-   network has run, so we use the input's).
+   no prompt learning). The embedding: v1 calls it a "high-quality image embedding without degradation
+   information", which only a restored image (or a CLIP adapter that removes the degradation, as DA-CLIP's content
+   embedding does) can give. ``embedding_of="input"`` (default) embeds the hazy input, the cue available before
+   the network has run; ``embedding_of="first_pass"`` embeds restored content instead: the network runs once
+   (without gradient) with the input's embedding, and its output's embedding instructs the second, returned pass
+   (about twice the compute; CLIP input ``image_encoder``, a function, so it is computed live, never cached).
 4. Transformer path: single-head attention by default (v1), relative-position bias from DehazeFormer's
-   position MLP (:class:`.dehazeformer.WindowAttention`), window 8, no shifted windows (the SS2D path already
-   mixes across windows).
+   position MLP (:class:`clipdehaze.models.layers.WindowAttention`), window 8, no shifted windows (the SS2D path
+   already mixes across windows).
 5. Mamba path: :class:`clipdehaze.models.ssm.SS2D` (4 scan directions) at the stage's full resolution, with
    ``d_state=1`` and ``ssm_expand=1`` (constructor knobs). VMamba's own later configurations use
    ``d_state=1``; MambaIR's 16 and 2 make one full-resolution block of the pure-PyTorch CPU scan cost more than
@@ -39,21 +43,22 @@ Every choice v1 leaves open is ours and listed here and in ``experiments/cliphaz
 6. Block: pre-LayerNorm, ``x + CAM(attn(LN x), ssm(LN x))``, then ``x + FFN(LN x)`` with a 3x3 depthwise
    convolution between the two pointwise layers of the FFN (local mixing the attention windows lack at their
    borders).
-7. Skeleton: DehazeFormer's (2x2 strided conv down, 1x1 conv + pixel shuffle up, SK fusion of the skips);
-   reconstruction: reflect-padded 3x3 conv to RGB added to the input (global residual, [0, 1] images, output
-   not clamped).
+7. Skeleton: DehazeFormer's, :mod:`clipdehaze.models.unet` (2x2 strided conv down, 1x1 conv + pixel shuffle up,
+   SK fusion of the skips, without DehazeFormer's 1x1 skip projections); reconstruction: reflect-padded 3x3 conv to
+   RGB added to the input (global residual, [0, 1] images, output not clamped).
 8. Any input size: reflect padding to a multiple of ``window_size · 4`` (whole windows at the 1/4 stage),
    output cropped back.
 
-Ablation switches (constructor and ``conf/model/cliphaze_*.yaml``): ``cam_density`` and ``cam_embedding`` turn
+Ablation switches (constructor and ``cliphaze.yaml``, ``model.<switch>=``): ``cam_density`` and ``cam_embedding`` turn
 the two CLIP cues of the CAM on and off; ``aggregation="sum"`` or ``"concat"`` replaces the CAM by plain
 addition or by concatenation and a pointwise projection, using no CLIP input at all (the CAM switches are then
-ignored). ``clip_inputs`` (an instance attribute) names exactly the CLIP tensors the configuration uses.
+ignored). ``clip_inputs`` (an instance attribute) names exactly the CLIP inputs the configuration uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -61,15 +66,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.init import trunc_normal_
 
-from clipdehaze.models.generators.dehazeformer import WindowAttention
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, softmax
+from clipdehaze.models.layers import WindowAttention, softmax
 from clipdehaze.models.registry import register_generator
 from clipdehaze.models.ssm import SS2D
+from clipdehaze.models.unet import BasicLayer, UNet5
+from clipdehaze.models.variants import variant_factories
 
-__all__ = ["AGGREGATIONS", "WindowSelfAttention", "FeedForward", "CLIPAggregation", "SumAggregation",
-           "ConcatAggregation", "DualPathBlock", "DualPathStage", "CLIPHaze"]
+__all__ = ["AGGREGATIONS", "EMBEDDING_SOURCES", "WindowSelfAttention", "FeedForward", "CLIPAggregation",
+           "SumAggregation", "ConcatAggregation", "DualPathBlock", "CLIPHaze"]
 
 AGGREGATIONS = ("cam", "sum", "concat")
+EMBEDDING_SOURCES = ("input", "first_pass")
 
 
 def _init_linear(m: nn.Linear, std: float = 0.02) -> None:
@@ -111,15 +118,7 @@ class WindowSelfAttention(nn.Module):
         _init_linear(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, H, W, C = x.shape
-        ws, heads = self.window_size, self.num_heads
-        nh, nw, hd = H // ws, W // ws, C // heads
-        # B, nh, ws, nw, ws, 3, heads, hd -> 3, B*nh*nw, heads, ws*ws, hd (one copy)
-        windows = self.qkv(x).view(B, nh, ws, nw, ws, 3, heads, hd)
-        windows = windows.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * nh * nw, heads, ws * ws, hd)
-        out = self.attn(*windows.unbind(0))
-        out = out.view(B, nh, nw, heads, ws, ws, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, H, W, C)
-        return self.proj(out)
+        return self.proj(self.attn.attend(self.qkv(x)))
 
 
 class FeedForward(nn.Module):
@@ -196,7 +195,11 @@ class ConcatAggregation(nn.Module):
 
 
 class DualPathBlock(nn.Module):
-    """Hybrid block (v1's TrambaDA): ``x + Agg(attn(LN x), SS2D(LN x))``, then ``x + FFN(LN x)``."""
+    """Hybrid block (v1's TrambaDA): ``x + Agg(attn(LN x), SS2D(LN x))``, then ``x + FFN(LN x)``.
+
+    Takes and returns the skeleton's (B, C, H, W) channels_last maps and works on their (B, H, W, C) token views
+    (free permutes both ways); ``density`` is the (B, H, W, 1) map at the block's scale.
+    """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, d_state: int,
                  ssm_expand: float, aggregation: str, cam_density: bool, cond_dim: int | None,
@@ -215,22 +218,10 @@ class DualPathBlock(nn.Module):
         self.ffn = FeedForward(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        x = _to_tokens(x)
         y = self.norm1(x)
         x = x + self.aggregate(self.attn(y), self.ssm(y), density, cond)
-        return x + self.ffn(self.norm2(x))
-
-
-class DualPathStage(nn.Module):
-    """``depth`` hybrid blocks at one resolution, all given the same density map and embedding condition."""
-
-    def __init__(self, depth: int, **block_kwargs):
-        super().__init__()
-        self.blocks = nn.ModuleList([DualPathBlock(**block_kwargs) for _ in range(depth)])
-
-    def forward(self, x: Tensor, density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        for blk in self.blocks:
-            x = blk(x, density, cond)
-        return x
+        return _to_image(x + self.ffn(self.norm2(x)))
 
 
 def _to_tokens(x: Tensor) -> Tensor:
@@ -243,11 +234,12 @@ def _to_image(x: Tensor) -> Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-class CLIPHaze(nn.Module):
+@register_generator("cliphaze")
+class CLIPHaze(UNet5):
     """CLIPHaze generator: hazy RGB in [0, 1] (+ CLIP density map / image embedding) -> dehazed RGB in [0, 1]
     (not clamped), any H x W.
 
-    Args (one entry per stage, 5 stages at scales 1, 1/2, 1/4, 1/2, 1):
+    Args (one entry per stage, 5 stages at scales 1, 1/2, 1/4, 1/2, 1; the variants in ``cliphaze.yaml``):
         embed_dims: channels; stages 2/4 and 1/5 must match (skip fusion).
         depths: hybrid blocks per stage.
         num_heads: attention heads of the window path.
@@ -256,88 +248,84 @@ class CLIPHaze(nn.Module):
         d_state, ssm_expand: SS2D state size and inner width factor.
         aggregation: ``cam`` (CLIP-instructed), ``sum`` or ``concat`` (ablations without CLIP).
         cam_density, cam_embedding: the CAM's CLIP cues (ignored unless ``aggregation == "cam"``).
+        embedding_of: what the embedding cue embeds, ``input`` (the hazy image) or ``first_pass`` (the network's
+            own output of a first pass, see the module docstring).
         clip_dim: width of the CLIP image embedding (512 for ViT-B/32 and ViT-B/16, 1024 for RN50).
         cond_dim: width of the shared embedding adapter feeding every CAM's FiLM layer.
         cam_ratio: CAM hidden width / channels.
         scan_backend: SS2D's selective-scan backend (``auto``: on GPU mamba-ssm's kernel when installed, else Triton).
     """
 
-    stages = 5
-    downsample = 4  # two 2x downsamplings
-
     def __init__(self, embed_dims: Sequence[int] = (24, 48, 96, 48, 24), depths: Sequence[int] = (1, 2, 8, 2, 1),
                  num_heads: Sequence[int] = (1, 1, 1, 1, 1), mlp_ratios: Sequence[float] = (2.0,) * 5,
                  window_size: int = 8, d_state: int = 1, ssm_expand: float = 1.0, aggregation: str = "cam",
-                 cam_density: bool = True, cam_embedding: bool = True, clip_dim: int = 512, cond_dim: int = 64,
-                 cam_ratio: float = 0.5, in_chans: int = 3, scan_backend: str = "auto"):
-        super().__init__()
-        for name, value in dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads,
-                                mlp_ratios=mlp_ratios).items():
-            if len(value) != self.stages:
-                raise ValueError(f"{name} needs one entry per stage ({self.stages}), got {list(value)}")
-        if embed_dims[1] != embed_dims[3] or embed_dims[0] != embed_dims[4]:
-            raise ValueError(f"embed_dims of stages 2/4 and 1/5 must match for the skip fusion, got {list(embed_dims)}")
+                 cam_density: bool = True, cam_embedding: bool = True, embedding_of: str = "input",
+                 clip_dim: int = 512, cond_dim: int = 64, cam_ratio: float = 0.5, in_chans: int = 3,
+                 scan_backend: str = "auto"):
+        for name, value in dict(depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios).items():
+            if len(value) != 5:
+                raise ValueError(f"{name} needs one entry per stage (5), got {list(value)}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        if embedding_of not in EMBEDDING_SOURCES:
+            raise ValueError(f"embedding_of must be one of {EMBEDDING_SOURCES}, got {embedding_of!r}")
+        use_density = aggregation == "cam" and bool(cam_density)
+        use_embedding = aggregation == "cam" and bool(cam_embedding)
+        # One adapter for the whole network: every CAM reads the same conditioning vector.
+        adapter = None
+        if use_embedding:
+            adapter = nn.Sequential(nn.LayerNorm(clip_dim), nn.Linear(clip_dim, cond_dim), nn.GELU())
+            _init_linear(adapter[1])
+
+        def stage(i: int) -> BasicLayer:
+            return BasicLayer(
+                DualPathBlock(embed_dims[i], num_heads=num_heads[i], window_size=window_size, mlp_ratio=mlp_ratios[i],
+                              d_state=d_state, ssm_expand=ssm_expand, aggregation=aggregation,
+                              cam_density=use_density, cond_dim=cond_dim if use_embedding else None,
+                              cam_ratio=cam_ratio, scan_backend=scan_backend)
+                for _ in range(depths[i]))
+
+        super().__init__(embed_dims, stage, in_chans, out_chans=in_chans, skip_projections=False,
+                         leading={"embed_adapter": adapter})
         self.aggregation = aggregation
-        self.cam_density = aggregation == "cam" and bool(cam_density)
-        self.cam_embedding = aggregation == "cam" and bool(cam_embedding)
+        self.cam_density = use_density
+        self.cam_embedding = use_embedding
+        self.embedding_of = embedding_of if use_embedding else "input"
         self.clip_dim = clip_dim
         self.window_size = window_size
-        self.pad_multiple = window_size * self.downsample
+        self.pad_multiple = window_size * self.patch_size
+        embedding = "image_encoder" if self.embedding_of == "first_pass" else "image_embedding"
         # What the LightningModule asks FrozenCLIP for: exactly the cues this configuration reads.
-        self.clip_inputs: tuple[str, ...] = (("density_map",) * self.cam_density
-                                             + ("image_embedding",) * self.cam_embedding)
-
-        # One adapter for the whole network: every CAM reads the same conditioning vector.
-        self.embed_adapter = (nn.Sequential(nn.LayerNorm(clip_dim), nn.Linear(clip_dim, cond_dim), nn.GELU())
-                              if self.cam_embedding else None)
-        if self.embed_adapter is not None:
-            _init_linear(self.embed_adapter[1])
-
-        def stage(i: int) -> DualPathStage:
-            return DualPathStage(depths[i], dim=embed_dims[i], num_heads=num_heads[i], window_size=window_size,
-                                 mlp_ratio=mlp_ratios[i], d_state=d_state, ssm_expand=ssm_expand,
-                                 aggregation=aggregation, cam_density=self.cam_density,
-                                 cond_dim=cond_dim if self.cam_embedding else None, cam_ratio=cam_ratio,
-                                 scan_backend=scan_backend)
-
-        self.shallow = PatchEmbed(patch_size=1, in_chans=in_chans, embed_dim=embed_dims[0], kernel_size=3)
-        self.layer1 = stage(0)
-        self.down1 = PatchEmbed(patch_size=2, in_chans=embed_dims[0], embed_dim=embed_dims[1])
-        self.layer2 = stage(1)
-        self.down2 = PatchEmbed(patch_size=2, in_chans=embed_dims[1], embed_dim=embed_dims[2])
-        self.layer3 = stage(2)
-        self.up1 = PatchUnEmbed(patch_size=2, out_chans=embed_dims[3], embed_dim=embed_dims[2])
-        self.fusion1 = SKFusion(embed_dims[3])
-        self.layer4 = stage(3)
-        self.up2 = PatchUnEmbed(patch_size=2, out_chans=embed_dims[4], embed_dim=embed_dims[3])
-        self.fusion2 = SKFusion(embed_dims[4])
-        self.layer5 = stage(4)
-        self.reconstruct = PatchEmbed(patch_size=1, in_chans=embed_dims[4], embed_dim=in_chans, kernel_size=3)
+        self.clip_inputs: tuple[str, ...] = ("density_map",) * use_density + (embedding,) * use_embedding
 
     def extra_repr(self) -> str:
         return (f"aggregation={self.aggregation!r}, cam_density={self.cam_density}, "
-                f"cam_embedding={self.cam_embedding}, clip_inputs={self.clip_inputs}")
+                f"cam_embedding={self.cam_embedding}, embedding_of={self.embedding_of!r}, "
+                f"clip_inputs={self.clip_inputs}")
 
-    def _check_inputs(self, x: Tensor, density_map: Tensor | None, image_embedding: Tensor | None) -> None:
-        for name, value, used in (("density_map", density_map, self.cam_density),
-                                  ("image_embedding", image_embedding, self.cam_embedding)):
-            if used and value is None:
-                raise ValueError(f"this CLIPHaze (clip_inputs={self.clip_inputs}) needs {name}; pass "
-                                 f"FrozenCLIP.generator_inputs(model.clip_inputs, x)")
-            if not used and value is not None:
-                raise TypeError(f"this CLIPHaze (clip_inputs={self.clip_inputs}) does not use {name}")
+    def _check_inputs(self, x: Tensor, clip: dict[str, Any]) -> None:
+        if unexpected := sorted(n for n, v in clip.items() if v is not None and n not in self.clip_inputs):
+            raise TypeError(f"this CLIPHaze (clip_inputs={self.clip_inputs}) does not use {', '.join(unexpected)}")
+        if missing := [n for n in self.clip_inputs if clip.get(n) is None]:
+            raise ValueError(f"this CLIPHaze (clip_inputs={self.clip_inputs}) needs {', '.join(missing)}; pass "
+                             f"FrozenCLIP.generator_inputs(model.clip_inputs, x)")
         B = x.shape[0]
+        density_map = clip.get("density_map")
         if density_map is not None and (density_map.dim() != 4 or density_map.shape[:2] != (B, 1)):
             raise ValueError(f"density_map must be (B, 1, h, w) with B={B}, got {tuple(density_map.shape)}")
-        if image_embedding is not None and tuple(image_embedding.shape) != (B, self.clip_dim):
-            raise ValueError(f"image_embedding must be (B, clip_dim) = ({B}, {self.clip_dim}), got "
-                             f"{tuple(image_embedding.shape)}; set clip_dim to the CLIP's embedding width")
+        if "image_encoder" in clip and not callable(clip["image_encoder"]):
+            raise TypeError("image_encoder must be a function from (B, 3, H, W) images in [0, 1] to (B, clip_dim) "
+                            "embeddings (FrozenCLIP.generator_inputs provides it)")
+        self._check_embedding(clip.get("image_embedding"), B)
+
+    def _check_embedding(self, embedding: Tensor | None, batch: int) -> None:
+        if embedding is not None and tuple(embedding.shape) != (batch, self.clip_dim):
+            raise ValueError(f"image_embedding must be (B, clip_dim) = ({batch}, {self.clip_dim}), got "
+                             f"{tuple(embedding.shape)}; set clip_dim to the CLIP's embedding width")
 
     def _density_pyramid(self, density_map: Tensor, size: tuple[int, int], pad: tuple[int, int]) -> list[Tensor]:
         """(B, 1, h, w) -> channel-last maps at the three stage resolutions of the padded input."""
-        d = density_map.to(dtype=self.shallow.proj.weight.dtype)
+        d = density_map.to(dtype=self.patch_embed.proj.weight.dtype)
         if tuple(d.shape[-2:]) != size:  # e.g. a cached low-resolution grid
             d = F.interpolate(d, size=size, mode="bilinear", align_corners=False)
         d = _reflect_pad(d, *pad)
@@ -345,74 +333,37 @@ class CLIPHaze(nn.Module):
         pyramid = [d, F.avg_pool2d(d, 2), F.avg_pool2d(d, 4)]
         return [_to_tokens(p.contiguous(memory_format=torch.channels_last)) for p in pyramid]
 
-    def forward_features(self, x: Tensor, density: list[Tensor] | None, cond: Tensor | None) -> Tensor:
-        """Padded image (channels_last) -> the (B, 3, H, W) residual."""
-        d1, d2, d4 = density if density is not None else (None, None, None)
-        x = _to_tokens(self.shallow(x))
-        x = self.layer1(x, d1, cond)
-        skip1 = x
-        x = self.layer2(_to_tokens(self.down1(_to_image(x))), d2, cond)
-        skip2 = x
-        x = self.layer3(_to_tokens(self.down2(_to_image(x))), d4, cond)
-        x = self.up1(_to_image(x))
-        x = _to_tokens(self.fusion1([x, _to_image(skip2)]) + x)
-        x = self.layer4(x, d2, cond)
-        x = self.up2(_to_image(x))
-        x = _to_tokens(self.fusion2([x, _to_image(skip1)]) + x)
-        x = self.layer5(x, d1, cond)
-        return self.reconstruct(_to_image(x))
+    def _restore(self, xp: Tensor, density: list[Tensor] | None, embedding: Tensor | None) -> Tensor:
+        """One pass on the padded channels_last image: the input plus the predicted residual."""
+        cond = self.embed_adapter(embedding.to(xp.dtype)) if self.embed_adapter is not None else None
+        scale_inputs = [{"density": d, "cond": cond} for d in (density or (None, None, None))]
+        return xp + self.forward_features(xp, scale_inputs)
 
-    def forward(self, x: Tensor, density_map: Tensor | None = None, image_embedding: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, **clip: Any) -> Tensor:
         """(B, 3, H, W) hazy RGB in [0, 1] -> (B, 3, H, W) dehazed RGB, nominally [0, 1] but not clamped.
 
-        ``density_map`` (B, 1, h, w) in [0, 1] (resized to H x W when it differs) and ``image_embedding``
-        (B, clip_dim) are required exactly when named in :attr:`clip_inputs`.
+        CLIP inputs, required exactly when named in :attr:`clip_inputs`: ``density_map`` (B, 1, h, w) in [0, 1]
+        (resized to H x W when it differs), ``image_embedding`` (B, clip_dim), or ``image_encoder`` (a function
+        embedding (B, 3, H, W) [0, 1] images) with ``embedding_of="first_pass"``.
         """
-        self._check_inputs(x, density_map, image_embedding)
+        self._check_inputs(x, clip)
         H, W = x.shape[-2:]
         m = self.pad_multiple
         pad = ((m - H % m) % m, (m - W % m) % m)
+        density_map = clip.get("density_map")
         density = self._density_pyramid(density_map, (H, W), pad) if density_map is not None else None
-        cond = self.embed_adapter(image_embedding.to(x.dtype)) if self.embed_adapter is not None else None
         xp = _reflect_pad(x, *pad).contiguous(memory_format=torch.channels_last)
-        out = xp + self.forward_features(xp, density, cond)
-        return out[:, :, :H, :W]
+        embedding = clip.get("image_embedding")
+        if self.embedding_of == "first_pass":
+            encode = clip["image_encoder"]
+            # The first pass only feeds the (frozen, gradient-free) encoder: no graph to keep.
+            with torch.no_grad():
+                hazy = encode(x)
+                self._check_embedding(hazy, x.shape[0])
+                restored = self._restore(xp, density, hazy)[:, :, :H, :W].clamp(0, 1)
+                embedding = encode(restored)
+        return self._restore(xp, density, embedding)[:, :, :H, :W]
 
 
-# Variants as plain data: sizes near DehazeFormer-S / -B / -M (1.3 M / 2.5 M / 4.6 M params, clip_dim 512).
-_CONFIGS = {
-    # Most blocks at 1/4 scale: parameters grow with width², the CPU scan's cost with width x pixels.
-    "t": dict(embed_dims=(24, 48, 96, 48, 24), depths=(1, 2, 8, 2, 1)),
-    "s": dict(embed_dims=(32, 64, 128, 64, 32), depths=(2, 4, 8, 4, 2)),
-    "b": dict(embed_dims=(32, 64, 128, 64, 32), depths=(2, 4, 18, 4, 2)),
-    # CI: every code path (two blocks at 1/4 scale), a few tens of thousands of parameters.
-    "test": dict(embed_dims=(8, 16, 32, 16, 8), depths=(1, 1, 2, 1, 1), window_size=4, cond_dim=16),
-}
-
-
-def _create(variant: str, kwargs: dict) -> CLIPHaze:
-    return CLIPHaze(**dict(_CONFIGS[variant], **kwargs))
-
-
-@register_generator
-def cliphaze_t(**kwargs) -> CLIPHaze:
-    """CLIPHaze-T (1.28 M params at clip_dim 512, DehazeFormer-S size): widths 24-48-96, depths 1-2-8-2-1."""
-    return _create("t", kwargs)
-
-
-@register_generator
-def cliphaze_s(**kwargs) -> CLIPHaze:
-    """CLIPHaze-S (2.46 M params, DehazeFormer-B size): widths 32-64-128, depths 2-4-8-4-2."""
-    return _create("s", kwargs)
-
-
-@register_generator
-def cliphaze_b(**kwargs) -> CLIPHaze:
-    """CLIPHaze-B (4.68 M params, DehazeFormer-M size): widths 32-64-128, depths 2-4-18-4-2."""
-    return _create("b", kwargs)
-
-
-@register_generator
-def cliphaze_test(**kwargs) -> CLIPHaze:
-    """Tiny CI variant: widths 8-16-32, window 4, every code path of the larger variants."""
-    return _create("test", kwargs)
+#: cliphaze_t(**kwargs) ... cliphaze_test(**kwargs): the variants of cliphaze.yaml as factories.
+__getattr__ = variant_factories(__name__)

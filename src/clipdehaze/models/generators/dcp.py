@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch.nn as nn
 import torch.nn.functional as F
 from kornia.color import rgb_to_grayscale
 from kornia.filters import guided_blur
 from torch import Tensor
 
+from clipdehaze.models.contract import GeneratorBase
 from clipdehaze.models.registry import register_generator
 
 # Only guards I / A against a black image (A = 0); any real atmospheric light is orders of magnitude larger.
@@ -45,7 +45,8 @@ class DehazeEstimate(NamedTuple):
     transmission: Tensor  # (B, 1, H, W), guided-filter refined, before the t0 floor
 
 
-class DarkChannelPrior(nn.Module):
+@register_generator("dcp")
+class DarkChannelPrior(GeneratorBase):
     """He et al.'s dark channel prior dehazing with guided-filter transmission refinement (no parameters).
 
     Args:
@@ -56,8 +57,6 @@ class DarkChannelPrior(nn.Module):
         guided_radius: guided-filter radius r (window 2r + 1).
         guided_eps: guided-filter regulariser, in squared intensity units of the [0, 1] guide.
     """
-
-    clip_inputs: tuple[str, ...] = ()
 
     def __init__(self, patch_size: int = 15, omega: float = 0.95, t0: float = 0.1, top_percent: float = 0.001,
                  guided_radius: int = 60, guided_eps: float = 1e-3) -> None:
@@ -116,10 +115,3 @@ class DarkChannelPrior(nn.Module):
     def extra_repr(self) -> str:
         return (f"patch_size={self.patch_size}, omega={self.omega}, t0={self.t0}, top_percent={self.top_percent}, "
                 f"guided_radius={self.guided_radius}, guided_eps={self.guided_eps}")
-
-
-@register_generator
-def dcp(**kwargs) -> DarkChannelPrior:
-    """Dark channel prior with the paper's settings (patch 15, ω 0.95, t0 0.1, top 0.1 %) and guided-filter
-    refinement (r 60, ε 1e-3); ``kwargs`` override any of them."""
-    return DarkChannelPrior(**kwargs)

@@ -14,10 +14,12 @@ round-off. Only the execution differs, for speed (same maths):
 * the relative-position MLP (``meta``) is evaluated on the (2w-1)^2 distinct offsets and gathered, instead of
   on all w^4 query/key pairs.
 
-Architecture: a 5-stage U-Net (24-48-96-48-24 channels for the small variants) of "TransformerBlocks" mixing a
-reflect-padded (depthwise) convolution branch with shifted-window attention; RescaleNorm (RLN) before the
+Architecture: the 5-stage U-Net of :mod:`clipdehaze.models.unet` (24-48-96-48-24 channels for the small
+variants) whose blocks are "TransformerBlocks" mixing a reflect-padded (depthwise) convolution branch with
+shifted-window attention (:class:`clipdehaze.models.layers.WindowAttention`); RescaleNorm (RLN) before the
 attention branch; SK fusion on the skips; the 4-channel head predicts K and B of ``J = K·I − B + I``.
 Upstream works on images in [-1, 1]; :class:`DehazeFormer` takes and returns [0, 1] images and converts inside.
+The variants' numbers are data: ``dehazeformer.yaml`` beside this file.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.init import _calculate_fan_in_and_fan_out, trunc_normal_
 
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, UpstreamGraph, softmax
+from clipdehaze.models.layers import WindowAttention
 from clipdehaze.models.registry import register_generator
+from clipdehaze.models.unet import BasicLayer, UNet5
+from clipdehaze.models.variants import variant_factories
 
-__all__ = ["RLN", "Mlp", "WindowAttention", "Attention", "TransformerBlock", "BasicLayer", "DehazeFormer",
-           "get_relative_positions"]
+__all__ = ["RLN", "Mlp", "Attention", "TransformerBlock", "DehazeFormer"]
 
 CONV_TYPES = ("Conv", "DWConv")
 
@@ -104,62 +107,6 @@ class Mlp(nn.Module):
         return self.mlp(x)
 
 
-def _relative_offsets(window_size: int) -> Tensor:
-    """(N, N, 2) integer (dy, dx) from each key to each query of a window, N = window_size**2, row-major."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
-    coords = coords.flatten(1)
-    return (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
-
-
-def get_relative_positions(window_size: int) -> Tensor:
-    """(N, N, 2) log-spaced relative positions ``sign(d)·log(1 + |d|)``, the input of the position MLP."""
-    rel = _relative_offsets(window_size)
-    return torch.sign(rel) * torch.log(1.0 + rel.abs())
-
-
-class WindowAttention(UpstreamGraph, nn.Module):
-    """Multi-head attention inside each window, with a relative-position bias predicted by a small MLP.
-
-    The MLP runs on the (2w-1)^2 distinct offsets; ``upstream_graph=True`` runs it on all w^4 pairs as upstream.
-    """
-
-    def __init__(self, dim: int, window_size: int, num_heads: int):
-        super().__init__()
-        self.dim = dim
-        self.window_size = window_size
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.register_buffer("relative_positions", get_relative_positions(window_size))
-        self.meta = nn.Sequential(nn.Linear(2, 256, bias=True), nn.ReLU(True), nn.Linear(256, num_heads, bias=True))
-
-        # The w^4 (query, key) pairs of a window share only (2w-1)^2 distinct offsets: the MLP runs once per
-        # offset, on one representative row of ``relative_positions``, and the result is gathered per pair.
-        span = 2 * window_size - 1
-        rel = _relative_offsets(window_size).flatten(0, 1) + (window_size - 1)
-        self.register_buffer("_offset_index", rel[:, 0] * span + rel[:, 1], persistent=False)  # pair -> offset
-        d = torch.arange(span) - (window_size - 1)
-        dy, dx = (t.flatten() for t in torch.meshgrid(d, d, indexing="ij"))  # offset ids in the same order
-        qy, qx = dy.clamp(min=0), dx.clamp(min=0)  # a query with a key at (q - d) inside the window
-        rows = (qy * window_size + qx) * window_size ** 2 + (qy - dy) * window_size + (qx - dx)
-        self.register_buffer("_offset_rows", rows, persistent=False)  # offset -> one (query, key) pair
-
-    def relative_position_bias(self) -> Tensor:
-        """(num_heads, N, N) additive attention bias."""
-        if self.upstream_graph:  # upstream: the MLP on every one of the N x N (query, key) pairs
-            return self.meta(self.relative_positions).permute(2, 0, 1)
-        n = self.window_size ** 2
-        table = self.meta(self.relative_positions.view(-1, 2)[self._offset_rows])  # ((2w-1)^2, heads)
-        return table[self._offset_index].view(n, n, self.num_heads).permute(2, 0, 1)
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """(windows, heads, N, head_dim) each -> same shape."""
-        # Explicit rather than F.scaled_dot_product_attention: on CPU a float mask sends SDPA to its math path,
-        # which adds masked-row checks (all/where) that cost more than they save here.
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn += self.relative_position_bias()
-        return softmax(attn, dim=-1) @ v
-
-
 class Attention(nn.Module):
     """The token mixer of a block: a convolution branch and/or shifted-window attention.
 
@@ -214,18 +161,9 @@ class Attention(nn.Module):
 
     def _window_attention(self, qkv: Tensor, H: int, W: int) -> Tensor:
         """(B, 3C, H, W) channels [Q | K | V] -> (B, C, H, W) attention output."""
-        B = qkv.shape[0]
-        ws, s, heads = self.window_size, self.shift_size, self.num_heads
-        head_dim = self.dim // heads
-        qkv = self._window_pad(qkv)
-        Hp, Wp = qkv.shape[-2:]
-        nh, nw = Hp // ws, Wp // ws
-        # B, nh, ws, nw, ws, 3, heads, hd  ->  3, B*nh*nw, heads, ws*ws, hd  (one copy; free view if channels_last)
-        windows = qkv.permute(0, 2, 3, 1).reshape(B, nh, ws, nw, ws, 3, heads, head_dim)
-        windows = windows.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, B * nh * nw, heads, ws * ws, head_dim)
-        out = self.attn(*windows.unbind(0))
-        # windows, heads, ws*ws, hd  ->  B, Hp, Wp, C  (one copy), then undo the padding/shift
-        out = out.view(B, nh, nw, heads, ws, ws, head_dim).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, self.dim)
+        s = self.shift_size
+        # B, Hp, Wp, 3C: a free view of the channels_last padded map.
+        out = self.attn.attend(self._window_pad(qkv).permute(0, 2, 3, 1))
         return out[:, s:s + H, s:s + W, :].permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -260,30 +198,23 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class BasicLayer(nn.Module):
+def _stage(network_depth: int, dim: int, depth: int, num_heads: int, mlp_ratio: float, window_size: int,
+           attn_ratio: float, conv_type: str) -> BasicLayer:
     """One stage: ``depth`` blocks, the last ``attn_ratio·depth`` with attention, every odd block shifted."""
-
-    def __init__(self, network_depth: int, dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
-                 window_size: int = 8, attn_ratio: float = 0.0, conv_type: str = "DWConv"):
-        super().__init__()
-        attn_depth = attn_ratio * depth
-        self.blocks = nn.ModuleList([
-            TransformerBlock(network_depth, dim, num_heads=num_heads, mlp_ratio=mlp_ratio, window_size=window_size,
-                             shift_size=0 if i % 2 == 0 else window_size // 2, use_attn=i >= depth - attn_depth,
-                             conv_type=conv_type)
-            for i in range(depth)
-        ])
-
-    def forward(self, x: Tensor) -> Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        return x
+    attn_depth = attn_ratio * depth
+    return BasicLayer(
+        TransformerBlock(network_depth, dim, num_heads=num_heads, mlp_ratio=mlp_ratio, window_size=window_size,
+                         shift_size=0 if i % 2 == 0 else window_size // 2, use_attn=i >= depth - attn_depth,
+                         conv_type=conv_type)
+        for i in range(depth))
 
 
-class DehazeFormer(nn.Module):
+@register_generator("dehazeformer")
+class DehazeFormer(UNet5):
     """DehazeFormer generator: hazy RGB in [0, 1] -> dehazed RGB in [0, 1] (not clamped), any H x W.
 
-    Args (one entry per stage, 5 stages at scales 1, 1/2, 1/4, 1/2, 1):
+    Args (one entry per stage, 5 stages at scales 1, 1/2, 1/4, 1/2, 1; the published variants in
+    ``dehazeformer.yaml``, the defaults are DehazeFormer-B):
         embed_dims: channels; stages 2/4 and 1/5 must match (skip fusion).
         mlp_ratios: MLP hidden width / channels.
         depths: blocks per stage.
@@ -297,9 +228,6 @@ class DehazeFormer(nn.Module):
     window 8: the shifted windows of the 1/4-scale stage).
     """
 
-    clip_inputs: tuple[str, ...] = ()
-    patch_size = 4  # two 2x downsamplings
-
     def __init__(self, embed_dims: Sequence[int] = (24, 48, 96, 48, 24),
                  mlp_ratios: Sequence[float] = (2.0, 4.0, 4.0, 2.0, 2.0),
                  depths: Sequence[int] = (16, 16, 16, 8, 8),
@@ -307,133 +235,30 @@ class DehazeFormer(nn.Module):
                  attn_ratio: Sequence[float] = (1 / 4, 1 / 2, 3 / 4, 0, 0),
                  conv_type: Sequence[str] = ("DWConv",) * 5,
                  in_chans: int = 3, out_chans: int = 4, window_size: int = 8):
-        super().__init__()
-        for name, value in dict(embed_dims=embed_dims, mlp_ratios=mlp_ratios, depths=depths, num_heads=num_heads,
-                                attn_ratio=attn_ratio, conv_type=conv_type).items():
+        for name, value in dict(mlp_ratios=mlp_ratios, depths=depths, num_heads=num_heads, attn_ratio=attn_ratio,
+                                conv_type=conv_type).items():
             if len(value) != 5:
                 raise ValueError(f"{name} needs one entry per stage (5), got {list(value)}")
-        if embed_dims[1] != embed_dims[3] or embed_dims[0] != embed_dims[4]:
-            raise ValueError(f"embed_dims of stages 2/4 and 1/5 must match for the skip fusion, got {list(embed_dims)}")
         if window_size % 2:
             raise ValueError(f"window_size must be even (shift = window_size / 2), got {window_size}")
+        network_depth = sum(depths)
+
+        def stage(i: int) -> BasicLayer:
+            return _stage(network_depth, embed_dims[i], depths[i], num_heads[i], mlp_ratio=mlp_ratios[i],
+                          window_size=window_size, attn_ratio=attn_ratio[i], conv_type=conv_type[i])
+
+        super().__init__(embed_dims, stage, in_chans, out_chans)
         self.window_size = window_size
         # Smallest 1/4-scale map whose shifted-window reflect padding is valid is 3w/4 + 1, minus the <= 3 px the
         # multiple-of-4 padding adds.
         self.min_size = self.patch_size * (3 * window_size // 4 + 1) - (self.patch_size - 1)
-        network_depth = sum(depths)
-
-        def stage(i: int) -> BasicLayer:
-            return BasicLayer(network_depth, embed_dims[i], depths[i], num_heads[i], mlp_ratio=mlp_ratios[i],
-                              window_size=window_size, attn_ratio=attn_ratio[i], conv_type=conv_type[i])
-
-        self.patch_embed = PatchEmbed(patch_size=1, in_chans=in_chans, embed_dim=embed_dims[0], kernel_size=3)
-        self.layer1 = stage(0)
-        self.patch_merge1 = PatchEmbed(patch_size=2, in_chans=embed_dims[0], embed_dim=embed_dims[1])
-        self.skip1 = nn.Conv2d(embed_dims[0], embed_dims[0], 1)
-        self.layer2 = stage(1)
-        self.patch_merge2 = PatchEmbed(patch_size=2, in_chans=embed_dims[1], embed_dim=embed_dims[2])
-        self.skip2 = nn.Conv2d(embed_dims[1], embed_dims[1], 1)
-        self.layer3 = stage(2)
-        self.patch_split1 = PatchUnEmbed(patch_size=2, out_chans=embed_dims[3], embed_dim=embed_dims[2])
-        self.fusion1 = SKFusion(embed_dims[3])
-        self.layer4 = stage(3)
-        self.patch_split2 = PatchUnEmbed(patch_size=2, out_chans=embed_dims[4], embed_dim=embed_dims[3])
-        self.fusion2 = SKFusion(embed_dims[4])
-        self.layer5 = stage(4)
-        self.patch_unembed = PatchUnEmbed(patch_size=1, out_chans=out_chans, embed_dim=embed_dims[4], kernel_size=3)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Padded [-1, 1] image -> the (B, out_chans, H, W) head output (upstream ``forward_features``)."""
-        x = self.layer1(self.patch_embed(x))
-        skip1 = x
-        x = self.layer2(self.patch_merge1(x))
-        skip2 = x
-        x = self.patch_split1(self.layer3(self.patch_merge2(x)))
-        x = self.fusion1([x, self.skip2(skip2)]) + x
-        x = self.patch_split2(self.layer4(x))
-        x = self.fusion2([x, self.skip1(skip1)]) + x
-        return self.patch_unembed(self.layer5(x))
 
     def forward(self, x: Tensor, **kwargs) -> Tensor:
         """(B, 3, H, W) hazy RGB in [0, 1] -> (B, 3, H, W) dehazed RGB, nominally [0, 1] but not clamped."""
         if kwargs:
             raise TypeError(f"DehazeFormer takes no CLIP inputs; got unexpected {sorted(kwargs)}")
-        H, W = x.shape[-2:]
-        if min(H, W) < self.min_size:
-            raise ValueError(f"DehazeFormer needs images of at least {self.min_size} px per side, got {H}x{W}")
-        p = self.patch_size
-        x = F.pad(x * 2 - 1, (0, (p - W % p) % p, 0, (p - H % p) % p), mode="reflect")
-        x = x.contiguous(memory_format=torch.channels_last)  # every later op keeps this layout (see module doc)
-        K, B = torch.split(self.forward_features(x), (1, 3), dim=1)
-        y = K * x - B + x
-        return (y[:, :, :H, :W] + 1) / 2
+        return self.restore_kb(x)
 
 
-# Published variants (upstream factories; W and D from the paper's Table 1), as plain data.
-_SMALL = dict(embed_dims=(24, 48, 96, 48, 24), mlp_ratios=(2.0, 4.0, 4.0, 2.0, 2.0), num_heads=(2, 4, 6, 1, 1),
-              attn_ratio=(1 / 4, 1 / 2, 3 / 4, 0, 0), conv_type=("DWConv",) * 5)
-_WIDE = dict(_SMALL, embed_dims=(48, 96, 192, 96, 48))
-_CONFIGS = {
-    "t": dict(_SMALL, depths=(4, 4, 4, 2, 2), attn_ratio=(0, 1 / 2, 1, 0, 0)),
-    "s": dict(_SMALL, depths=(8, 8, 8, 4, 4)),
-    "b": dict(_SMALL, depths=(16, 16, 16, 8, 8)),
-    "m": dict(_SMALL, depths=(12, 12, 12, 6, 6), conv_type=("Conv",) * 5),
-    "l": dict(_WIDE, depths=(16, 16, 16, 12, 12), conv_type=("Conv",) * 5),
-    "w": dict(_WIDE, depths=(16, 16, 16, 8, 8)),
-    "d": dict(_SMALL, depths=(32, 32, 32, 16, 16)),
-    # CI: stage 3 holds an unshifted and a shifted two-head attention block, the other stages conv blocks.
-    "test": dict(embed_dims=(8,) * 5, mlp_ratios=(2.0,) * 5, depths=(1, 1, 2, 1, 1), num_heads=(1, 1, 2, 1, 1),
-                 attn_ratio=(0, 0, 1, 0, 0), conv_type=("DWConv",) * 5),
-}
-
-
-def _create(variant: str, kwargs: dict) -> DehazeFormer:
-    return DehazeFormer(**dict(_CONFIGS[variant], **kwargs))
-
-
-@register_generator
-def dehazeformer_t(**kwargs) -> DehazeFormer:
-    """DehazeFormer-T (0.69 M params): depths 4-4-4-2-2, no attention in stage 1, only attention in stage 3."""
-    return _create("t", kwargs)
-
-
-@register_generator
-def dehazeformer_s(**kwargs) -> DehazeFormer:
-    """DehazeFormer-S (1.28 M params): depths 8-8-8-4-4."""
-    return _create("s", kwargs)
-
-
-@register_generator
-def dehazeformer_b(**kwargs) -> DehazeFormer:
-    """DehazeFormer-B (2.52 M params): depths 16-16-16-8-8."""
-    return _create("b", kwargs)
-
-
-@register_generator
-def dehazeformer_m(**kwargs) -> DehazeFormer:
-    """DehazeFormer-M (4.64 M params): depths 12-12-12-6-6 with the two-3x3-conv branch."""
-    return _create("m", kwargs)
-
-
-@register_generator
-def dehazeformer_l(**kwargs) -> DehazeFormer:
-    """DehazeFormer-L (25.45 M params): double width, depths 16-16-16-12-12, two-3x3-conv branch."""
-    return _create("l", kwargs)
-
-
-@register_generator
-def dehazeformer_w(**kwargs) -> DehazeFormer:
-    """DehazeFormer-W (9.69 M params): DehazeFormer-B at double width."""
-    return _create("w", kwargs)
-
-
-@register_generator
-def dehazeformer_d(**kwargs) -> DehazeFormer:
-    """DehazeFormer-D (4.98 M params): DehazeFormer-B at double depth."""
-    return _create("d", kwargs)
-
-
-@register_generator
-def dehazeformer_test(**kwargs) -> DehazeFormer:
-    """Tiny CI variant (a few thousand parameters); every code path of DehazeFormer-T."""
-    return _create("test", kwargs)
+#: dehazeformer_t(**kwargs) ... dehazeformer_test(**kwargs): the variants of dehazeformer.yaml as factories.
+__getattr__ = variant_factories(__name__)

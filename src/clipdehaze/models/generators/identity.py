@@ -7,20 +7,14 @@ the hazy input itself scores against the ground truth under the same metric prot
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
+from clipdehaze.models.contract import GeneratorBase
 from clipdehaze.models.registry import register_generator
 
 
-class Identity(nn.Module):
-    clip_inputs: tuple[str, ...] = ()
-
+@register_generator("identity")
+class Identity(GeneratorBase):
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if kwargs:
             raise TypeError(f"identity takes no extra inputs, got {sorted(kwargs)}")
         return x.clone()
-
-
-@register_generator
-def identity(**kwargs) -> Identity:
-    return Identity(**kwargs)

@@ -8,10 +8,12 @@ MixCLDehazeNet
     Upstream: https://github.com/DanielHo-BS/MixCLDehazeNet (``models/MixDehazeNet.py``, fusion module
     ``ParametricAttention2`` with projection dim 5; the repository has no licence file, so only facts about the
     architecture are used here, no code). MixDehazeNet with a CLIP text embedding
-    (the zero-shot "indoor"/"outdoor" class prompt, ViT-B/32) fused into the input image by a parametric variant
-    of CALIP's attention (Guo et al., "CALIP: Zero-Shot Enhancement of CLIP with Parameter-free Attention",
-    AAAI 2023, https://github.com/ZiyuGuo99/CALIP); the 3 fused channels are concatenated to the image, so the
-    patch embedding sees 6 channels.
+    (the zero-shot "indoor"/"outdoor" class prompt, ViT-B/32) fused into the input image by upstream's attention
+    with learnable projections, which its README describes as a refinement of CALIP's parameter attention (Guo et
+    al., "CALIP: Zero-Shot Enhancement of CLIP with Parameter-free Attention", AAAI 2023,
+    https://github.com/ZiyuGuo99/CALIP); the 3 fused channels are concatenated to the image, so the patch embedding
+    sees 6 channels. ``fusion="calip"`` is not upstream's and not CALIP's attention: :class:`CALIPAttention`, our
+    CALIP-inspired parameter-free fusion on scalar tokens (ours).
 
 This file is a re-implementation: module tree, parameter names, shapes, (PyTorch-default) initialisation and
 arithmetic follow upstream, so the official checkpoints load with ``strict=True`` and no renaming and outputs match
@@ -27,13 +29,14 @@ upstream to float32 round-off. Only the execution differs, for speed (same maths
   (never materialises the HW x D attention map); the text branch whose result upstream discards is not
   evaluated (see :class:`ParametricAttention`).
 
-Architecture: DehazeFormer's 5-stage U-Net (24-48-96-48-24 channels; reflect-padded strided-conv patch merging,
-pixel-shuffle patch splitting, SK fusion of the skips) whose blocks are Mix Structure Blocks: a multi-scale
+Architecture: DehazeFormer's 5-stage U-Net, :mod:`clipdehaze.models.unet` (24-48-96-48-24 channels; reflect-padded
+strided-conv patch merging, pixel-shuffle patch splitting, SK fusion of the skips) whose blocks are Mix Structure Blocks: a multi-scale
 parallel large-kernel module (1x1 -> 5x5 conv, then depthwise 7/5/3-tap convolutions with dilation 3, i.e.
 receptive fields 19/13/7, concatenated and mixed by an MLP) and an enhanced parallel attention module (simple
 pixel attention, channel attention and pixel attention side by side, concatenated and mixed by an MLP), each with
 BatchNorm in front and a residual connection. The 4-channel head predicts K and B of ``J = K·I − B + I``.
 Upstream works on images in [-1, 1]; the generators here take and return [0, 1] images and convert inside.
+The variants' numbers, shared by both families, are data: ``mixdehazenet.yaml`` beside this file.
 """
 
 from __future__ import annotations
@@ -46,11 +49,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion, UpstreamGraph
+from clipdehaze.models.layers import UpstreamGraph
 from clipdehaze.models.registry import register_generator
+from clipdehaze.models.unet import BasicLayer, UNet5
+from clipdehaze.models.variants import variant_factories
 
-__all__ = ["MixStructureBlock", "BasicLayer", "ParametricAttention", "CALIPAttention", "MixDehazeNet",
-           "MixCLDehazeNet", "FUSIONS"]
+__all__ = ["MixStructureBlock", "ParametricAttention", "CALIPAttention", "MixDehazeNet", "MixCLDehazeNet", "FUSIONS"]
 
 FUSIONS = ("parametric", "calip", "none")
 
@@ -160,21 +164,6 @@ class MixStructureBlock(UpstreamGraph, nn.Module):
         return x + self.mlp2(self._parallel_attention(self.norm2(x)))
 
 
-class BasicLayer(nn.Module):
-    """One stage: ``depth`` Mix Structure Blocks."""
-
-    def __init__(self, dim: int, depth: int):
-        super().__init__()
-        self.dim = dim
-        self.depth = depth
-        self.blocks = nn.ModuleList([MixStructureBlock(dim) for _ in range(depth)])
-
-    def forward(self, x: Tensor) -> Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        return x
-
-
 def _pixel_tokens(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, H·W, C); a free view when ``x`` is channels_last."""
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
@@ -262,10 +251,12 @@ class ParametricAttention(UpstreamGraph, nn.Module):
 
 
 class CALIPAttention(nn.Module):
-    """Parameter-free counterpart of :class:`ParametricAttention` after CALIP (Guo et al., AAAI 2023).
+    """CALIP-inspired (ours): a parameter-free counterpart of :class:`ParametricAttention`.
 
-    Same token layout as the parametric module with its learnable projections removed, which forces both sides
-    to a common feature dimension of 1:
+    Our own design, not CALIP's attention (Guo et al., AAAI 2023): CALIP attends between CLIP's spatial visual
+    features and its class text features in the joint embedding space; here the tokens are scalars. It keeps the
+    parametric module's token layout with its learnable projections removed, which forces both sides to a common
+    feature dimension of 1:
 
     * visual features F_v ∈ R^{3HW x 1}: every pixel value of the [-1, 1] image (each colour channel separately);
     * text features F_t ∈ R^{D x 1}: the D coordinates of the CLIP text embedding, rescaled to ``sqrt(D)·t/‖t‖``
@@ -280,7 +271,7 @@ class CALIPAttention(nn.Module):
       visual with updated text; updated visual with original text):
       ``β1·F_v + β2·softmax(F_v·F_t^aᵀ/α_t)·F_t^a + β3·F_v^a``.
 
-    Defaults α_t = α_s = 1/2 are the temperatures of CALIP's released code (A·2); β = (1, 1, 1) weighs the
+    Defaults α_t = α_s = 1/2 are the temperatures CALIP's released code uses (A·2); β = (1, 1, 1) weighs the
     terms equally (CALIP searches β per dataset on classification logits, values that do not transfer to pixels;
     the following patch-embedding convolution learns the mix anyway). The module has no parameters, so
     ``fusion="calip"`` keeps the 6-channel patch embedding and the state_dict of the parametric model minus
@@ -317,72 +308,29 @@ class CALIPAttention(nn.Module):
         return f"alpha_t={self.alpha_t}, alpha_s={self.alpha_s}, beta={self.beta}"
 
 
-class _MixUNet(nn.Module):
-    """The shared 5-stage U-Net; an optional fusion module registered first as ``text_emb`` (upstream order)."""
+class _MixUNet(UNet5):
+    """The skeleton with Mix Structure Blocks, 3x3 patch merges and an optional fusion module registered first as
+    ``text_emb`` (upstream order); the 4 output channels are K (1) and B (3) of J = K·I − B + I."""
 
-    patch_size = 4  # two 2x downsamplings
-    min_size = patch_size * (_MAX_BLOCK_PAD + 1) - (patch_size - 1)
+    min_size = UNet5.patch_size * (_MAX_BLOCK_PAD + 1) - (UNet5.patch_size - 1)
 
     def __init__(self, embed_dims: Sequence[int], depths: Sequence[int], text_emb: nn.Module | None = None):
-        super().__init__()
-        if len(embed_dims) != 5 or len(depths) != 5:
-            raise ValueError(f"embed_dims and depths need one entry per stage (5), got {list(embed_dims)}, "
-                             f"{list(depths)}")
-        if embed_dims[1] != embed_dims[3] or embed_dims[0] != embed_dims[4]:
-            raise ValueError(f"embed_dims of stages 2/4 and 1/5 must match for the skip fusion, got {list(embed_dims)}")
-        in_chans = 3  # RGB, plus the fused channels concatenated to it
-        if text_emb is not None:
-            self.text_emb = text_emb
-            in_chans += text_emb.out_chans
-        self.patch_embed = PatchEmbed(patch_size=1, in_chans=in_chans, embed_dim=embed_dims[0], kernel_size=3)
-        self.layer1 = BasicLayer(embed_dims[0], depths[0])
-        self.patch_merge1 = PatchEmbed(patch_size=2, in_chans=embed_dims[0], embed_dim=embed_dims[1], kernel_size=3)
-        self.skip1 = nn.Conv2d(embed_dims[0], embed_dims[0], 1)
-        self.layer2 = BasicLayer(embed_dims[1], depths[1])
-        self.patch_merge2 = PatchEmbed(patch_size=2, in_chans=embed_dims[1], embed_dim=embed_dims[2], kernel_size=3)
-        self.skip2 = nn.Conv2d(embed_dims[1], embed_dims[1], 1)
-        self.layer3 = BasicLayer(embed_dims[2], depths[2])
-        self.patch_split1 = PatchUnEmbed(patch_size=2, out_chans=embed_dims[3], embed_dim=embed_dims[2])
-        self.fusion1 = SKFusion(embed_dims[3])
-        self.layer4 = BasicLayer(embed_dims[3], depths[3])
-        self.patch_split2 = PatchUnEmbed(patch_size=2, out_chans=embed_dims[4], embed_dim=embed_dims[3])
-        self.fusion2 = SKFusion(embed_dims[4])
-        self.layer5 = BasicLayer(embed_dims[4], depths[4])
-        # 4 output channels: K (1) and B (3) of J = K·I − B + I.
-        self.patch_unembed = PatchUnEmbed(patch_size=1, out_chans=4, embed_dim=embed_dims[4], kernel_size=3)
+        if len(depths) != 5:
+            raise ValueError(f"depths needs one entry per stage (5), got {list(depths)}")
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Padded [-1, 1] input (image, plus fused channels if any) -> (B, 4, H, W) head output."""
-        x = self.layer1(self.patch_embed(x))
-        skip1 = x
-        x = self.layer2(self.patch_merge1(x))
-        skip2 = x
-        x = self.patch_split1(self.layer3(self.patch_merge2(x)))
-        x = self.fusion1([x, self.skip2(skip2)]) + x
-        x = self.patch_split2(self.layer4(x))
-        x = self.fusion2([x, self.skip1(skip1)]) + x
-        return self.patch_unembed(self.layer5(x))
+        def stage(i: int) -> BasicLayer:
+            return BasicLayer(MixStructureBlock(embed_dims[i]) for _ in range(depths[i]))
 
-    def _restore(self, x: Tensor, text: Tensor | None) -> Tensor:
-        """[0, 1] image (and text embedding when there is a fusion module) -> [0, 1] restored image."""
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected a (B, 3, H, W) RGB batch, got shape {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if min(H, W) < self.min_size:
-            raise ValueError(f"{type(self).__name__} needs images of at least {self.min_size} px per side, "
-                             f"got {H}x{W}")
-        p = self.patch_size
-        x = F.pad(x * 2 - 1, (0, (p - W % p) % p, 0, (p - H % p) % p), mode="reflect")
-        x = x.contiguous(memory_format=torch.channels_last)  # every later op keeps this layout (see module doc)
-        inp = x if text is None else torch.cat([x, self.text_emb(x, text)], dim=1)
-        K, B = torch.split(self.forward_features(inp), (1, 3), dim=1)
-        y = K * x - B + x
-        return (y[:, :, :H, :W] + 1) / 2
+        # RGB, plus the fused channels concatenated to it.
+        in_chans = 3 if text_emb is None else 3 + text_emb.out_chans
+        super().__init__(embed_dims, stage, in_chans, out_chans=4, merge_kernel_size=3,
+                         leading=None if text_emb is None else {"text_emb": text_emb})
 
 
 _STAGE_DIMS = (24, 48, 96, 48, 24)
 
 
+@register_generator("mixdehazenet")
 class MixDehazeNet(_MixUNet):
     """MixDehazeNet generator: hazy RGB in [0, 1] -> dehazed RGB in [0, 1] (not clamped), any H x W.
 
@@ -394,8 +342,6 @@ class MixDehazeNet(_MixUNet):
     :attr:`min_size` (37 px) because the blocks' reflect padding must be narrower than the 1/4-scale map.
     """
 
-    clip_inputs: tuple[str, ...] = ()
-
     def __init__(self, embed_dims: Sequence[int] = _STAGE_DIMS, depths: Sequence[int] = (1, 1, 2, 1, 1)):
         super().__init__(embed_dims, depths)
 
@@ -403,22 +349,24 @@ class MixDehazeNet(_MixUNet):
         """(B, 3, H, W) hazy RGB in [0, 1] -> (B, 3, H, W) dehazed RGB, nominally [0, 1] but not clamped."""
         if kwargs:
             raise TypeError(f"MixDehazeNet takes no CLIP inputs; got unexpected {sorted(kwargs)}")
-        return self._restore(x, None)
+        return self.restore_kb(x)
 
 
+@register_generator("mixcldehazenet")
 class MixCLDehazeNet(_MixUNet):
     """MixCLDehazeNet generator: hazy RGB in [0, 1] + CLIP text embedding -> dehazed RGB in [0, 1] (not clamped).
 
     Args:
         fusion: how the text embedding enters the network —
             ``"parametric"`` (published): :class:`ParametricAttention`, keys ``text_emb.*`` as upstream;
-            ``"calip"``: the parameter-free :class:`CALIPAttention` (same 6-channel patch embedding);
+            ``"calip"``: :class:`CALIPAttention`, CALIP-inspired and parameter-free (ours; same 6-channel patch
+            embedding);
             ``"none"``: no text at all, i.e. plain MixDehazeNet (the ablation); ``clip_inputs`` is then ``()``.
         text_dim: D of the (B, 1, D) text embedding (512 for CLIP ViT-B/32); checked at every call. Neither
             fusion has a parameter whose shape depends on it.
         proj_dim: projection width of the parametric fusion (upstream: 5).
-        calip_alpha: (α_t, α_s) temperatures of the CALIP fusion.
-        calip_beta: (β1, β2, β3) term weights of the CALIP fusion.
+        calip_alpha: (α_t, α_s) temperatures of the CALIP-inspired fusion.
+        calip_beta: (β1, β2, β3) term weights of the CALIP-inspired fusion.
         embed_dims, depths: as :class:`MixDehazeNet`.
     """
 
@@ -449,7 +397,7 @@ class MixCLDehazeNet(_MixUNet):
         if self.fusion == "none":
             if text_feature is not None:
                 raise TypeError("MixCLDehazeNet(fusion='none') takes no text_feature")
-            return self._restore(x, None)
+            return self.restore_kb(x)
         if text_feature is None:
             raise TypeError(f"MixCLDehazeNet(fusion={self.fusion!r}) needs text_feature=(B, 1, {self.text_dim})")
         if text_feature.dim() == 2:
@@ -457,83 +405,9 @@ class MixCLDehazeNet(_MixUNet):
         if text_feature.shape != (x.shape[0], 1, self.text_dim):
             raise ValueError(f"text_feature must be (B, 1, text_dim) = ({x.shape[0]}, 1, {self.text_dim}), "
                              f"got {tuple(text_feature.shape)}")
-        return self._restore(x, text_feature.to(x.dtype))
+        text = text_feature.to(x.dtype)
+        return self.restore_kb(x, lambda image: self.text_emb(image, text))
 
 
-# Published variants (upstream factories), as plain data; ``test`` is a tiny CI variant.
-_CONFIGS = {
-    "t": dict(embed_dims=_STAGE_DIMS, depths=(1, 1, 2, 1, 1)),
-    "s": dict(embed_dims=_STAGE_DIMS, depths=(2, 2, 4, 2, 2)),
-    "b": dict(embed_dims=_STAGE_DIMS, depths=(4, 4, 8, 4, 4)),
-    "l": dict(embed_dims=_STAGE_DIMS, depths=(8, 8, 16, 8, 8)),
-    # pa needs dim // 8 >= 1 hidden channel.
-    "test": dict(embed_dims=(8, 16, 16, 16, 8), depths=(1, 1, 1, 1, 1)),
-}
-
-
-def _mix(variant: str, kwargs: dict) -> MixDehazeNet:
-    return MixDehazeNet(**dict(_CONFIGS[variant], **kwargs))
-
-
-def _mixcl(variant: str, kwargs: dict) -> MixCLDehazeNet:
-    return MixCLDehazeNet(**dict(_CONFIGS[variant], **kwargs))
-
-
-@register_generator
-def mixdehazenet_t(**kwargs) -> MixDehazeNet:
-    """MixDehazeNet-T, 1.62 M parameters."""
-    return _mix("t", kwargs)
-
-
-@register_generator
-def mixdehazenet_s(**kwargs) -> MixDehazeNet:
-    """MixDehazeNet-S, 3.16 M parameters."""
-    return _mix("s", kwargs)
-
-
-@register_generator
-def mixdehazenet_b(**kwargs) -> MixDehazeNet:
-    """MixDehazeNet-B, 6.25 M parameters."""
-    return _mix("b", kwargs)
-
-
-@register_generator
-def mixdehazenet_l(**kwargs) -> MixDehazeNet:
-    """MixDehazeNet-L, 12.42 M parameters."""
-    return _mix("l", kwargs)
-
-
-@register_generator
-def mixdehazenet_test(**kwargs) -> MixDehazeNet:
-    """Tiny MixDehazeNet for CI."""
-    return _mix("test", kwargs)
-
-
-@register_generator
-def mixcldehazenet_t(**kwargs) -> MixCLDehazeNet:
-    """MixCLDehazeNet-T (MixDehazeNet-T + parametric text fusion by default), 1.62 M parameters."""
-    return _mixcl("t", kwargs)
-
-
-@register_generator
-def mixcldehazenet_s(**kwargs) -> MixCLDehazeNet:
-    """MixCLDehazeNet-S, 3.17 M parameters (the published RESIDE-6K model)."""
-    return _mixcl("s", kwargs)
-
-
-@register_generator
-def mixcldehazenet_b(**kwargs) -> MixCLDehazeNet:
-    """MixCLDehazeNet-B, 6.25 M parameters."""
-    return _mixcl("b", kwargs)
-
-
-@register_generator
-def mixcldehazenet_l(**kwargs) -> MixCLDehazeNet:
-    """MixCLDehazeNet-L, 12.42 M parameters."""
-    return _mixcl("l", kwargs)
-
-
-@register_generator
-def mixcldehazenet_test(**kwargs) -> MixCLDehazeNet:
-    """Tiny MixCLDehazeNet for CI."""
-    return _mixcl("test", kwargs)
+#: mixdehazenet_t(**kwargs) ... mixcldehazenet_test(**kwargs): the variants of mixdehazenet.yaml as factories.
+__getattr__ = variant_factories(__name__)

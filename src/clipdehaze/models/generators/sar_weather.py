@@ -64,8 +64,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from clipdehaze.models.contract import GeneratorBase
 from clipdehaze.models.layers import SKFusion, softmax, without_autocast
 from clipdehaze.models.registry import register_generator
+from clipdehaze.models.variants import variant_factories
 
 __all__ = ["LayerNorm2d", "SpatialGate", "SARBlock", "CLIPWeatherPrior", "PriorCrossAttention", "SRDHead",
            "SARWeatherNet", "soft_residual_distillation"]
@@ -246,8 +248,9 @@ def _pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-class SARWeatherNet(nn.Module):
-    """The SAR weather net (see the module docstring).
+@register_generator("sar_weather")
+class SARWeatherNet(GeneratorBase):
+    """The SAR weather net (see the module docstring); any input size (padded inside).
 
     Args:
         dims: widths of the full, 1/2 and 1/4 resolution levels.
@@ -278,6 +281,7 @@ class SARWeatherNet(nn.Module):
         self.cwp, self.srd = bool(cwp), bool(srd)
         self.srd_temperature = float(srd_temperature)
         self.clip_inputs: tuple[str, ...] = ("image_embedding",) if self.cwp else ()
+        self.auxiliary_terms: tuple[str, ...] = ("srd",) if self.srd else ()
         d0, d1, d2 = dims
 
         self.stem = nn.Conv2d(in_chans, d0, 3, padding=1, padding_mode="reflect")
@@ -356,40 +360,5 @@ class SARWeatherNet(nn.Module):
         return {"srd": soft_residual_distillation(pred, residual.to(pred.dtype), self.srd_temperature)}
 
 
-# Variants, as plain data. Parameter counts are with clip_dim=512, SRD head and CWP included (see the factories).
-_CONFIGS: dict[str, dict[str, Any]] = {
-    "t": dict(dims=(24, 48, 96), enc_depths=(4, 4, 10), dec_depths=(4, 4)),
-    "s": dict(dims=(32, 64, 128), enc_depths=(4, 5, 12), dec_depths=(4, 4)),
-    "b": dict(dims=(48, 96, 192), enc_depths=(4, 5, 10), dec_depths=(5, 4)),
-    # CI: every code path (gates, fusion, three cross-attentions, SRD head) at a few thousand parameters.
-    "test": dict(dims=(8, 16, 32), enc_depths=(1, 1, 1), dec_depths=(1, 1), num_prototypes=3, num_tokens=2,
-                 prior_dim=16),
-}
-
-
-def _create(variant: str, kwargs: dict) -> SARWeatherNet:
-    return SARWeatherNet(**dict(_CONFIGS[variant], **kwargs))
-
-
-@register_generator
-def sar_weather_t(**kwargs) -> SARWeatherNet:
-    """SAR weather net -T (1.30 M params), sized like DehazeFormer-S (1.28 M)."""
-    return _create("t", kwargs)
-
-
-@register_generator
-def sar_weather_s(**kwargs) -> SARWeatherNet:
-    """SAR weather net -S (2.47 M params), sized like DehazeFormer-B (2.51 M)."""
-    return _create("s", kwargs)
-
-
-@register_generator
-def sar_weather_b(**kwargs) -> SARWeatherNet:
-    """SAR weather net -B (4.68 M params), sized like DehazeFormer-M (4.63 M)."""
-    return _create("b", kwargs)
-
-
-@register_generator
-def sar_weather_test(**kwargs) -> SARWeatherNet:
-    """Tiny CI variant: every code path of the SAR weather net."""
-    return _create("test", kwargs)
+#: sar_weather_t(**kwargs) ... sar_weather_test(**kwargs): the variants of sar_weather.yaml as factories.
+__getattr__ = variant_factories(__name__)
