@@ -195,3 +195,72 @@ def test_outputs_equal_the_pre_skeleton_network():
     with torch.no_grad():
         out = model(x, density_map=density, image_embedding=embedding)
     torch.testing.assert_close(out, expected["output"], rtol=0, atol=1e-5)
+
+
+def _colour_encoder(dim: int = CLIP_DIM):
+    """A stand-in for CLIP's image encoder that responds to content: the unit projection of the mean colour."""
+    proj = torch.randn(3, dim, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def encode(images):
+        calls.append(images.requires_grad)
+        return F.normalize(images.mean(dim=(2, 3)) @ proj, dim=-1)
+
+    return encode, calls
+
+
+def test_first_pass_embeds_the_networks_own_output():
+    """embedding_of=first_pass: the returned pass is instructed by the embedding of the first pass's (clamped)
+    output, the first pass by the input's; both passes share the weights of the one-pass network."""
+    torch.manual_seed(0)
+    two_pass = create_generator("cliphaze_test", embedding_of="first_pass").eval()
+    for name, p in two_pass.named_parameters():  # a trained-looking embedding path (its init is near zero)
+        if name.startswith("embed_adapter.1.") or ".aggregate.film." in name:
+            p.data.normal_(0, 0.5)
+    one_pass = create_generator("cliphaze_test").eval()
+    one_pass.load_state_dict(two_pass.state_dict())
+    assert two_pass.clip_inputs == ("density_map", "image_encoder")
+    x, density = torch.rand(2, 3, 24, 30), torch.rand(2, 1, 24, 30)
+    encode, calls = _colour_encoder()
+    with torch.no_grad():
+        first = one_pass(x, density_map=density, image_embedding=encode(x))
+        expected = one_pass(x, density_map=density, image_embedding=encode(first.clamp(0, 1)))
+    calls.clear()
+    out = two_pass(x, density_map=density, image_encoder=encode)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert (out - first).abs().max() > 1e-2  # the restored content's embedding changed the result
+    assert calls == [False, False]  # input and first-pass output: embedded without a graph
+
+
+def test_first_pass_trains_and_is_checked():
+    torch.manual_seed(0)
+    model = create_generator("cliphaze_test", embedding_of="first_pass").train()
+    x = torch.rand(2, 3, 21, 19)
+    encode, _ = _colour_encoder()
+    (model(x, density_map=torch.rand(2, 1, 21, 19), image_encoder=encode) - x).abs().mean().backward()
+    assert model.embed_adapter[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(TypeError, match="image_encoder must be a function"):
+        model(x, density_map=torch.rand(2, 1, 21, 19), image_encoder=torch.zeros(2, CLIP_DIM))
+    with pytest.raises(TypeError, match="does not use image_embedding"):
+        model(x, density_map=torch.rand(2, 1, 21, 19), image_encoder=encode, image_embedding=torch.zeros(2, 512))
+    with pytest.raises(ValueError, match="embedding_of"):
+        create_generator("cliphaze_test", embedding_of="daclip")
+    # Without the embedding cue there is nothing to embed: one pass.
+    plain = create_generator("cliphaze_test", embedding_of="first_pass", cam_embedding=False)
+    assert plain.clip_inputs == ("density_map",) and plain.embedding_of == "input"
+
+
+def test_first_pass_runs_with_the_clip_prior(compose_cfg):
+    """Through the LightningModule and the frozen (tiny) CLIP, whose image_encoder is computed live."""
+    from clipdehaze.pipeline import build_module
+
+    module = build_module(compose_cfg("train", ["model=cliphaze_test", "model.embedding_of=first_pass",
+                                                "clip=tiny_random"]))
+    x = torch.rand(2, 3, 32, 32)
+    inputs = module.clip_inputs(x)
+    assert set(inputs) == {"density_map", "image_encoder"}
+    torch.testing.assert_close(inputs["image_encoder"](x), module.clip_prior.image_embedding(x))
+    loss = module.training_step({"input": x, "target": torch.rand_like(x), "name": ["a", "b"],
+                                 "index": torch.tensor([0, 1])}, 0)
+    assert torch.isfinite(loss)

@@ -30,7 +30,8 @@ def register_generator(family: str) -> Callable[[Builder], Builder]:
 
     def register(builder: Builder) -> Builder:
         known = _BUILDERS.get(family)
-        if known is not None and known is not builder:
+        # The same definition executed again (a module imported anew) replaces itself; another one is a clash.
+        if known is not None and _describe(known) != _describe(builder):
             raise ValueError(f"generator family {family!r} registered twice: {_describe(known)} and "
                              f"{_describe(builder)}")
         _BUILDERS[family] = builder

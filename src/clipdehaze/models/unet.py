@@ -23,7 +23,16 @@ from torch import Tensor
 from clipdehaze.models.contract import GeneratorBase
 from clipdehaze.models.layers import PatchEmbed, PatchUnEmbed, SKFusion
 
-__all__ = ["BasicLayer", "UNet5"]
+__all__ = ["BasicLayer", "UNet5", "check_per_stage"]
+
+STAGES = 5
+
+
+def check_per_stage(**values: Sequence[Any]) -> None:
+    """Every argument has one entry per stage."""
+    for name, value in values.items():
+        if len(value) != STAGES:
+            raise ValueError(f"{name} needs one entry per stage ({STAGES}), got {list(value)}")
 
 
 class BasicLayer(nn.Module):
@@ -59,8 +68,7 @@ class UNet5(GeneratorBase):
                  merge_kernel_size: int | None = None, skip_projections: bool = True,
                  leading: Mapping[str, nn.Module] | None = None):
         super().__init__()
-        if len(embed_dims) != 5:
-            raise ValueError(f"embed_dims needs one entry per stage (5), got {list(embed_dims)}")
+        check_per_stage(embed_dims=embed_dims)
         if embed_dims[1] != embed_dims[3] or embed_dims[0] != embed_dims[4]:
             raise ValueError(f"embed_dims of stages 2/4 and 1/5 must match for the skip fusion, got {list(embed_dims)}")
         for name, module in (leading or {}).items():

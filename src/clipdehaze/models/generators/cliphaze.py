@@ -69,7 +69,7 @@ from torch.nn.init import trunc_normal_
 from clipdehaze.models.layers import WindowAttention, softmax
 from clipdehaze.models.registry import register_generator
 from clipdehaze.models.ssm import SS2D
-from clipdehaze.models.unet import BasicLayer, UNet5
+from clipdehaze.models.unet import BasicLayer, UNet5, check_per_stage
 from clipdehaze.models.variants import variant_factories
 
 __all__ = ["AGGREGATIONS", "EMBEDDING_SOURCES", "WindowSelfAttention", "FeedForward", "CLIPAggregation",
@@ -262,9 +262,7 @@ class CLIPHaze(UNet5):
                  cam_density: bool = True, cam_embedding: bool = True, embedding_of: str = "input",
                  clip_dim: int = 512, cond_dim: int = 64, cam_ratio: float = 0.5, in_chans: int = 3,
                  scan_backend: str = "auto"):
-        for name, value in dict(depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios).items():
-            if len(value) != 5:
-                raise ValueError(f"{name} needs one entry per stage (5), got {list(value)}")
+        check_per_stage(depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios)
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
         if embedding_of not in EMBEDDING_SOURCES:

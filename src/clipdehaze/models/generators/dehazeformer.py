@@ -35,7 +35,7 @@ from torch.nn.init import _calculate_fan_in_and_fan_out, trunc_normal_
 
 from clipdehaze.models.layers import WindowAttention
 from clipdehaze.models.registry import register_generator
-from clipdehaze.models.unet import BasicLayer, UNet5
+from clipdehaze.models.unet import BasicLayer, UNet5, check_per_stage
 from clipdehaze.models.variants import variant_factories
 
 __all__ = ["RLN", "Mlp", "Attention", "TransformerBlock", "DehazeFormer"]
@@ -235,10 +235,8 @@ class DehazeFormer(UNet5):
                  attn_ratio: Sequence[float] = (1 / 4, 1 / 2, 3 / 4, 0, 0),
                  conv_type: Sequence[str] = ("DWConv",) * 5,
                  in_chans: int = 3, out_chans: int = 4, window_size: int = 8):
-        for name, value in dict(mlp_ratios=mlp_ratios, depths=depths, num_heads=num_heads, attn_ratio=attn_ratio,
-                                conv_type=conv_type).items():
-            if len(value) != 5:
-                raise ValueError(f"{name} needs one entry per stage (5), got {list(value)}")
+        check_per_stage(mlp_ratios=mlp_ratios, depths=depths, num_heads=num_heads, attn_ratio=attn_ratio,
+                        conv_type=conv_type)
         if window_size % 2:
             raise ValueError(f"window_size must be even (shift = window_size / 2), got {window_size}")
         network_depth = sum(depths)

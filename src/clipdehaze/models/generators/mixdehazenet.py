@@ -51,7 +51,7 @@ from torch import Tensor
 
 from clipdehaze.models.layers import UpstreamGraph
 from clipdehaze.models.registry import register_generator
-from clipdehaze.models.unet import BasicLayer, UNet5
+from clipdehaze.models.unet import BasicLayer, UNet5, check_per_stage
 from clipdehaze.models.variants import variant_factories
 
 __all__ = ["MixStructureBlock", "ParametricAttention", "CALIPAttention", "MixDehazeNet", "MixCLDehazeNet", "FUSIONS"]
@@ -315,8 +315,7 @@ class _MixUNet(UNet5):
     min_size = UNet5.patch_size * (_MAX_BLOCK_PAD + 1) - (UNet5.patch_size - 1)
 
     def __init__(self, embed_dims: Sequence[int], depths: Sequence[int], text_emb: nn.Module | None = None):
-        if len(depths) != 5:
-            raise ValueError(f"depths needs one entry per stage (5), got {list(depths)}")
+        check_per_stage(depths=depths)
 
         def stage(i: int) -> BasicLayer:
             return BasicLayer(MixStructureBlock(embed_dims[i]) for _ in range(depths[i]))
