@@ -20,10 +20,10 @@ from clipdehaze.models.variants import GENERATOR_PATH_ENV, variants
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _python(code: str, **env: str) -> str:
+def _python(code: str) -> str:
+    path = os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                              **env})
+                         env={**os.environ, "PYTHONPATH": path})
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip()
 

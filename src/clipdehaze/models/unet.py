@@ -114,7 +114,8 @@ class UNet5(GeneratorBase):
         """DehazeFormer's output form, which MixDehazeNet keeps: [0, 1] RGB (B, 3, H, W) -> [0, 1] RGB, not clamped.
 
         Upstream works on [-1, 1] images reflect-padded to a multiple of 4; the 4-channel head predicts K and B of
-        ``J = K·I − B + I``. ``extra_channels(I)`` (MixCLDehazeNet's text fusion) is concatenated to the stem's input.
+        ``J = K·I − B + I``. ``extra_channels(I)`` (MixCLDehazeNet's text fusion) is concatenated to the stem's
+        input.
         """
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) RGB batch, got shape {tuple(x.shape)}")

@@ -155,7 +155,8 @@ def create_generator(name: str, **kwargs: Any):
     try:
         importlib.import_module(v.module)  # registers the family (a dictionary look-up once imported)
     except ImportError as e:
-        raise ImportError(f"{v.source}: cannot import module {v.module!r}, which builds generator {name!r} ({e})") from e
+        raise ImportError(f"{v.source}: cannot import module {v.module!r}, which builds generator {name!r} ({e})"
+                          ) from e
     builder = registered_builder(v.family)
     if builder is None:
         raise LookupError(f"{v.source}: module {v.module} registers no generator family {v.family!r}; decorate its "

@@ -29,14 +29,14 @@ upstream to float32 round-off. Only the execution differs, for speed (same maths
   (never materialises the HW x D attention map); the text branch whose result upstream discards is not
   evaluated (see :class:`ParametricAttention`).
 
-Architecture: DehazeFormer's 5-stage U-Net, :mod:`clipdehaze.models.unet` (24-48-96-48-24 channels; reflect-padded
-strided-conv patch merging, pixel-shuffle patch splitting, SK fusion of the skips) whose blocks are Mix Structure Blocks: a multi-scale
-parallel large-kernel module (1x1 -> 5x5 conv, then depthwise 7/5/3-tap convolutions with dilation 3, i.e.
-receptive fields 19/13/7, concatenated and mixed by an MLP) and an enhanced parallel attention module (simple
-pixel attention, channel attention and pixel attention side by side, concatenated and mixed by an MLP), each with
-BatchNorm in front and a residual connection. The 4-channel head predicts K and B of ``J = K·I − B + I``.
-Upstream works on images in [-1, 1]; the generators here take and return [0, 1] images and convert inside.
-The variants' numbers, shared by both families, are data: ``mixdehazenet.yaml`` beside this file.
+Architecture: DehazeFormer's 5-stage U-Net, :mod:`clipdehaze.models.unet` (24-48-96-48-24 channels;
+reflect-padded strided-conv patch merging, pixel-shuffle patch splitting, SK fusion of the skips) whose blocks are
+Mix Structure Blocks: a multi-scale parallel large-kernel module (1x1 -> 5x5 conv, then depthwise 7/5/3-tap
+convolutions with dilation 3, i.e. receptive fields 19/13/7, concatenated and mixed by an MLP) and an enhanced
+parallel attention module (simple pixel attention, channel attention and pixel attention side by side, concatenated
+and mixed by an MLP), each with BatchNorm in front and a residual connection. The 4-channel head predicts K and B
+of ``J = K·I − B + I``. Upstream works on images in [-1, 1]; the generators here take and return [0, 1] images and
+convert inside. The variants' numbers, shared by both families, are data: ``mixdehazenet.yaml`` beside this file.
 """
 
 from __future__ import annotations
