@@ -264,3 +264,8 @@ def test_first_pass_runs_with_the_clip_prior(compose_cfg):
     loss = module.training_step({"input": x, "target": torch.rand_like(x), "name": ["a", "b"],
                                  "index": torch.tensor([0, 1])}, 0)
     assert torch.isfinite(loss)
+    from clipdehaze.predict import restore
+
+    image = torch.rand(1, 3, 48, 40)
+    tiled = restore(module.eval(), image, tile=32, overlap=8)  # the encoder passes to every tile uncropped
+    assert tiled.shape == image.shape and torch.isfinite(tiled).all()
