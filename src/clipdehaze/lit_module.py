@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.losses import L1Loss
-from clipdehaze.metrics import ImageQualityMetrics, describe_protocol
+from clipdehaze.metrics import ImageQualityMetrics
 from clipdehaze.models.registry import clip_inputs_of, create_generator
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ class DehazeLitModule(L.LightningModule):
         scheduler: optional ``{"scheduler": <hydra config; ``optimizer`` supplied here>, "interval": "epoch"|"step", ...}``.
         clip: optional Hydra config of :class:`clipdehaze.models.clip.FrozenCLIP`; built only when the generator
             (or a loss) needs it.
-        metrics: ``{"protocol": "dehazeformer"|"basicsr", ...protocol options}``.
+        metrics: ``{"protocol": "dehazeformer"|"basicsr"|None, "names": [registered metrics] | None (the protocol's),
+            ...protocol options}``.
         nonfinite_loss: ``"raise"`` (stop with the step and batch file names) or ``"skip"`` (skip the batch).
         sample_images: how many test images to keep (downscaled) for an image grid.
         dataset_name: suffix of the logged test keys (``test/psnr_<dataset_name>``).
@@ -126,10 +127,11 @@ class DehazeLitModule(L.LightningModule):
         self.clip_prior = instantiate(hp["clip"]) if wants_clip else None
 
         metric_cfg = dict(hp["metrics"])
-        self.protocol = metric_cfg.pop("protocol")
+        self.protocol = metric_cfg.pop("protocol", None)
+        names = metric_cfg.pop("names", None)
         self.protocol_opts = metric_cfg
-        self.val_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
-        self.test_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
+        self.val_metrics = ImageQualityMetrics(self.protocol, names, **metric_cfg)
+        self.test_metrics = ImageQualityMetrics(self.protocol, names, **metric_cfg)
         self._test_names: dict[int, str] = {}
         self.test_samples: list[dict[str, torch.Tensor]] = []
         # The resolved training config (plain containers), saved into every checkpoint so an evaluation can say
@@ -205,9 +207,8 @@ class DehazeLitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics) -> torch.Tensor:
-        x, y = batch["input"], batch["target"]
-        out = self(x, batch)
-        metric.update(out, y, batch["index"])
+        out = self(batch["input"], batch)
+        metric.update(out, batch.get("target"), batch["index"])
         return out
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -232,7 +233,7 @@ class DehazeLitModule(L.LightningModule):
             self.test_samples.append({
                 "input": batch["input"][0].detach().cpu(),
                 "output": out[0].detach().clamp(0, 1).cpu(),
-                "target": batch["target"][0].detach().cpu(),
+                **({"target": batch["target"][0].detach().cpu()} if "target" in batch else {}),
                 "name": batch["name"][0],
             })
         return out
@@ -268,7 +269,7 @@ class DehazeLitModule(L.LightningModule):
                            "means they enter are written as null to metrics.json")
 
     def protocol_description(self) -> str:
-        return describe_protocol(self.protocol, **self.protocol_opts)
+        return self.test_metrics.describe()
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
