@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from clipdehaze.losses import L1Loss
 from clipdehaze.metrics import ImageQualityMetrics
 from clipdehaze.models.registry import clip_inputs_of, create_generator
+from clipdehaze.utils.tta import TTA_DESCRIPTIONS, self_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,10 @@ class DehazeLitModule(L.LightningModule):
         # The resolved training config (plain containers), saved into every checkpoint so an evaluation can say
         # which data and variant the weights come from; set by clipdehaze-train, restored by load_checkpoint.
         self.run_config: dict[str, Any] | None = None
+        # Self-ensemble of the test pass (clipdehaze.utils.tta): set by clipdehaze-eval's tta=.
+        self.tta = "none"
+        # Whether load_checkpoint took a checkpoint's EMA average (True), its raw weights (False), or found none.
+        self.ema_weights: bool | None = None
 
     # ------------------------------------------------------------------ forward
     @property
@@ -206,8 +211,9 @@ class DehazeLitModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics) -> torch.Tensor:
-        out = self(batch["input"], batch)
+    def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics, tta: str = "none") -> torch.Tensor:
+        x = batch["input"]
+        out = self(x, batch) if tta == "none" else self_ensemble(self.generator, x, tta, self.clip_inputs(x, batch))
         metric.update(out, batch.get("target"), batch["index"])
         return out
 
@@ -226,7 +232,7 @@ class DehazeLitModule(L.LightningModule):
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         # Returned for callbacks (SaveTestOutputs).
-        out = self._eval_step(batch, self.test_metrics)
+        out = self._eval_step(batch, self.test_metrics, self.tta)
         for i, name in zip(batch["index"].tolist(), batch["name"]):
             self._test_names[int(i)] = name
         if len(self.test_samples) < self.hparams["sample_images"]:
@@ -269,7 +275,8 @@ class DehazeLitModule(L.LightningModule):
                            "means they enter are written as null to metrics.json")
 
     def protocol_description(self) -> str:
-        return self.test_metrics.describe()
+        """The test metrics' protocol line, with the self-ensemble when one is on (it changes the numbers)."""
+        return "; ".join(p for p in (self.test_metrics.describe(), TTA_DESCRIPTIONS[self.tta]) if p)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
@@ -322,13 +329,23 @@ class DehazeLitModule(L.LightningModule):
         return ckpt
 
     @classmethod
-    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", **overrides) -> "DehazeLitModule":
-        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files."""
+    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", use_ema: bool = True,
+                        **overrides) -> "DehazeLitModule":
+        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files.
+
+        A checkpoint of a run with ``ema.enabled=true`` holds the averaged generator weights in ``state_dict`` and
+        the raw ones beside them (:data:`clipdehaze.callbacks.RAW_STATE_KEY`): ``use_ema`` picks the average (the
+        default), ``use_ema=False`` the raw weights. ``module.ema_weights`` says which was loaded (None: the
+        checkpoint has no average)."""
+        from clipdehaze.callbacks import RAW_STATE_KEY
+
         ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None))
         hp = dict(ckpt["hyper_parameters"])
         hp.update({k: v for k, v in overrides.items() if v is not None})
         module = cls(**hp)
-        module.load_state_dict(ckpt["state_dict"], strict=True)
+        has_ema = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
+        module.load_state_dict(ckpt["state_dict"] if use_ema or not has_ema else ckpt[RAW_STATE_KEY], strict=True)
+        module.ema_weights = bool(use_ema) if has_ema else None
         run_config = ckpt.get(RUN_CONFIG_KEY)
         module.run_config = run_config if isinstance(run_config, dict) else None
         return module

@@ -16,7 +16,11 @@ from clipdehaze.metrics.protocols import (
 )
 from clipdehaze.metrics.registry import MetricSpec, get_metric, list_metrics, metric_display, register_metric
 
+#: What images without ground truth are scored with unless ``metrics=`` says otherwise (``metrics=no_reference``).
+NO_REFERENCE_METRICS = ("niqe", "brisque", "dark_channel")
+
 __all__ = [
+    "NO_REFERENCE_METRICS",
     "PROTOCOLS",
     "ImageQualityMetrics",
     "MetricProtocol",
