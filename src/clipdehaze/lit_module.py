@@ -60,6 +60,15 @@ def auxiliary_terms(generator: torch.nn.Module) -> tuple[str, ...]:
     return ("srd",) if getattr(generator, "srd", False) else ()
 
 
+#: Keys of the ``model`` config that say how the generator runs, not what it is (see conf/train.yaml).
+EXECUTION_KEYS = ("compile", "compile_mode")
+
+
+def architecture_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``model`` config's factory arguments: without ``name`` and the :data:`EXECUTION_KEYS`."""
+    return {k: v for k, v in model_cfg.items() if k != "name" and k not in EXECUTION_KEYS}
+
+
 #: Checkpoint key of the resolved training config (see ``DehazeLitModule.run_config``).
 RUN_CONFIG_KEY = "clipdehaze_run_config"
 
@@ -115,6 +124,10 @@ class DehazeLitModule(L.LightningModule):
 
         gen_cfg = dict(hp["generator"])
         name = gen_cfg.pop("name")
+        # torch.compile of the generator in training: an execution choice, not an architecture argument.
+        self.compile_mode = gen_cfg.pop("compile_mode", "default")
+        self.compile_generator = bool(gen_cfg.pop("compile", False))
+        self._compile_checked = False
         self.generator = create_generator(name, **gen_cfg)
         self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else L1Loss()
 
@@ -160,7 +173,23 @@ class DehazeLitModule(L.LightningModule):
         return {n: served[n] for n in names}
 
     def forward(self, x: torch.Tensor, batch: Mapping[str, Any] | None = None) -> torch.Tensor:
-        return self.generator(x, **self.clip_inputs(x, batch))
+        inputs = self.clip_inputs(x, batch)
+        if self.compile_generator and not self._compile_checked:
+            return self._first_compiled_forward(x, inputs)
+        return self.generator(x, **inputs)
+
+    def _first_compiled_forward(self, x: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The first call compiles; a model that cannot compile (an unsupported op, no C++ compiler for inductor on
+        CPU) falls back to eager with a warning instead of stopping the run. A genuine error in the model raises
+        again from the eager call."""
+        self._compile_checked = True
+        try:
+            return self.generator(x, **inputs)
+        except Exception as e:  # noqa: BLE001 - any compile failure: warn and run eager
+            self.generator._compiled_call_impl = None
+            rank_zero_warn(f"model.compile=true: generator {self.generator_name!r} could not be compiled "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); running it eager")
+            return self.generator(x, **inputs)
 
     @property
     def aux_weights(self) -> dict[str, float]:
@@ -169,6 +198,9 @@ class DehazeLitModule(L.LightningModule):
         return {k: float(w) for k, w in weights.items() if float(w) > 0}
 
     def on_fit_start(self) -> None:
+        if self.compile_generator:
+            # nn.Module.compile compiles in place: state_dict keys (and checkpoints) stay those of the eager model.
+            self.generator.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
         built = auxiliary_terms(self.generator)
         weights = getattr(self.loss_fn, "aux_weights", None) or {}
         if off := [t for t in built if t not in self.aux_weights]:

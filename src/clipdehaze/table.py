@@ -531,7 +531,9 @@ def row_macs(groups: list[Row]) -> dict[int, float]:
     out = {}
     for i, g in enumerate(groups):
         cfg = next((r.model_config for r in g.runs if r.model_config), None)
-        kwargs = {k: v for k, v in (cfg or {}).items() if k != "name"}
+        from clipdehaze.lit_module import architecture_kwargs
+
+        kwargs = architecture_kwargs(cfg or {})
         key = json.dumps([g.generator, kwargs], sort_keys=True, default=str)
         if key not in cache:
             cache[key] = generator_macs(g.generator, **kwargs) / 1e9
