@@ -24,8 +24,13 @@ def _pair(name: str):
     clip = None
     if name in ("cliphaze_test", "mixcldehazenet_test", "sar_weather_test"):
         from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
         from omegaconf import OmegaConf
 
+        from clipdehaze.utils.hydra_utils import register_resolvers
+
+        register_resolvers()
+        GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", [f"model={name}", "clip=tiny_random"])
         gen = {**OmegaConf.to_container(cfg.model, resolve=True), "compile": True}

@@ -156,3 +156,9 @@ def test_a_toy_metric_in_one_file_reaches_train_metrics_json_and_the_table(toy_m
     assert row["toy_mean_abs"] == pytest.approx(summary["metrics"]["test/toy_mean_abs_tiny"])
     table = (tmp_path / "table" / "table.md").read_text()
     assert "toy |Δ| ↓" in table and "PSNR (dB) ↑" in table
+
+
+def test_lpips_without_backbone_weights_names_the_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(ValueError, match=r"lpips: LPIPS needs torchvision's ImageNet AlexNet weights at .*alexnet-"):
+        ImageQualityMetrics("dehazeformer", ["psnr", "lpips"])
