@@ -1,4 +1,4 @@
-"""model.compile=true: the compiled generator equals the eager one; a model that cannot compile trains eager."""
+"""compile.enabled=true: the compiled generator equals the eager one; a model that cannot compile trains eager."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 def _pair(name: str):
     torch.manual_seed(0)
-    gen = {"name": name, "compile": True}
+    gen = {"name": name}
     clip = None
     if name in ("cliphaze_test", "mixcldehazenet_test", "sar_weather_test"):
         from hydra import compose, initialize_config_dir
@@ -33,10 +33,10 @@ def _pair(name: str):
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", [f"model={name}", "clip=tiny_random"])
-        gen = {**OmegaConf.to_container(cfg.model, resolve=True), "compile": True}
+        gen = OmegaConf.to_container(cfg.model, resolve=True)
         clip = OmegaConf.to_container(cfg.clip, resolve=True)
-    compiled = DehazeLitModule(generator=gen, clip=clip).eval()
-    eager = DehazeLitModule(generator={**gen, "compile": False}, clip=clip).eval()
+    compiled = DehazeLitModule(generator=gen, clip=clip, compile={"enabled": True}).eval()
+    eager = DehazeLitModule(generator=gen, clip=clip).eval()
     eager.load_state_dict(compiled.state_dict())
     return compiled, eager
 
@@ -68,7 +68,7 @@ def test_compiled_equals_eager_test_variants(name):
 
 
 def test_a_model_that_cannot_compile_warns_and_runs_eager(monkeypatch):
-    module = DehazeLitModule(generator={"name": "dehazeformer_test", "compile": True}).eval()
+    module = DehazeLitModule(generator={"name": "dehazeformer_test"}, compile={"enabled": True}).eval()
     eager = module.generator.forward
 
     def broken(*args, **kwargs):

@@ -276,7 +276,7 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
 
         row["train_step_s"] = round(_timeit(lambda: step(False), repeats=repeats), 4)
         if compile_mode is not None:
-            # What model.compile=true does in training (nn.Module.compile, in place); the first step compiles.
+            # What compile.enabled=true does in training (nn.Module.compile, in place); the first step compiles.
             model.compile(mode=None if compile_mode == "default" else compile_mode)
             start = time.perf_counter()
             step(False)
@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip untiled inference above 256 px for models heavier than this at 256²")
     ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture (random weights) for CLIP nets")
     ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                    help="also time the train step with the generator torch.compiled (model.compile=true; MODE: "
+                    help="also time the train step with the generator torch.compiled (compile.enabled=true; MODE: "
                          "default | reduce-overhead | max-autotune)")
     ap.add_argument("--out", default="outputs/bench")
     args = ap.parse_args(argv)

@@ -60,13 +60,9 @@ def auxiliary_terms(generator: torch.nn.Module) -> tuple[str, ...]:
     return ("srd",) if getattr(generator, "srd", False) else ()
 
 
-#: Keys of the ``model`` config that say how the generator runs, not what it is (see conf/train.yaml).
-EXECUTION_KEYS = ("compile", "compile_mode")
-
-
 def architecture_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``model`` config's factory arguments: without ``name`` and the :data:`EXECUTION_KEYS`."""
-    return {k: v for k, v in model_cfg.items() if k != "name" and k not in EXECUTION_KEYS}
+    """A ``model`` config's factory arguments: without ``name``."""
+    return {k: v for k, v in model_cfg.items() if k != "name"}
 
 
 #: Checkpoint key of the resolved training config (see ``DehazeLitModule.run_config``).
@@ -105,6 +101,7 @@ class DehazeLitModule(L.LightningModule):
         nonfinite_loss: str = "raise",
         sample_images: int = 4,
         dataset_name: str | None = None,
+        compile: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         hp = dict(
@@ -117,6 +114,7 @@ class DehazeLitModule(L.LightningModule):
             nonfinite_loss=nonfinite_loss,
             sample_images=sample_images,
             dataset_name=dataset_name,
+            compile=_plain(compile) or {"enabled": False, "mode": "default"},
         )
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
@@ -125,8 +123,8 @@ class DehazeLitModule(L.LightningModule):
         gen_cfg = dict(hp["generator"])
         name = gen_cfg.pop("name")
         # torch.compile of the generator in training: an execution choice, not an architecture argument.
-        self.compile_mode = gen_cfg.pop("compile_mode", "default")
-        self.compile_generator = bool(gen_cfg.pop("compile", False))
+        self.compile_mode = str(hp["compile"].get("mode", "default"))
+        self.compile_generator = bool(hp["compile"].get("enabled", False))
         self._compile_checked = False
         self.generator = create_generator(name, **gen_cfg)
         self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else L1Loss()
@@ -187,7 +185,7 @@ class DehazeLitModule(L.LightningModule):
             return self.generator(x, **inputs)
         except Exception as e:  # noqa: BLE001 - any compile failure: warn and run eager
             self.generator._compiled_call_impl = None
-            rank_zero_warn(f"model.compile=true: generator {self.generator_name!r} could not be compiled "
+            rank_zero_warn(f"compile.enabled=true: generator {self.generator_name!r} could not be compiled "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); running it eager")
             return self.generator(x, **inputs)
 

@@ -64,6 +64,7 @@ def build_module(cfg: DictConfig) -> DehazeLitModule:
         metrics=cfg.get("metrics"),
         nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
         dataset_name=cfg.data.get("name"),
+        compile=cfg.get("compile"),
     )
 
 
