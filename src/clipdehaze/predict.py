@@ -211,8 +211,7 @@ def predict(cfg: DictConfig) -> list[Path]:
                 log.error("%s", e)
                 failed.append(p)
                 continue
-            y = restore(module, x, tile, overlap, budget, module.tta, on_tile=progress.tile_done,
-                        on_tiles=progress.new_image)
+            y = restore(module, x, tile, overlap, budget, module.tta, progress.tile_done, progress.new_image)
             if nan := int(y.isnan().sum()):
                 # A PNG cannot hold NaN; written, these pixels would pass for black.
                 log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this "

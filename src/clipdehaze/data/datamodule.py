@@ -341,9 +341,10 @@ class FolderDataModule(PairedDataModule):
     has_targets = False
 
     def __init__(self, root: str, name: str = "folder", num_workers: int = 0, pin_memory: bool = False,
-                 max_test_samples: int | None = None) -> None:
+                 max_test_samples: int | None = None, pad_if_smaller: bool = True) -> None:
         super().__init__(root=root, name=name, train_split=None, val_split=None, test_split=None, batch_size=1,
-                         num_workers=num_workers, pin_memory=pin_memory, max_test_samples=max_test_samples)
+                         num_workers=num_workers, pin_memory=pin_memory, max_test_samples=max_test_samples,
+                         pad_if_smaller=pad_if_smaller)
 
     def setup(self, stage: str | None = None) -> None:
         if stage not in ("test", "predict"):
@@ -352,6 +353,7 @@ class FolderDataModule(PairedDataModule):
         if self.test_set is None:
             from clipdehaze.data.datasets import FolderDataset
 
-            self.test_set = evenly_spaced_subset(FolderDataset(self.root), self.max_test_samples)
+            self.test_set = evenly_spaced_subset(FolderDataset(self.root, pad_if_smaller=self.pad_if_smaller),
+                                                self.max_test_samples)
         if self.clip_cache is not None:
             self._serve_clip_cache()
