@@ -80,8 +80,10 @@ def run_macs(run_dir: Path) -> float:
 
     from clipdehaze.bench import generator_macs
 
+    from clipdehaze.lit_module import architecture_kwargs
+
     model = OmegaConf.to_container(OmegaConf.load(run_dir / "config_resolved.yaml").model, resolve=True)
-    return generator_macs(model.pop("name"), **model) / 1e9
+    return generator_macs(model["name"], **architecture_kwargs(model)) / 1e9
 
 
 def combined_grid(runs: dict[str, Path], path: Path, n_images: int = 3, height: int = 128) -> Path:
