@@ -71,7 +71,8 @@ def test_shortening_replaces_a_key_the_command_sets_and_appends_the_rest():
     assert "clip=vit_b32_openai" not in out and out.count("clip=tiny_random") == 1
     assert not any(a.startswith(("hydra.run", "hydra.sweep", "paths.")) for a in out)
     assert H.shortened("bench", ["models", "--models", "a", "b", "--sizes", "256", "--no-memory"]) == [
-        "models", "--models", "a", "b", "--sizes", "64", "--mac-size", "64", "--repeats", "1", "--no-memory"]
+        "models", "--models", "a", "b", "--sizes", "64", "--mac-size", "64", "--repeats", "1", "--no-memory",
+        "--no-profile"]
     assert "hydra.sweeper.n_trials=2" in H.shortened("train", ["-m", "hparams_search=dehazeformer_optuna"])
 
 
