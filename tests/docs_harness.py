@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,10 +268,11 @@ def run(tool: str, args: list[str]) -> int:
     needs = os.environ.pop("CLIPDEHAZE_DOCS_NEEDS", None)
     provide_user_files(args)
     cmd = [sys.executable, "-m", TOOLS[tool], *shortened(tool, args)]
+    start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     text = out.stdout + out.stderr
     record = {"tool": f"clipdehaze-{tool}", "args": args, "cwd": os.getcwd(), "returncode": out.returncode,
-              "needs": needs}
+              "needs": needs, "seconds": round(time.perf_counter() - start, 1)}
     ok = out.returncode == 0
     if needs:
         expected = NEEDS[needs]

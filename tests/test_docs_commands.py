@@ -57,7 +57,8 @@ def test_documented_commands_run_as_written(doc: Path, tmp_path: Path, cache_dir
         with open(report, "a") as f:
             for r in records:
                 needs = f" (needs {r['needs']}: stopped naming {r['expected']!r})" if r.get("needs") else ""
-                f.write(f"| {_doc_id(doc)} | `{r['tool']} {' '.join(r['args'])}` | {r['status']}{needs} |\n")
+                f.write(f"| {_doc_id(doc)} | `{r['tool']} {' '.join(r['args'])}` | {r['status']}{needs} | "
+                        f"{r['seconds']} s |\n")
     assert not failures, "\n".join(failures)
     assert all(r["status"] == "ok" for r in records)
     # Every command shown ran at least once (loops run theirs several times).
