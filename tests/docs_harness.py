@@ -157,6 +157,7 @@ def make_paper_datasets(data_dir: Path) -> list[str]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from omegaconf import OmegaConf
     from clipdehaze.utils.hydra_utils import register_resolvers
 
     register_resolvers()
@@ -170,6 +171,8 @@ def make_paper_datasets(data_dir: Path) -> list[str]:
             cfg = compose("train", overrides=[f"data={name}", f"paths.data_dir={data_dir}",
                                                f"paths.root_dir={data_dir.parent}"])
         d = cfg.data
+        if OmegaConf.is_missing(d, "root"):
+            continue  # a data config the user points at their own folder (data=folder data.root=...)
         seed = len(names) * 100
         for split, root, list_file in (("train", d.root, d.get("train_list")),
                                        ("val", d.get("val_root") or d.root, d.get("val_list")),
