@@ -162,3 +162,39 @@ def compose_cfg(tmp_path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+IQA_CALIBRATION_SDIST = "pyiqa==0.1.16"
+
+
+@pytest.fixture(scope="session")
+def iqa_calibration() -> Path:
+    """pyiqa's ``ResultsCalibra`` folder: five TID2013 images with the official MATLAB NIQE/BRISQUE values
+    (``results_official.csv``), shipped in the pyiqa 0.1.16 sdist (not its wheel). Found under
+    $CLIPDEHAZE_IQA_CALIBRATION or the clipdehaze cache, else fetched once from the package index with pip
+    (``pip download --no-binary :all: pyiqa==0.1.16``) into the cache; skipped with the reason when neither works."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    cache = Path(os.environ.get("CLIPDEHAZE_CACHE") or Path.home() / ".cache" / "clipdehaze") / "iqa-calibration"
+    for d in (os.environ.get("CLIPDEHAZE_IQA_CALIBRATION"), cache / "ResultsCalibra"):
+        if d and (Path(d) / "results_official.csv").is_file():
+            return Path(d)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+               IQA_CALIBRATION_SDIST]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+            sdist = next(Path(tmp).glob("pyiqa-*.tar.gz"))
+            with tarfile.open(sdist) as tar:
+                members = [m for m in tar.getmembers() if "/ResultsCalibra/" in m.name and m.isfile()]
+                cache.mkdir(parents=True, exist_ok=True)
+                for m in members:
+                    m.name = m.name.split("/ResultsCalibra/", 1)[1]
+                    tar.extract(m, cache / "ResultsCalibra", filter="data")
+        except (subprocess.SubprocessError, OSError, StopIteration, tarfile.TarError) as e:
+            pytest.skip(f"NIQE/BRISQUE calibration images unavailable ({type(e).__name__}): put pyiqa 0.1.16's "
+                        "ResultsCalibra folder at $CLIPDEHAZE_IQA_CALIBRATION, or allow `pip download "
+                        f"--no-binary :all: {IQA_CALIBRATION_SDIST}`")
+    return cache / "ResultsCalibra"

@@ -215,7 +215,7 @@ def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compo
         "train_manifest_sha256": saved["dataset"]["train_manifest_sha256"], "train_images": 6}
     best = Path(saved["best_ckpt"])
     assert saved["weights"] == {"origin": "trained", "path": str(best.resolve()),
-                                "sha256": hashlib.sha256(best.read_bytes()).hexdigest()}
+                                "sha256": hashlib.sha256(best.read_bytes()).hexdigest(), "ema": None}
     assert re.fullmatch(r"[0-9a-f]{40}", saved["code"]["git_commit"]) and isinstance(saved["code"]["git_dirty"], bool)
     assert saved["environment"]["torch"] == _torch.__version__ and saved["environment"]["device"] == "cpu"
     assert saved["config"]["model"]["name"] == "dehazeformer_test"

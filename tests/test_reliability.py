@@ -54,10 +54,11 @@ def test_same_seed_bit_identical_metrics(compose_cfg, tiny_paired_root, tmp_path
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted(tiny_paired_root, tmp_path):
+@pytest.mark.parametrize("ema", [[], ["ema.enabled=true", "ema.decay=0.9", "ema.start_step=2"]], ids=["plain", "ema"])
+def test_sigkill_then_resume_equals_uninterrupted(tiny_paired_root, tmp_path, ema):
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
-    ref = _cli("clipdehaze.train", [*TRAIN, *_data(tiny_paired_root)], ref_dir)
-    proc = _cli("clipdehaze.train", [*TRAIN, *_data(tiny_paired_root)], run_dir)
+    ref = _cli("clipdehaze.train", [*TRAIN, *ema, *_data(tiny_paired_root)], ref_dir)
+    proc = _cli("clipdehaze.train", [*TRAIN, *ema, *_data(tiny_paired_root)], run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
@@ -67,11 +68,20 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_paired_root, tmp_path):
     proc.wait()
     assert not (run_dir / "metrics.json").exists()
     torch.load(last, weights_only=True)  # atomic writes: whatever was on disk at the kill is a whole checkpoint
-    _finish(_cli("clipdehaze.train", [*TRAIN, *_data(tiny_paired_root), "resume=auto"], run_dir))
+    _finish(_cli("clipdehaze.train", [*TRAIN, *ema, *_data(tiny_paired_root), "resume=auto"], run_dir))
     _finish(ref)
     a, b = _metrics(ref_dir), _metrics(run_dir)
     for key in ("test/psnr_tiny", "test/ssim_tiny", "val/psnr", "val/ssim"):
         assert a[key] == b[key], (key, a[key], b[key])
+    # The weights (EMA average and raw) and the averaging counters end exactly as without the kill.
+    ref_ckpt, run_ckpt = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (ref_dir, run_dir))
+    for key in ("state_dict", *(["current_model_state"] if ema else [])):
+        assert ref_ckpt[key].keys() == run_ckpt[key].keys()
+        assert all(torch.equal(ref_ckpt[key][k], run_ckpt[key][k]) for k in ref_ckpt[key]), key
+    if ema:
+        (state,) = [v for k, v in run_ckpt["callbacks"].items() if "GeneratorEMA" in k]
+        assert state == next(v for k, v in ref_ckpt["callbacks"].items() if "GeneratorEMA" in k)
+        assert state["updates"] == run_ckpt["global_step"] - 2
 
 
 @pytest.mark.slow
@@ -256,3 +266,54 @@ def test_official_weights_wrapper_loads_strict_and_a_foreign_file_is_named(tmp_p
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), official.state_dict().values()))
     with pytest.raises(CheckpointError, match=r"dehazeformer-test\.pth: weights do not match generator"):
         load_generator_weights(create_generator("mixdehazenet_test"), path)
+
+
+def _ema_module(decay=0.5, start_step=1):
+    from clipdehaze.callbacks import GeneratorEMA
+
+    return GeneratorEMA(decay=decay, start_step=start_step), DehazeLitModule(generator={"name": "dehazeformer_test"})
+
+
+class _Trainer:
+    global_step = 0
+
+
+def test_ema_update_rule_start_step_and_swap():
+    ema, module = _ema_module(decay=0.5, start_step=1)
+    ema.setup(None, module, "fit")
+    params = dict(module.generator.named_parameters())
+    name = next(iter(params))
+    trainer, history = _Trainer(), []
+    with torch.no_grad():
+        for step, value in enumerate((1.0, 2.0, 4.0, 8.0), start=1):
+            params[name].fill_(value)
+            trainer.global_step = step
+            ema.on_train_batch_end(trainer, module, None, None, 0)
+            history.append(ema.ema[name].flatten()[0].item())
+        ema.on_train_batch_end(trainer, module, None, None, 0)   # no new optimiser step: no update
+    # step 1 <= start_step: a copy; then ema = 0.5 ema + 0.5 w at steps 2, 3, 4
+    assert history == [1.0, 1.5, 2.75, 5.375] and ema.updates == 3
+    ema.on_validation_epoch_start(trainer, module)
+    assert params[name].flatten()[0].item() == 5.375 and ema.ema[name].flatten()[0].item() == 8.0
+    ema.on_validation_epoch_end(trainer, module)
+    assert params[name].flatten()[0].item() == 8.0
+    with pytest.raises(ValueError, match="ema.decay"):
+        _ema_module(decay=1.0)
+
+
+def test_ema_checkpoint_keeps_both_and_eval_picks_the_average(compose_cfg, tiny_paired_root, tmp_path):
+    from clipdehaze.callbacks import RAW_STATE_KEY
+
+    cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=1", "ema.enabled=true",
+                                "ema.decay=0.9", *_data(tiny_paired_root)], out=tmp_path / "run")
+    summary = train(cfg)
+    assert summary["weights"]["ema"] is True and summary["config"]["ema"]["decay"] == 0.9
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    key = "generator.patch_embed.proj.weight"
+    assert not torch.equal(ckpt["state_dict"][key], ckpt[RAW_STATE_KEY][key])
+    assert set(ckpt["state_dict"]) == set(ckpt[RAW_STATE_KEY])
+    averaged = DehazeLitModule.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    raw = DehazeLitModule.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"), use_ema=False)
+    assert averaged.ema_weights is True and raw.ema_weights is False
+    assert torch.equal(averaged.state_dict()[key], ckpt["state_dict"][key])
+    assert torch.equal(raw.state_dict()[key], ckpt[RAW_STATE_KEY][key])

@@ -159,3 +159,40 @@ def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):
         cfg = compose_cfg("train", train_overrides(name, DEFAULT_STEPS, ["clip=tiny_random"]))
         assert cfg.trainer.max_steps == DEFAULT_STEPS and cfg.trainer.get("max_time") is None, name
         assert cfg.trainer.max_epochs >= DEFAULT_STEPS, name   # an epoch is at least one step: epochs never stop it first
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_scores_real_photos(tmp_path):
+    """``make demo`` shortened (two steps, one learned model): the comparison table, the no-reference scores of
+    every method on photos without ground truth beside its synthetic PSNR, and the combined grid."""
+    import math
+    import os
+    import subprocess
+    import sys
+
+    from conftest import _smooth_image
+
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):  # NIQE needs two 96-pixel blocks
+        Image.fromarray(_smooth_image(rng, 200, 240)).save(photos / f"hazy{k}.png")
+    out = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "clipdehaze.demo", "--steps", "2", "--models", "dehazeformer_test",
+                          "--real-photos", str(photos), "--real-images", "2", "--out", str(out)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    table = report.split("| method | params (M)", 1)[1].split("\n\n", 1)[0]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["identity", "dcp", "dehazeformer_test"]
+    assert " / 2 steps |" in table
+    real = report.split("## Real hazy photos (no ground truth): 2 of", 1)[1]
+    for name in ("identity", "dcp", "dehazeformer_test"):
+        row = next(line for line in real.splitlines() if line.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 5 and all(math.isfinite(float(c)) for c in cells[1:]), row  # PSNR, NIQE, BRISQUE, DC
+    assert (out / "grid.jpg").is_file() and (out / "scatter.png").is_file()

@@ -219,7 +219,8 @@ def _peak_memory(name: str, size: int, tiled: bool, tile: int, clip_cfg: dict | 
 
 def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: int = 3, train_batch: int = 4,
                 train_crop: int = 128, clip_cfg: dict | None = None, memory: bool = True, tile: int = 256,
-                max_untiled_gmacs: float = 60.0, timeout: float = 600.0) -> dict[str, Any]:
+                max_untiled_gmacs: float = 60.0, timeout: float = 600.0,
+                compile_mode: str | None = None) -> dict[str, Any]:
     from clipdehaze.utils.tiling import tiled_forward
 
     torch.manual_seed(0)
@@ -278,6 +279,15 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
             opt.step()
 
         row["train_step_s"] = round(_timeit(lambda: step(False), repeats=repeats), 4)
+        if compile_mode is not None:
+            # What compile.enabled=true does in training (nn.Module.compile, in place); the first step compiles.
+            model.compile(mode=None if compile_mode == "default" else compile_mode)
+            start = time.perf_counter()
+            step(False)
+            row["compile_s"] = round(time.perf_counter() - start, 2)
+            row["train_step_s_compiled"] = round(_timeit(lambda: step(False), repeats=repeats), 4)
+            row["compile_speedup"] = round(row["train_step_s"] / row["train_step_s_compiled"], 3)
+            model._compiled_call_impl = None
         if prior is not None:
             row["train_step_s_clip_live"] = round(_timeit(lambda: step(True), repeats=repeats), 4)
         row["train_batch"], row["train_crop"] = train_batch, train_crop
@@ -498,6 +508,9 @@ def models_markdown(rows: list[dict[str, Any]]) -> str:
             cols += [(f"seam_max_abs_{n}", f"{n}² seam max abs diff"), (f"seam_psnr_db_{n}", f"{n}² seam PSNR dB")]
     cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)"),
              ("train_loss", "train loss")]
+    if any("train_step_s_compiled" in r for r in rows):
+        cols += [("compile_s", "compile s (first step)"), ("train_step_s_compiled", "train step s compiled"),
+                 ("compile_speedup", "compile speed-up")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = []
@@ -564,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-untiled-gmacs", type=float, default=60.0,
                     help="skip untiled inference above 256 px for models heavier than this at 256²")
     ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture (random weights) for CLIP nets")
+    ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                    help="also time the train step with the generator torch.compiled (compile.enabled=true; MODE: "
+                         "default | reduce-overhead | max-autotune)")
     ap.add_argument("--out", default="outputs/bench")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -571,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("models", "all"):
         run_models(args.models or default_model_list(), out, sizes=tuple(args.sizes), mac_size=args.mac_size,
                    repeats=args.repeats, memory=not args.no_memory, max_untiled_gmacs=args.max_untiled_gmacs,
+                   compile_mode=args.compile,
                    clip_cfg={"model_name": args.clip_model, "pretrained": None, "warn_random": False})
     if args.what in ("clip", "all"):
         from clipdehaze.models.clip import bench as clip_bench

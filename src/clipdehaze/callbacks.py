@@ -31,6 +31,122 @@ class PreemptionCheckpoint(L.Callback):
         log.warning("SIGTERM received at global step %d: saved %s; resume with resume=auto", trainer.global_step, path)
 
 
+#: Checkpoint key of the raw (not averaged) module weights when EMA is on; ``state_dict`` holds the EMA weights then,
+#: so every reader of ``state_dict`` gets them by default. The name is Lightning's own (``WeightAveraging``).
+RAW_STATE_KEY = "current_model_state"
+
+
+class GeneratorEMA(L.Callback):
+    """Exponential moving average of the generator's weights (BasicSR, Restormer, DA-CLIP: decay 0.999).
+
+    After each optimisation step ``s``: for ``s <= start_step`` the average is a copy of the weights (it starts
+    from the weights of step ``start_step``, not from the random initialisation), afterwards every
+    ``every_n_steps``-th step ``ema = decay · ema + (1 - decay) · w`` for floating-point parameters and buffers
+    (integer buffers are copied). Validation, hence the checkpoint chosen by ``val/psnr``, runs on the averaged
+    weights; at the end of training the module holds them, so the test does too.
+
+    Checkpoints keep both: ``state_dict`` holds the module with the averaged generator weights (what eval, predict
+    and ``weights_path=`` read unless told otherwise), :data:`RAW_STATE_KEY` the raw weights the optimiser steps,
+    and this callback's state the counters, so ``resume`` continues the average exactly. Only the generator is
+    averaged: the frozen CLIP prior is not trained and is not in the module's state.
+
+    Lightning's own ``EMAWeightAveraging`` averages a deep copy of the whole LightningModule (with the CLIP prior:
+    hundreds of MB copied for nothing on every CLIP-guided run) and starts from the initial weights; hence ours.
+    """
+
+    def __init__(self, decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema.decay={decay}: must be in (0, 1), e.g. 0.999")
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"ema.start_step={start_step!r}: must be a whole number of steps >= 0")
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise ValueError(f"ema.every_n_steps={every_n_steps!r}: must be a whole number >= 1")
+        self.decay, self.start_step, self.every_n_steps = float(decay), start_step, every_n_steps
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.updates = 0
+        self._last_step = 0
+        self._swapped = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self.ema = {k: v.detach().clone() for k, v in pl_module.generator.state_dict().items()}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.ema is None or step == self._last_step:   # no optimiser step (accumulation, a skipped batch)
+            return
+        self._last_step = step
+        current = pl_module.generator.state_dict()
+        if step <= self.start_step:
+            for k, v in self.ema.items():
+                v.copy_(current[k])
+            return
+        if (step - self.start_step) % self.every_n_steps:
+            return
+        floating = [k for k, v in self.ema.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.ema[k] for k in floating], [current[k] for k in floating], 1.0 - self.decay)
+        for k, v in self.ema.items():
+            if not v.is_floating_point():
+                v.copy_(current[k])
+        self.updates += 1
+
+    @torch.no_grad()
+    def _swap(self, pl_module) -> None:
+        current = pl_module.generator.state_dict()
+        for k, v in self.ema.items():
+            held = current[k].clone()
+            current[k].copy_(v)
+            v.copy_(held)
+        self._swapped = not self._swapped
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self.ema is not None and not self._swapped:
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.ema is not None and self._swapped:
+            self._swap(pl_module)
+
+    @torch.no_grad()
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.ema is not None and not self._swapped:
+            self._swap(pl_module)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "start_step": self.start_step, "every_n_steps": self.every_n_steps,
+                "updates": self.updates, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.updates, self._last_step = int(state_dict["updates"]), int(state_dict["last_step"])
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.ema is None:
+            return
+        held = {f"generator.{k}": v.detach().clone() for k, v in self.ema.items()}
+        state = checkpoint["state_dict"]
+        if self._swapped:   # the module holds the average right now, and self.ema the raw weights
+            checkpoint[RAW_STATE_KEY], checkpoint["state_dict"] = {**state, **held}, state
+        else:
+            checkpoint[RAW_STATE_KEY], checkpoint["state_dict"] = state, {**state, **held}
+
+    @torch.no_grad()
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.ema is None:
+            return
+        # Lightning has loaded ``state_dict`` (the average) into the module; the optimiser steps the raw weights.
+        prefix = "generator."
+        averaged = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        if RAW_STATE_KEY not in checkpoint:
+            log.warning("ema: the checkpoint holds no EMA state (saved with ema.enabled=false); the average starts "
+                        "from its weights")
+            self.ema = {k: v.detach().clone() for k, v in pl_module.generator.state_dict().items()}
+            return
+        for k, v in self.ema.items():
+            v.copy_(averaged[k])
+        pl_module.load_state_dict(checkpoint[RAW_STATE_KEY], strict=True)
+
+
 #: Text chunks of a saved test output naming the files it was restored from and scored against.
 SOURCE_KEYS = ("clipdehaze-input", "clipdehaze-target")
 

@@ -340,13 +340,14 @@ def compare(paths: list[Path], baseline: str | None = None, metrics: tuple[str, 
 
 # ------------------------------------------------------------------------------------------------------- report
 _UNITS = {"psnr": " dB"}
-_DIGITS = {"psnr": 2, "ssim": 4}
 
 
 def _num(v: float | None, metric: str, signed: bool = False) -> str:
     if v is None:
         return "-"
-    d = _DIGITS.get(metric, 4)
+    from clipdehaze.metrics.registry import metric_display
+
+    d = metric_display(metric)[1]
     if v != 0 and abs(v) < 0.5 * 10 ** -d:  # a difference too small for the metric's digits is not zero
         return f"{v:+.1e}" if signed else f"{v:.1e}"
     return f"{v:+.{d}f}" if signed else f"{v:.{d}f}"

@@ -4,10 +4,11 @@
     clipdehaze-eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt data=sots_indoor
     clipdehaze-eval model=dcp data=sots_outdoor
     clipdehaze-eval model=dehazeformer_s weights_path=dehazeformer-s.pth data=sots_indoor
+    clipdehaze-eval ckpt_path=... data=folder data.root=photos/ tta=x8       # no GT: NIQE, BRISQUE, dark channel
 
 Without ``data=``, a training checkpoint is scored on the data config it was trained with (saved in the
 checkpoint; printed); ``data=`` scores another set (the difference is printed). Without ``metrics=``, the
-checkpoint's own protocol. Writes ``metrics.json`` (numbers, protocol, scored-image manifest, weights and code
+checkpoint's own protocol (for a folder without ground truth, ``data=folder``: the no-reference metrics). Writes ``metrics.json`` (numbers, protocol, scored-image manifest, weights and code
 provenance), ``per_image.csv`` and ``grid.png`` (input | output | GT).
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, open_dict
 
+from clipdehaze.metrics import NO_REFERENCE_METRICS
 from clipdehaze.pipeline import (
     PER_IMAGE_CSV,
     attach_clip_cache,
@@ -45,6 +47,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.data = eval_data_config(cfg, train_config)
     datamodule = hydra.utils.instantiate(cfg.data)
+    if not getattr(datamodule, "has_targets", True) and cfg.get("metrics") is None:
+        log.info("data=%s has no ground truth: scoring with metrics=no_reference (%s)", cfg.data.get("name"),
+                 ", ".join(NO_REFERENCE_METRICS))
+        with open_dict(cfg):
+            cfg.metrics = {"protocol": None, "names": list(NO_REFERENCE_METRICS)}
     module = module_for_inference(cfg)
     module.hparams["sample_images"] = cfg.get("num_grid_images", 4)
     attach_clip_cache(cfg, datamodule, module, train_config)

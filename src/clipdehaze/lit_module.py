@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from clipdehaze.losses import L1Loss
 from clipdehaze.metrics import ImageQualityMetrics, describe_protocol
 from clipdehaze.models import Generator, clip_inputs_of, create_generator
+from clipdehaze.utils.tta import TTA_DESCRIPTIONS, self_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ def _plain(cfg: Any) -> Any:
     if isinstance(cfg, (DictConfig,)) or OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def architecture_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``model`` config's factory arguments: without ``name``."""
+    return {k: v for k, v in model_cfg.items() if k != "name"}
 
 
 #: Checkpoint key of the resolved training config (see ``DehazeLitModule.run_config``).
@@ -63,7 +69,8 @@ class DehazeLitModule(L.LightningModule):
         scheduler: optional ``{"scheduler": <hydra config; ``optimizer`` supplied here>, "interval": "epoch"|"step", ...}``.
         clip: optional Hydra config of :class:`clipdehaze.models.clip.FrozenCLIP`; built only when the generator
             (or a loss) needs it.
-        metrics: ``{"protocol": "dehazeformer"|"basicsr", ...protocol options}``.
+        metrics: ``{"protocol": "dehazeformer"|"basicsr"|None, "names": [registered metrics] | None (the protocol's),
+            ...protocol options}``.
         nonfinite_loss: ``"raise"`` (stop with the step and batch file names) or ``"skip"`` (skip the batch).
         sample_images: how many test images to keep (downscaled) for an image grid.
         dataset_name: suffix of the logged test keys (``test/psnr_<dataset_name>``).
@@ -80,6 +87,7 @@ class DehazeLitModule(L.LightningModule):
         nonfinite_loss: str = "raise",
         sample_images: int = 4,
         dataset_name: str | None = None,
+        compile: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         hp = dict(
@@ -92,6 +100,7 @@ class DehazeLitModule(L.LightningModule):
             nonfinite_loss=nonfinite_loss,
             sample_images=sample_images,
             dataset_name=dataset_name,
+            compile=_plain(compile) or {"enabled": False, "mode": "default"},
         )
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
@@ -99,6 +108,10 @@ class DehazeLitModule(L.LightningModule):
 
         gen_cfg = dict(hp["generator"])
         name = gen_cfg.pop("name")
+        # torch.compile of the generator in training: an execution choice, not an architecture argument.
+        self.compile_mode = str(hp["compile"].get("mode", "default"))
+        self.compile_generator = bool(hp["compile"].get("enabled", False))
+        self._compile_checked = False
         self.generator: Generator = create_generator(name, **gen_cfg)
         self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else L1Loss()
 
@@ -112,15 +125,20 @@ class DehazeLitModule(L.LightningModule):
         self.clip_prior = instantiate(hp["clip"]) if wants_clip else None
 
         metric_cfg = dict(hp["metrics"])
-        self.protocol = metric_cfg.pop("protocol")
+        self.protocol = metric_cfg.pop("protocol", None)
+        names = metric_cfg.pop("names", None)
         self.protocol_opts = metric_cfg
-        self.val_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
-        self.test_metrics = ImageQualityMetrics(self.protocol, **metric_cfg)
+        self.val_metrics = ImageQualityMetrics(self.protocol, names, **metric_cfg)
+        self.test_metrics = ImageQualityMetrics(self.protocol, names, **metric_cfg)
         self._test_names: dict[int, str] = {}
         self.test_samples: list[dict[str, torch.Tensor]] = []
         # The resolved training config (plain containers), saved into every checkpoint so an evaluation can say
         # which data and variant the weights come from; set by clipdehaze-train, restored by load_checkpoint.
         self.run_config: dict[str, Any] | None = None
+        # Self-ensemble of the test pass (clipdehaze.utils.tta): set by clipdehaze-eval's tta=.
+        self.tta = "none"
+        # Whether load_checkpoint took a checkpoint's EMA average (True), its raw weights (False), or found none.
+        self.ema_weights: bool | None = None
 
     # ------------------------------------------------------------------ forward
     @property
@@ -139,7 +157,23 @@ class DehazeLitModule(L.LightningModule):
         return {n: served[n] for n in names}
 
     def forward(self, x: torch.Tensor, batch: Mapping[str, Any] | None = None) -> torch.Tensor:
-        return self.generator(x, **self.clip_inputs(x, batch))
+        inputs = self.clip_inputs(x, batch)
+        if self.compile_generator and not self._compile_checked:
+            return self._first_compiled_forward(x, inputs)
+        return self.generator(x, **inputs)
+
+    def _first_compiled_forward(self, x: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The first call compiles; a model that cannot compile (an unsupported op, no C++ compiler for inductor on
+        CPU) falls back to eager with a warning instead of stopping the run. A genuine error in the model raises
+        again from the eager call."""
+        self._compile_checked = True
+        try:
+            return self.generator(x, **inputs)
+        except Exception as e:  # noqa: BLE001 - any compile failure: warn and run eager
+            self.generator._compiled_call_impl = None
+            rank_zero_warn(f"compile.enabled=true: generator {self.generator_name!r} could not be compiled "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); running it eager")
+            return self.generator(x, **inputs)
 
     @property
     def aux_weights(self) -> dict[str, float]:
@@ -148,6 +182,9 @@ class DehazeLitModule(L.LightningModule):
         return {k: float(w) for k, w in weights.items() if float(w) > 0}
 
     def on_fit_start(self) -> None:
+        if self.compile_generator:
+            # nn.Module.compile compiles in place: state_dict keys (and checkpoints) stay those of the eager model.
+            self.generator.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
         built = self.generator.auxiliary_terms
         weights = getattr(self.loss_fn, "aux_weights", None) or {}
         if off := [t for t in built if t not in self.aux_weights]:
@@ -190,10 +227,10 @@ class DehazeLitModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics) -> torch.Tensor:
-        x, y = batch["input"], batch["target"]
-        out = self(x, batch)
-        metric.update(out, y, batch["index"])
+    def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics, tta: str = "none") -> torch.Tensor:
+        x = batch["input"]
+        out = self(x, batch) if tta == "none" else self_ensemble(self.generator, x, tta, self.clip_inputs(x, batch))
+        metric.update(out, batch.get("target"), batch["index"])
         return out
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -211,14 +248,14 @@ class DehazeLitModule(L.LightningModule):
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         # Returned for callbacks (SaveTestOutputs).
-        out = self._eval_step(batch, self.test_metrics)
+        out = self._eval_step(batch, self.test_metrics, self.tta)
         for i, name in zip(batch["index"].tolist(), batch["name"]):
             self._test_names[int(i)] = name
         if len(self.test_samples) < self.hparams["sample_images"]:
             self.test_samples.append({
                 "input": batch["input"][0].detach().cpu(),
                 "output": out[0].detach().clamp(0, 1).cpu(),
-                "target": batch["target"][0].detach().cpu(),
+                **({"target": batch["target"][0].detach().cpu()} if "target" in batch else {}),
                 "name": batch["name"][0],
             })
         return out
@@ -254,7 +291,8 @@ class DehazeLitModule(L.LightningModule):
                            "means they enter are written as null to metrics.json")
 
     def protocol_description(self) -> str:
-        return describe_protocol(self.protocol, **self.protocol_opts)
+        """The test metrics' protocol line, with the self-ensemble when one is on (it changes the numbers)."""
+        return "; ".join(p for p in (self.test_metrics.describe(), TTA_DESCRIPTIONS[self.tta]) if p)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self):
@@ -307,13 +345,23 @@ class DehazeLitModule(L.LightningModule):
         return ckpt
 
     @classmethod
-    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", **overrides) -> "DehazeLitModule":
-        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files."""
+    def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", use_ema: bool = True,
+                        **overrides) -> "DehazeLitModule":
+        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files.
+
+        A checkpoint of a run with ``ema.enabled=true`` holds the averaged generator weights in ``state_dict`` and
+        the raw ones beside them (:data:`clipdehaze.callbacks.RAW_STATE_KEY`): ``use_ema`` picks the average (the
+        default), ``use_ema=False`` the raw weights. ``module.ema_weights`` says which was loaded (None: the
+        checkpoint has no average)."""
+        from clipdehaze.callbacks import RAW_STATE_KEY
+
         ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None))
         hp = dict(ckpt["hyper_parameters"])
         hp.update({k: v for k, v in overrides.items() if v is not None})
         module = cls(**hp)
-        module.load_state_dict(ckpt["state_dict"], strict=True)
+        has_ema = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
+        module.load_state_dict(ckpt["state_dict"] if use_ema or not has_ema else ckpt[RAW_STATE_KEY], strict=True)
+        module.ema_weights = bool(use_ema) if has_ema else None
         run_config = ckpt.get(RUN_CONFIG_KEY)
         module.run_config = run_config if isinstance(run_config, dict) else None
         return module

@@ -39,6 +39,12 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
                            f"{torch.__version__} sees none here; use trainer=cpu, or trainer=default (accelerator=auto "
                            "picks the GPU where there is one)")
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    ema = cfg.get("ema") or {}
+    if ema.get("enabled"):
+        from clipdehaze.callbacks import GeneratorEMA
+
+        callbacks.append(GeneratorEMA(decay=ema.get("decay", 0.999), start_step=ema.get("start_step", 0),
+                                      every_n_steps=ema.get("every_n_steps", 1)))
     if cfg.get("save_test_outputs"):
         from clipdehaze.callbacks import SaveTestOutputs
 
@@ -58,18 +64,29 @@ def build_module(cfg: DictConfig) -> DehazeLitModule:
         metrics=cfg.get("metrics"),
         nonfinite_loss=cfg.get("nonfinite_loss", "raise"),
         dataset_name=cfg.data.get("name"),
+        compile=cfg.get("compile"),
     )
 
 
 def module_for_inference(cfg: DictConfig) -> DehazeLitModule:
     """The module eval/predict use: from ``ckpt_path`` (a training checkpoint), or from ``model=`` plus
-    ``weights_path`` (published weights, strict), or a parameter-free ``model=`` such as ``dcp``."""
+    ``weights_path`` (published weights, strict), or a parameter-free ``model=`` such as ``dcp``; with the
+    self-ensemble ``tta=`` of the run."""
+    from clipdehaze.utils.tta import check_tta
+
+    module = _inference_module(cfg)
+    module.tta = check_tta(cfg.get("tta", "none"))
+    return module
+
+
+def _inference_module(cfg: DictConfig) -> DehazeLitModule:
     metrics = cfg.get("metrics")
     dataset_name = cfg.data.get("name") if cfg.get("data") else None
     model_cfg = cfg.get("model")
     if cfg.get("ckpt_path"):
         overrides = dict(metrics=OmegaConf.to_container(metrics) if metrics else None, dataset_name=dataset_name,
-                         expect_generator=model_cfg.name if model_cfg else None)
+                         expect_generator=model_cfg.name if model_cfg else None,
+                         use_ema=bool(cfg.get("use_ema", True)))
         if cfg.get("clip"):
             overrides["clip"] = OmegaConf.to_container(cfg.clip, resolve=True)
         return DehazeLitModule.load_checkpoint(cfg.ckpt_path, **overrides)
@@ -132,7 +149,7 @@ def inference_weights(cfg: DictConfig, module: DehazeLitModule) -> dict[str, Any
     from clipdehaze.provenance import weights_provenance
 
     if cfg.get("ckpt_path"):
-        return weights_provenance("checkpoint", cfg.ckpt_path)
+        return {**weights_provenance("checkpoint", cfg.ckpt_path), "ema": module.ema_weights}
     if cfg.get("weights_path"):
         return weights_provenance("published", cfg.weights_path)
     if any(True for _ in module.generator.parameters()):

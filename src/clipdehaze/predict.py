@@ -3,6 +3,12 @@
     clipdehaze-predict ckpt_path=<run>/checkpoints/last.ckpt input=photo.jpg output=restored/
     clipdehaze-predict model=dcp input=hazy_folder/ output=dehazed/ tile=512 overlap=32
     clipdehaze-predict ... memory_budget_mb=1024      # tile=auto (default): largest tiles that fit 1 GB
+    clipdehaze-predict ... metrics=no_reference compare=true tta=x8   # NIQE/BRISQUE/dark channel, hazy | restored
+
+A progress bar shows images and the current image's tiles with ETAs, a log line per image its ETA, and a summary
+line the count, time and output folder. ``metrics=`` (no-reference metrics) writes ``per_image.csv`` and
+``metrics.json`` into the run folder (``clipdehaze-table`` reads it); ``compare=true`` writes hazy | restored to
+``<output>/compare/<stem>.png`` and, with ``metrics=``, both images' scores to ``<output>/compare/scores.csv``.
 
 Never writes into the input folder and never overwrites an input file. Outputs are ``<output>/<stem>.png``, so
 inputs that share a stem (``a.jpg`` and ``a.png``) would overwrite each other: such a folder is refused before
@@ -14,18 +20,22 @@ a file already at an output path is replaced only when it carries that mark (an 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.data.datasets import list_images
 from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, png_text, save_image
-from clipdehaze.pipeline import module_for_inference
+from clipdehaze.metrics import compute_metric
+from clipdehaze.pipeline import module_for_inference, write_rows_csv
 from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 from clipdehaze.utils.memory import available_memory_bytes
-from clipdehaze.utils.tiling import auto_tile, check_tiling, crop_inputs, tiled_forward
+from clipdehaze.utils.tiling import auto_tile, check_tiling, crop_inputs, tile_count, tiled_forward
+from clipdehaze.utils.tta import TTA_DESCRIPTIONS, self_ensemble
 
 log = logging.getLogger("clipdehaze.predict")
 register_with_hydra()
@@ -33,6 +43,8 @@ register_with_hydra()
 
 #: The PNG text chunk that marks a file as this command's output (replaceable without overwrite=true).
 MARK = {"Software": "clipdehaze-predict"}
+#: compare=true writes hazy | restored here (inside output=), with scores.csv when metrics= is set.
+COMPARE_DIR = "compare"
 
 
 def _inputs(path: Path) -> list[Path]:
@@ -89,23 +101,89 @@ def tiling_options(cfg: DictConfig, generator) -> tuple[int | str, int, int | No
 
 @torch.no_grad()
 def restore(module, x: torch.Tensor, tile: int | str = "auto", overlap: int = 32,
-            memory_budget: int | None = None) -> torch.Tensor:
+            memory_budget: int | None = None, tta: str = "none", on_tile: Callable[[], None] | None = None,
+            on_tiles: Callable[[int], None] | None = None) -> torch.Tensor:
     """Generator output for one image (1, 3, H, W), tiled; CLIP inputs come from the whole image and spatial
-    ones (density maps) are cropped per tile, so tiling does not change what the prior sees.
+    ones (density maps) are cropped per tile, so tiling does not change what the prior sees. ``tta``: the
+    self-ensemble of each tile (:mod:`clipdehaze.utils.tta`); ``on_tiles(n)`` is told the number of tiles once
+    the tile size is known, ``on_tile()`` is called after each.
 
     ``tile="auto"``: the largest tile whose inference fits ``memory_budget`` bytes (default: half the memory
     available on ``x``'s device), the whole image when it fits (:func:`clipdehaze.utils.tiling.auto_tile`)."""
     clip_inputs = module.clip_inputs(x)
 
     def fn(t: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-        return module.generator(t, **crop_inputs(clip_inputs, x.shape[-2:], box, t.shape[-2:]))
+        inputs = crop_inputs(clip_inputs, x.shape[-2:], box, t.shape[-2:])
+        return self_ensemble(module.generator, t, tta, inputs)
+
+    def counted(t: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        out = fn(t, box)
+        if on_tile is not None:
+            on_tile()
+        return out
 
     min_size = getattr(module.generator, "min_size", 16)
     if tile == "auto":
         if memory_budget is None:
             memory_budget = (available_memory_bytes(x.device) or 4 * 2**30) // 2
         tile = auto_tile(fn, x, memory_budget, overlap, min_size=min_size)
-    return tiled_forward(fn, x, tile=tile, overlap=overlap, min_size=min_size).clamp(0, 1)
+    if on_tiles is not None:
+        on_tiles(tile_count(*x.shape[-2:], tile, overlap))
+    return tiled_forward(counted, x, tile=tile, overlap=overlap, min_size=min_size).clamp(0, 1)
+
+
+def _score_metrics(cfg: DictConfig):
+    """The no-reference metrics ``metrics=`` asks for (None without), checked before any image is read."""
+    if not cfg.get("metrics"):
+        return None
+    from clipdehaze.metrics import ImageQualityMetrics
+
+    spec = OmegaConf.to_container(cfg.metrics, resolve=True)
+    metric = ImageQualityMetrics(spec.pop("protocol", None), spec.pop("names", None), **spec)
+    if not metric.reference_free:
+        raise ValueError(f"metrics={list(metric.metric_names)}: predict has no ground truth; choose no-reference "
+                         "metrics (metrics=no_reference, or metrics.names=[niqe,brisque,dark_channel])")
+    return metric
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 8) -> torch.Tensor:
+    """(3, H, W) hazy | restored with a white gap."""
+    return torch.cat([left, torch.ones(3, left.shape[1], gap, dtype=left.dtype), right], dim=2)
+
+
+class _Progress:
+    """A Rich progress bar over images and over the tiles of the current image, with ETAs; one log line per image
+    (with the run's ETA) where no terminal shows the bar."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn())
+        self.images = self.bar.add_task("images", total=total)
+        self.tiles = self.bar.add_task("tiles", total=1)
+
+    def __enter__(self) -> "_Progress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def new_image(self, n_tiles: int) -> None:
+        self.bar.reset(self.tiles, total=n_tiles)
+
+    def tile_done(self) -> None:
+        self.bar.advance(self.tiles)
+
+    def image_done(self, name: str, dst: Path | str) -> None:
+        self.done += 1
+        self.bar.advance(self.images)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        log.info("[%d/%d] %s -> %s (%.1f s elapsed, ETA %.0f s)", self.done, self.total, name, dst, elapsed, eta)
 
 
 def predict(cfg: DictConfig) -> list[Path]:
@@ -114,34 +192,93 @@ def predict(cfg: DictConfig) -> list[Path]:
     in_path, out_dir = Path(cfg.input), Path(cfg.output)
     files = _inputs(in_path)
     _check_output(files, in_path, out_dir, bool(cfg.get("overwrite", False)))
+    metric = _score_metrics(cfg)
+    compare = bool(cfg.get("compare", False))
     module = module_for_inference(cfg).eval()
     tile, overlap, budget = tiling_options(cfg, module.generator)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     module.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for p in files:
-        try:
-            x = load_image(p)[None].to(device)
-        except ImageReadError as e:
-            log.error("%s", e)
-            failed.append(p)
-            continue
-        y = restore(module, x, tile, overlap, budget)
-        if nan := int(y.isnan().sum()):
-            # A PNG cannot hold NaN; written, these pixels would pass for black.
-            log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this input); "
-                      "not written", p, nan)
-            failed.append(p)
-            continue
-        dst = out_dir / f"{p.stem}.png"
-        save_image(y[0].cpu(), dst, text=MARK)
-        written.append(dst)
-        log.info("%s -> %s", p, dst)
+    if compare:
+        (out_dir / COMPARE_DIR).mkdir(exist_ok=True)
+    written, failed, rows, compare_rows = [], [], [], []
+    start = time.perf_counter()
+    with _Progress(len(files)) as progress:
+        for p in files:
+            try:
+                x = load_image(p)[None].to(device)
+            except ImageReadError as e:
+                log.error("%s", e)
+                failed.append(p)
+                continue
+            y = restore(module, x, tile, overlap, budget, module.tta, progress.tile_done, progress.new_image)
+            if nan := int(y.isnan().sum()):
+                # A PNG cannot hold NaN; written, these pixels would pass for black.
+                log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this "
+                          "input); not written", p, nan)
+                failed.append(p)
+                continue
+            dst = out_dir / f"{p.stem}.png"
+            save_image(y[0].cpu(), dst, text=MARK)
+            written.append(dst)
+            scores = {}
+            if metric is not None:
+                scores = {n: float(compute_metric(n, y, None, None)) for n in metric.metric_names}
+                rows.append({"index": len(rows), "name": p.name, **scores})
+            if compare:
+                pair = side_by_side(x[0].cpu().clamp(0, 1), y[0].cpu())
+                save_image(pair, out_dir / COMPARE_DIR / f"{p.stem}.png", text=MARK)
+                if metric is not None:
+                    hazy = {n: float(compute_metric(n, x.clamp(0, 1), None, None)) for n in metric.metric_names}
+                    compare_rows.append({"name": p.name, **{f"{n}_hazy": hazy[n] for n in metric.metric_names},
+                                         **{f"{n}_restored": scores[n] for n in metric.metric_names}})
+            progress.image_done(p.name, dst)
+    seconds = time.perf_counter() - start
+    means = {n: sum(r[n] for r in rows) / len(rows) for n in (metric.metric_names if metric and rows else ())}
+    log.info("restored %d of %d image(s) in %.1f s (%.2f s/image) -> %s%s", len(written), len(files), seconds,
+             seconds / max(1, len(written)), out_dir,
+             "".join(f"; mean {n} {v:.4g}" for n, v in means.items()))
+    if compare_rows:
+        write_rows_csv(out_dir / COMPARE_DIR / "scores.csv", compare_rows)
+    if metric is not None and rows:
+        write_predict_results(cfg, module, in_path, files, rows, means, metric, seconds)
     if failed:
         raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable or not restorable (see errors above): "
                          + ", ".join(str(p) for p in failed[:5]) + f"; {len(written)} written to {out_dir}")
     return written
+
+
+def write_predict_results(cfg: DictConfig, module, in_path: Path, files: list[Path], rows: list[dict], means: dict,
+                          metric, seconds: float) -> None:
+    """``metrics.json`` (``test/<metric>_<input folder name>``, protocol, weights, code, the scored files'
+    manifest) and ``per_image.csv`` in the run folder: the summary ``clipdehaze-table`` reads."""
+    from clipdehaze import provenance
+    from clipdehaze.pipeline import PER_IMAGE_CSV, inference_weights, write_run_results
+
+    root = in_path if in_path.is_dir() else in_path.parent
+    data = root.resolve().name or "input"
+    scored = [f for f in files if any(r["name"] == f.name for r in rows)]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    prior = getattr(module, "clip_prior", None)
+    summary = {
+        "generator": module.generator_name if hasattr(module, "hparams") else None,
+        "data": data,
+        "seed": (module.run_config or {}).get("seed"),
+        "metric_protocol": "; ".join(p for p in (metric.describe(), TTA_DESCRIPTIONS[module.tta]) if p),
+        "params": sum(p.numel() for p in module.generator.parameters()),
+        "metrics": {f"test/{n}_{data}": v for n, v in means.items()},
+        "images": len(rows),
+        "dataset": {"name": data, "images": len(rows), "available": len(files), "subset": len(rows) < len(files),
+                    "manifest_sha256": provenance.manifest_sha256(scored, root)},
+        "weights": inference_weights(cfg, module),
+        "clip": getattr(prior, "model_id", None),
+        "code": provenance.code_provenance(),
+        "environment": provenance.environment_provenance(str(next(module.parameters(), torch.empty(0)).device)),
+        "config_sha256": provenance.config_sha256(config),
+        "config": config,
+        "predict_seconds": round(seconds, 2),
+    }
+    write_run_results(Path(cfg.paths.output_dir), summary, cfg, rows=rows, rows_file=PER_IMAGE_CSV)
 
 
 @checked_overrides

@@ -39,7 +39,8 @@ from clipdehaze.provenance import flatten, is_run_location_key
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
-#: Metrics shown first, in this order; any other ``test/<metric>`` a run logged follows.
+#: Metrics shown first, in this order; any other ``test/<metric>`` a run logged follows (labels, digits and
+#: direction from :mod:`clipdehaze.metrics.registry`).
 PRIMARY_METRICS = ("psnr", "ssim")
 #: Config keys that carry the seed (what a row averages over).
 SEED_KEYS = ("seed", "data.seed")
@@ -302,8 +303,8 @@ def build_rows(groups: list[Row], published: list[dict[str, Any]], macs: dict[in
     """(our rows with the matching published number, the published rows no run matched)."""
     pub_by_key = {_published_key(p): p for p in published}
     matched: set[tuple[str, str]] = set()
-    metric_names = list(PRIMARY_METRICS) + sorted({m for g in groups for r in g.runs for m in r.metrics}
-                                                  - set(PRIMARY_METRICS))
+    logged = {m for g in groups for r in g.runs for m in r.metrics}
+    metric_names = [m for m in PRIMARY_METRICS if m in logged] + sorted(logged - set(PRIMARY_METRICS))
     rows = []
     for i, g in enumerate(groups):
         pub = pub_by_key.get((g.generator, g.dataset))
@@ -323,6 +324,7 @@ def build_rows(groups: list[Row], published: list[dict[str, Any]], macs: dict[in
                         f"{m}_nonfinite_seeds": " ".join(map(str, s.nonfinite_seeds))})
         for m in ("psnr", "ssim"):
             ref = pub.get(m) if pub else None
+            row.setdefault(m, None)
             row[f"published_{m}"] = ref
             row[f"delta_{m}"] = row[m] - ref if (ref is not None and row.get(m) is not None) else None
         row["published_source"] = pub["source"] if pub else None
@@ -338,11 +340,19 @@ def _f(v: float | None, digits: int, signed: bool = False) -> str:
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
-_DIGITS = {"psnr": 2, "ssim": 4}
+def _display(metric: str) -> tuple[str, int, bool | None]:
+    from clipdehaze.metrics.registry import metric_display
+
+    return metric_display(metric)
+
+
+def _header(metric: str) -> str:
+    label, _, higher = _display(metric)
+    return label + {True: " ↑", False: " ↓", None: ""}[higher]
 
 
 def _stat_cell(row: dict[str, Any], m: str, pm: str = "±") -> str:
-    digits = _DIGITS.get(m, 4)
+    digits = _display(m)[1]
     mean, n = row.get(m), row.get(f"{m}_n", 0)
     if mean is None:
         cell = "-"
@@ -373,7 +383,7 @@ class _Footnotes:
 
 
 def _metric_names(rows: list[dict[str, Any]]) -> list[str]:
-    return [k for k in rows[0] if f"{k}_ci95" in rows[0]] if rows else list(PRIMARY_METRICS)
+    return [k for k in rows[0] if f"{k}_ci95" in rows[0]] if rows else []
 
 
 def to_markdown(rows: list[dict[str, Any]], unmatched: list[dict[str, Any]], protocols: list[str],
@@ -381,7 +391,7 @@ def to_markdown(rows: list[dict[str, Any]], unmatched: list[dict[str, Any]], pro
     notes = _Footnotes()
     metrics = _metric_names(rows)
     has_pub = any(r["published_psnr"] is not None for r in rows)
-    head = ["dataset", "method", "prior", *["PSNR (dB)" if m == "psnr" else m.upper() for m in metrics], "n",
+    head = ["dataset", "method", "prior", *[_header(m) for m in metrics], "n",
             "images", "params (M)", "MACs (G)"]
     if has_pub:
         head += ["published PSNR / SSIM", "Δ PSNR", "Δ SSIM", "source"]
@@ -428,12 +438,14 @@ def latex_escape(text: str) -> str:
 def to_latex(rows: list[dict[str, Any]], unmatched: list[dict[str, Any]], caption: str) -> str:
     """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); every text cell escaped."""
     has_pub = any(r["published_psnr"] is not None for r in rows)
-    cols = ["Dataset", "Method", "PSNR", "SSIM", "$n$", "Params (M)"] + (["Published", r"$\Delta$PSNR"] if has_pub else [])
+    metrics = _metric_names(rows)
+    cols = ["Dataset", "Method", *[latex_escape(_header(m)).replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+                                   for m in metrics], "$n$", "Params (M)"] + (["Published", r"$\Delta$PSNR"] if has_pub else [])
     out = ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(caption)}}}",
            "\\begin{tabular}{ll" + "c" * (len(cols) - 2) + "}", "\\toprule", " & ".join(cols) + " \\\\", "\\midrule"]
 
     def stat(r: dict[str, Any], m: str) -> str:
-        digits = _DIGITS[m]
+        digits = _display(m)[1]
         if r.get(m) is None:
             return "-"
         if r.get(f"{m}_n", 0) > 1:
@@ -441,16 +453,17 @@ def to_latex(rows: list[dict[str, Any]], unmatched: list[dict[str, Any]], captio
         return f"{r[m]:.{digits}f}"
 
     for r in rows:
-        cells = [latex_escape(r["dataset"]), latex_escape(r["method"]), stat(r, "psnr"),
-                 stat(r, "ssim"), str(r["n"]), _f(r["params_m"], 2)]
+        cells = [latex_escape(r["dataset"]), latex_escape(r["method"]), *[stat(r, m) for m in metrics],
+                 str(r["n"]), _f(r["params_m"], 2)]
         if has_pub:
             cells += [_f(r["published_psnr"], 2), _f(r["delta_psnr"], 2, True)]
         out.append(" & ".join(cells) + " \\\\")
     if unmatched:
         out.append("\\midrule")
         for p in unmatched:
-            cells = [latex_escape(p["dataset"]), latex_escape(p["method"]) + "$^\\dagger$", _f(p["psnr"], 2),
-                     _f(p["ssim"], 4), "-", _f(p.get("params"), 2)] + (["-", "-"] if has_pub else [])
+            published = {"psnr": _f(p["psnr"], 2), "ssim": _f(p["ssim"], 4)}
+            cells = [latex_escape(p["dataset"]), latex_escape(p["method"]) + "$^\\dagger$",
+                     *[published.get(m, "-") for m in metrics], "-", _f(p.get("params"), 2)] + (["-", "-"] if has_pub else [])
             out.append(" & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
     return "\n".join(out)
@@ -518,7 +531,9 @@ def row_macs(groups: list[Row]) -> dict[int, float]:
     out = {}
     for i, g in enumerate(groups):
         cfg = next((r.model_config for r in g.runs if r.model_config), None)
-        kwargs = {k: v for k, v in (cfg or {}).items() if k != "name"}
+        from clipdehaze.lit_module import architecture_kwargs
+
+        kwargs = architecture_kwargs(cfg or {})
         key = json.dumps([g.generator, kwargs], sort_keys=True, default=str)
         if key not in cache:
             cache[key] = generator_macs(g.generator, **kwargs) / 1e9

@@ -111,7 +111,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, datamodule, module: DehazeL
             best_module = type(module).load_checkpoint(best)
             trainer.test(best_module, datamodule=datamodule)
             module = best_module
-            weights = weights_provenance("trained", best)
+            weights = {**weights_provenance("trained", best), "ema": best_module.ema_weights}
         else:
             log.warning("no best checkpoint recorded; testing the current weights")
             trainer.test(module, datamodule=datamodule)

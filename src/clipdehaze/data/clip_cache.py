@@ -30,7 +30,9 @@ def run_clip_cache(overrides: list[str], names: list[str] | None = None) -> dict
     if not names:
         explicit_model = any(o.split("=", 1)[0] in ("model", "+model") for o in overrides)
         if explicit_model:
-            model_kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+            from clipdehaze.lit_module import architecture_kwargs
+
+            model_kwargs = architecture_kwargs(cfg.model)
             names = [n for n in clip_inputs_of(create_generator(cfg.model.name, **model_kwargs)) if n in CACHEABLE]
         names = names or list(DEFAULT_NAMES)
     # On the device the training run would use: ViT-B/32 over a dataset is GPU work.

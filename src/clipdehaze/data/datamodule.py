@@ -331,3 +331,29 @@ class SyntheticWeatherDataModule(SyntheticHazeDataModule):
                  kind: str = "allweather", **kwargs):
         super().__init__(root=root, cache_dir=cache_dir, synth_seed=synth_seed, name=name, crop_size=crop_size,
                          batch_size=batch_size, kind=kind, **kwargs)
+
+
+class FolderDataModule(PairedDataModule):
+    """A folder of images without ground truth (real hazy photos), for the test pass only: ``clipdehaze-eval`` scores
+    it with no-reference metrics (``metrics=no_reference`` unless ``metrics=`` names others)."""
+
+    #: Samples carry no ``target``: full-reference metrics cannot run on them.
+    has_targets = False
+
+    def __init__(self, root: str, name: str = "folder", num_workers: int = 0, pin_memory: bool = False,
+                 max_test_samples: int | None = None, pad_if_smaller: bool = True) -> None:
+        super().__init__(root=root, name=name, train_split=None, val_split=None, test_split=None, batch_size=1,
+                         num_workers=num_workers, pin_memory=pin_memory, max_test_samples=max_test_samples,
+                         pad_if_smaller=pad_if_smaller)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage not in ("test", "predict"):
+            raise ValueError(f"data=folder ({self.root}) holds images without ground truth: it can be tested "
+                             "(clipdehaze-eval) but not trained or validated on")
+        if self.test_set is None:
+            from clipdehaze.data.datasets import FolderDataset
+
+            self.test_set = evenly_spaced_subset(FolderDataset(self.root, pad_if_smaller=self.pad_if_smaller),
+                                                self.max_test_samples)
+        if self.clip_cache is not None:
+            self._serve_clip_cache()

@@ -35,6 +35,7 @@ from clipdehaze.data.io import IMAGE_EXTENSIONS, Skipped, exif_orientation, load
 __all__ = [
     "AUGMENTATIONS",
     "MODES",
+    "FolderDataset",
     "ListPairedDataset",
     "PairedImageDataset",
     "augment_pair",
@@ -404,6 +405,21 @@ class PairedImageDataset(_PairedDataset):
             found += f" ({input_dir}/ is directly in {self.root}: use split=None)"
         raise FileNotFoundError(f"expected paired folders {expected}; missing: "
                                 f"{', '.join(str(d) for d in missing)}; {found}")
+
+
+class FolderDataset(_PairedDataset):
+    """The images directly in ``folder`` (sorted by name), without ground truth: samples have no ``target``.
+    For scoring real photos with no-reference metrics (``clipdehaze-eval ... data=folder data.root=<folder>``)."""
+
+    def __init__(self, folder: str | os.PathLike, *, mode: str = "test", pad_if_smaller: bool = True):
+        super().__init__(mode=mode, crop_size=None, augment=None, pad_if_smaller=pad_if_smaller, edge_decay=0.0,
+                         input_only=True)
+        self.root = Path(folder)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root={folder}: no such folder")
+        self.pairs = [(p, None) for p in list_images(self.root)]
+        if not self.pairs:
+            raise FileNotFoundError(f"data.root={folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it")
 
 
 class ListPairedDataset(_PairedDataset):

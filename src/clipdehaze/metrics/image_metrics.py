@@ -1,4 +1,4 @@
-"""Per-image PSNR/SSIM accumulation as a torchmetrics ``Metric``, de-duplicated by dataset index.
+"""Per-image accumulation of registered metrics as a torchmetrics ``Metric``, de-duplicated by dataset index.
 
 Distributed evaluation: ``DistributedSampler`` pads the dataset so every rank gets the same number of
 samples, by repeating the first few indices. A plain running mean would count those images twice (and the
@@ -18,62 +18,90 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from clipdehaze.metrics.protocols import compute_psnr, compute_ssim, describe_protocol, get_protocol
-
-_METRIC_FNS = {"psnr": compute_psnr, "ssim": compute_ssim}
+from clipdehaze.metrics.protocols import compute_metric, describe_protocol, get_protocol
+from clipdehaze.metrics.registry import MetricSpec, get_metric, list_metrics
 
 
 class ImageQualityMetrics(Metric):
-    """Mean PSNR/SSIM over unique images under a named protocol (see :mod:`clipdehaze.metrics.protocols`).
+    """Mean of registered metrics (:mod:`clipdehaze.metrics.registry`) over unique images under a named protocol
+    (see :mod:`clipdehaze.metrics.protocols`).
 
     Args:
-        protocol: ``"dehazeformer"`` or ``"basicsr"``.
-        metrics: which of ``"psnr"``, ``"ssim"`` to compute.
+        protocol: ``"dehazeformer"`` or ``"basicsr"``; ``None`` when every metric is no-reference.
+        metrics: registered metric names; ``None``: the ones the protocol names (``psnr``, ``ssim``). No-reference
+            metrics (``niqe``, ``brisque``, ``dark_channel`` ...) may be added to any protocol.
         **kwargs: the protocol's options (``crop_border``, ``test_y_channel`` for basicsr); any other keyword
             goes to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group`` ...).
 
-    ``compute()`` returns ``{"psnr": mean, "ssim": mean}`` (float64 scalars; NaN before any update) and
-    ``per_image()`` the rows ``{"index", "psnr", "ssim"}`` sorted by index. Both gather across ranks, so
-    under DDP every rank must call them.
+    ``compute()`` returns ``{name: mean}`` (float64 scalars; NaN before any update) and ``per_image()`` the rows
+    ``{"index", <name>...}`` sorted by index. Both gather across ranks, so under DDP every rank must call them.
     """
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, protocol: str = "dehazeformer", metrics: Sequence[str] = ("psnr", "ssim"),
+    def __init__(self, protocol: str | None = "dehazeformer", metrics: Sequence[str] | None = None,
                  **kwargs: Any) -> None:
-        spec = get_protocol(protocol)
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.options}
+        spec = get_protocol(protocol) if protocol is not None else None
+        options = {k: kwargs.pop(k) for k in list(kwargs) if spec is not None and k in spec.options}
         super().__init__(**kwargs)
         self.protocol = protocol
-        self.options = spec.resolve(options)
-        self.metric_names = tuple(str(m) for m in metrics)
-        unknown = sorted(set(self.metric_names) - set(_METRIC_FNS))
-        if unknown or not self.metric_names:
-            raise ValueError(f"metrics must be a non-empty subset of {sorted(_METRIC_FNS)}, got {list(metrics)}")
+        self.options = spec.resolve(options) if spec is not None else {}
+        names = tuple(str(m) for m in (spec.metrics if metrics is None and spec is not None else metrics or ()))
+        self.metric_names = names
+        self.specs: dict[str, MetricSpec] = {}
+        problems = {}
+        for name in names:
+            try:
+                self.specs[name] = get_metric(name, protocol)
+            except KeyError as e:
+                problems[name] = str(e).strip("'\"")
+                continue
+            if reason := self.specs[name].unavailable_reason():
+                problems[name] = reason
+        if problems or not names or len(set(names)) != len(names):
+            why = "".join(f"; {n}: {r}" for n, r in problems.items())
+            raise ValueError(f"metrics must be a non-empty subset, without repeats, of the metrics available here "
+                             f"({', '.join(list_metrics())}), got {list(names)}{why}")
+        if protocol is None and (needs := [n for n in names if self.specs[n].reference]):
+            raise ValueError(f"metrics {needs} compare with the ground truth under a protocol: set metrics.protocol "
+                             "(dehazeformer or basicsr)")
         self.add_state("index", default=[], dist_reduce_fx="cat")
         for name in self.metric_names:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def describe(self) -> str:
-        """The protocol line to print beside the numbers."""
-        return describe_protocol(self.protocol, **self.options)
+    @property
+    def reference_free(self) -> bool:
+        """True when no selected metric needs the ground truth (images without GT can be scored)."""
+        return not any(s.reference for s in self.specs.values())
 
-    def update(self, output: Tensor, target: Tensor, indices: Tensor | Sequence[int]) -> None:
+    def describe(self) -> str:
+        """The protocol line to print beside the numbers: the protocol's own (when a full-reference metric is
+        computed), then each no-reference metric's."""
+        parts = [describe_protocol(self.protocol, **self.options)] if not self.reference_free else []
+        parts += [s.describe for s in self.specs.values() if not s.reference and s.describe]
+        return "; ".join(parts)
+
+    def update(self, output: Tensor, target: Tensor | None, indices: Tensor | Sequence[int]) -> None:
         """Score each image of the batch and remember which dataset item it was.
 
         Args:
             output: (B, 3, H, W) network output, float RGB (clamped by the protocol).
-            target: (B, 3, H, W) ground truth, float RGB in [0, 1].
+            target: (B, 3, H, W) ground truth, float RGB in [0, 1]; ``None`` when only no-reference metrics run.
             indices: (B,) dataset index of each image.
         """
         index = torch.as_tensor(indices, device=output.device).long().reshape(-1)
         if index.numel() != output.shape[0]:
             raise ValueError(f"got {index.numel()} indices for a batch of {output.shape[0]} images")
+        if target is None and not self.reference_free:
+            raise ValueError(f"metrics {[n for n, s in self.specs.items() if s.reference]} need the ground truth, "
+                             "and these images have none: score them with no-reference metrics only, e.g. "
+                             "metrics=no_reference")
         self.index.append(index)
         for name in self.metric_names:
-            getattr(self, name).append(_METRIC_FNS[name](output, target, self.protocol, **self.options))
+            value = compute_metric(name, output, target, self.protocol, **self.options)
+            getattr(self, name).append(value.to(output.device))
 
     def _unique_rows(self) -> tuple[Tensor, dict[str, Tensor]]:
         # Local states are lists of per-batch tensors; after a sync they are one concatenated tensor.
@@ -94,7 +122,7 @@ class ImageQualityMetrics(Metric):
         return {name: v.mean() if v.numel() else v.new_tensor(float("nan")) for name, v in values.items()}
 
     def per_image(self) -> list[dict[str, float]]:
-        """De-duplicated per-image rows ``{"index": int, "psnr": float, "ssim": float}``, sorted by index.
+        """De-duplicated per-image rows ``{"index": int, <metric>: float, ...}``, sorted by index.
 
         Synchronises like ``compute()`` (a collective under DDP: call it on every rank), then restores the
         local states so a later ``compute()`` still works.

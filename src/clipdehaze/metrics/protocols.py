@@ -36,7 +36,9 @@ this package prints names its protocol (:func:`describe_protocol`).
       'valid' window (``filter2D(...)[5:-5, 5:-5]``), C1 = (0.01·255)², C2 = (0.03·255)², float64. BasicSR
       returns NaN for an image smaller than the window; this raises instead.
 
-All functions take float images (B, C, H, W) in [0, 1] and return float64 per-image values of shape (B,).
+All functions take float images (B, C, H, W) in [0, 1] and return float64 per-image values of shape (B,). The metric
+functions themselves are registered per protocol in ``psnr.py`` and ``ssim.py`` (:mod:`clipdehaze.metrics.registry`);
+this module holds the protocols' shared steps (pooling, quantisation, luma, the SSIM kernel) and their definitions.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from clipdehaze.metrics.registry import get_metric
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -116,21 +120,6 @@ def dehazeformer_down_ratio(height: int, width: int) -> int:
     return max(1, round(min(height, width) / 256))
 
 
-def _dehazeformer_psnr(output: Tensor, target: Tensor) -> Tensor:
-    out = output.detach().clamp(0, 1).double()
-    mse = (out - target.detach().double()).square().flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse)
-
-
-def _dehazeformer_ssim(output: Tensor, target: Tensor) -> Tensor:
-    height, width = output.shape[-2:]
-    r = dehazeformer_down_ratio(height, width)
-    size = (int(height / r), int(width / r))
-    out = F.adaptive_avg_pool2d(output.detach().clamp(0, 1).double(), size)
-    tgt = F.adaptive_avg_pool2d(target.detach().double(), size)
-    return _ssim(out, tgt, data_range=1.0, skip_short_dims=True)
-
-
 def _describe_dehazeformer() -> str:
     return ("DehazeFormer protocol: per-image PSNR on float RGB [0,1] (output clamped); SSIM (Gaussian 11, "
             "σ 1.5, valid window) after avg-pool by r = max(1, round(min(H,W)/256)); mean over images")
@@ -164,20 +153,6 @@ def _basicsr_prepare(img: Tensor, crop_border: int, test_y_channel: bool) -> Ten
     return rgb_to_y_bt601(levels) if test_y_channel else levels
 
 
-def _basicsr_psnr(output: Tensor, target: Tensor, crop_border: int = 0, test_y_channel: bool = False) -> Tensor:
-    out = _basicsr_prepare(output, crop_border, test_y_channel)
-    tgt = _basicsr_prepare(target, crop_border, test_y_channel)
-    mse = (out - tgt).square().flatten(1).mean(1)
-    # 255² / 0 -> inf -> log10 -> inf: BasicSR's ``float('inf')`` for identical images.
-    return 10 * torch.log10(255.0**2 / mse)
-
-
-def _basicsr_ssim(output: Tensor, target: Tensor, crop_border: int = 0, test_y_channel: bool = False) -> Tensor:
-    out = _basicsr_prepare(output, crop_border, test_y_channel)
-    tgt = _basicsr_prepare(target, crop_border, test_y_channel)
-    return _ssim(out, tgt, data_range=255.0, skip_short_dims=False)
-
-
 def _describe_basicsr(crop_border: int = 0, test_y_channel: bool = False) -> str:
     channel = "Y channel (BT.601)" if test_y_channel else "RGB"
     return (f"BasicSR protocol: uint8 round(x·255), {channel}, crop border {crop_border}; PSNR 10·log10(255²/MSE) "
@@ -187,12 +162,12 @@ def _describe_basicsr(crop_border: int = 0, test_y_channel: bool = False) -> str
 # --------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class MetricProtocol:
-    """One evaluation protocol: its per-image PSNR/SSIM functions and the options they accept."""
+    """One evaluation protocol: the metrics it computes (names in :mod:`clipdehaze.metrics.registry`, each with its
+    implementation for this protocol), the options those implementations accept, and the line that says how."""
 
     name: str
     source: str
-    psnr: Callable[..., Tensor]
-    ssim: Callable[..., Tensor]
+    metrics: tuple[str, ...]
     describe: Callable[..., str]
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -216,15 +191,13 @@ PROTOCOLS: Mapping[str, MetricProtocol] = MappingProxyType({
     "dehazeformer": MetricProtocol(
         name="dehazeformer",
         source="IDKiro/DehazeFormer test.py + VainF/pytorch-msssim ssim()",
-        psnr=_dehazeformer_psnr,
-        ssim=_dehazeformer_ssim,
+        metrics=("psnr", "ssim"),
         describe=_describe_dehazeformer,
     ),
     "basicsr": MetricProtocol(
         name="basicsr",
         source="XPixelGroup/BasicSR basicsr/metrics/psnr_ssim.py (calculate_psnr, calculate_ssim)",
-        psnr=_basicsr_psnr,
-        ssim=_basicsr_ssim,
+        metrics=("psnr", "ssim"),
         describe=_describe_basicsr,
         options={"crop_border": 0, "test_y_channel": False},
     ),
@@ -250,15 +223,28 @@ def describe_protocol(name: str, **opts: Any) -> str:
     return protocol.describe(**protocol.resolve(opts))
 
 
+def compute_metric(name: str, output: Tensor, target: Tensor | None = None, protocol: str | None = "dehazeformer",
+                   **opts: Any) -> Tensor:
+    """Per-image values of the registered metric ``name`` under ``protocol`` (its options checked by the protocol);
+    float images (B, C, H, W) in [0, 1] -> float64 (B,). A no-reference metric ignores ``target``."""
+    options = get_protocol(protocol).resolve(opts) if protocol is not None else {}
+    if protocol is None and opts:
+        raise TypeError(f"options {sorted(opts)} need a protocol")
+    spec = get_metric(name, protocol)
+    kwargs = {k: v for k, v in options.items() if k in spec.options}
+    if not spec.reference:
+        return spec.fn(output, **kwargs)
+    if target is None:
+        raise ValueError(f"metric {name!r} compares with the ground truth, and none was given")
+    _check_pair(output, target)
+    return spec.fn(output, target, **kwargs)
+
+
 def compute_psnr(output: Tensor, target: Tensor, protocol: str = "dehazeformer", **opts: Any) -> Tensor:
     """Per-image PSNR (dB) under ``protocol``; float images (B, C, H, W) in [0, 1] -> float64 (B,)."""
-    _check_pair(output, target)
-    p = get_protocol(protocol)
-    return p.psnr(output, target, **p.resolve(opts))
+    return compute_metric("psnr", output, target, protocol, **opts)
 
 
 def compute_ssim(output: Tensor, target: Tensor, protocol: str = "dehazeformer", **opts: Any) -> Tensor:
     """Per-image SSIM under ``protocol``; float images (B, C, H, W) in [0, 1] -> float64 (B,)."""
-    _check_pair(output, target)
-    p = get_protocol(protocol)
-    return p.ssim(output, target, **p.resolve(opts))
+    return compute_metric("ssim", output, target, protocol, **opts)

@@ -67,6 +67,9 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> 
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p}: not a training checkpoint (expected a dict with 'state_dict')")
     check_finite(ckpt["state_dict"], p)
+    # The raw weights beside an EMA average (clipdehaze.callbacks.RAW_STATE_KEY): a resume steps them.
+    if isinstance(ckpt.get("current_model_state"), Mapping):
+        check_finite(ckpt["current_model_state"], p)
     return ckpt
 
 

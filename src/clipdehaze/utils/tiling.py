@@ -14,7 +14,7 @@ from clipdehaze.utils.memory import peak_memory_bytes, release_freed_memory
 
 log = logging.getLogger(__name__)
 
-__all__ = ["auto_tile", "check_tiling", "crop_inputs", "tiled_forward"]
+__all__ = ["auto_tile", "check_tiling", "crop_inputs", "tile_count", "tiled_forward"]
 
 
 def check_tiling(tile: object, overlap: object, min_size: int = 1, allow_auto: bool = False) -> None:
@@ -47,6 +47,13 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     starts = list(range(0, size - tile, stride))
     starts.append(size - tile)
     return starts
+
+
+def tile_count(height: int, width: int, tile: int, overlap: int) -> int:
+    """How many times :func:`tiled_forward` calls its function on an image of this size."""
+    if height <= tile and width <= tile:
+        return 1
+    return len(_starts(height, tile, tile - overlap)) * len(_starts(width, tile, tile - overlap))
 
 
 def _ramp(n: int, overlap: int, device, dtype) -> torch.Tensor:

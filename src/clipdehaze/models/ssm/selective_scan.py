@@ -96,6 +96,10 @@ def triton_unavailable_reason(u: Tensor | None = None) -> str | None:
     return None
 
 
+# torch.compile never traces into the scan: its CPU kernel is a ctypes call (opaque to dynamo), and compiling the
+# chunked PyTorch scan took 341 s and ran 17.8x slower than eager (shared/ENVIRONMENT.md). A compiled generator
+# runs the scan eagerly between its compiled graphs.
+@torch.compiler.disable
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                    z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
                    return_last_state: bool = False, backend: str = "auto"):
