@@ -18,7 +18,9 @@ def test_bench_json_schema(tmp_path):
     assert saved["schema_version"] == 1 and saved["kind"] == "models"
     rows = {r["model"]: r for r in saved["rows"]}
     common = ("params", "macs_g", "exec_macs_g", "latency_s_64", "images_per_s_64", "latency_s_96",
-              "images_per_s_96", "latency_s_96_tiled", "images_per_s_96_tiled", "train_step_s", "train_loss")
+              "images_per_s_96", "latency_s_96_tiled", "images_per_s_96_tiled", "train_step_s", "train_loss",
+              "latency_s_64_tta_flip", "tta_flip_cost", "latency_s_64_tta_x8", "tta_x8_cost", "train_step_s_ema",
+              "ema_cost")
     for name in ("dehazeformer_test", "cliphaze_test", "sar_weather_test"):
         row = rows[name]
         for key in common:
@@ -29,9 +31,11 @@ def test_bench_json_schema(tmp_path):
         assert "clipdehaze_tiny" in rows[name]["clip"] and rows[name]["train_step_s_clip_live"] > 0
     assert rows["dehazeformer_test"]["train_loss"] == rows["cliphaze_test"]["train_loss"] == "l1"
     assert rows["sar_weather_test"]["train_loss"] == "l1 + srd"  # CLIP-SRD is part of the timed step
-    assert "train_step_s" not in rows["identity"]
+    assert "train_step_s" not in rows["identity"] and "ema_cost" not in rows["identity"]
+    assert rows["identity"]["tta_x8_cost"] > 0  # tta= is timed for every generator, EMA only where there are weights
     md = (tmp_path / "bench.md").read_text()
     assert "| dehazeformer_test |" in md and "| cliphaze_test |" in md and "64² img/s" in md and "| l1 + srd |" in md
+    assert "tta=x8 × latency" in md and "ema × step" in md
     assert result["rows"] == saved["rows"]
 
 

@@ -255,6 +255,18 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
             row[f"images_per_s_{key}"] = round(1.0 / lat, 2) if lat > 0 else None
             if memory:
                 row[f"peak_mb_{key}"] = _peak_memory(name, size, tiled, tile, clip_cfg, timeout)
+        if size == tile:
+            # Self-ensemble (tta=flip / tta=x8 in eval and predict): what it costs over one forward pass.
+            from clipdehaze.utils.tta import self_ensemble
+
+            for mode in ("flip", "x8"):
+                def ensemble(mode=mode, x=x, inputs=inputs):
+                    with torch.no_grad():
+                        return self_ensemble(model, x, mode, inputs)
+
+                lat_tta = _timeit(ensemble, repeats=repeats)
+                row[f"latency_s_{size}_tta_{mode}"] = round(lat_tta, 4)
+                row[f"tta_{mode}_cost"] = round(lat_tta / row[f"latency_s_{size}"], 2) if row[f"latency_s_{size}"] else None
         if size > tile and row.get(f"latency_s_{size}") is not None:
             seam = seam_difference(model, prior, size, tile, device)
             row[f"seam_max_abs_{size}"] = round(seam["max_abs"], 5)
@@ -279,6 +291,22 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
             opt.step()
 
         row["train_step_s"] = round(_timeit(lambda: step(False), repeats=repeats), 4)
+        # ema.enabled=true: the same step plus GeneratorEMA's update after it (the callback itself, driven as
+        # Lightning drives it, one update per optimiser step).
+        from types import SimpleNamespace
+
+        from clipdehaze.callbacks import GeneratorEMA
+
+        ema, holder, fake_trainer = GeneratorEMA(), SimpleNamespace(generator=model), SimpleNamespace(global_step=0)
+        ema.setup(None, holder, "fit")
+
+        def step_with_ema():
+            step(False)
+            fake_trainer.global_step += 1
+            ema.on_train_batch_end(fake_trainer, holder, None, None, 0)
+
+        row["train_step_s_ema"] = round(_timeit(step_with_ema, repeats=repeats), 4)
+        row["ema_cost"] = round(row["train_step_s_ema"] / row["train_step_s"], 3)
         if compile_mode is not None:
             # What compile.enabled=true does in training (nn.Module.compile, in place); the first step compiles.
             model.compile(mode=None if compile_mode == "default" else compile_mode)
@@ -506,8 +534,10 @@ def models_markdown(rows: list[dict[str, Any]]) -> str:
                          (f"peak_mb_{n}{suffix}", f"{n}²{tag} MB")]
         if any(f"seam_max_abs_{n}" in r for r in rows):
             cols += [(f"seam_max_abs_{n}", f"{n}² seam max abs diff"), (f"seam_psnr_db_{n}", f"{n}² seam PSNR dB")]
+    if any("tta_x8_cost" in r for r in rows):
+        cols += [("tta_flip_cost", "tta=flip × latency"), ("tta_x8_cost", "tta=x8 × latency")]
     cols += [("train_step_s", "train step s"), ("train_step_s_clip_live", "train step s (CLIP live)"),
-             ("train_loss", "train loss")]
+             ("train_loss", "train loss"), ("ema_cost", "ema × step")]
     if any("train_step_s_compiled" in r for r in rows):
         cols += [("compile_s", "compile s (first step)"), ("train_step_s_compiled", "train step s compiled"),
                  ("compile_speedup", "compile speed-up")]
@@ -545,7 +575,9 @@ def run_models(names: list[str], out: Path, **kw) -> dict[str, Any]:
           f"[0, 1]. Train step: AdamW, batch {kw.get('train_batch', 4)}, "
           f"{kw.get('train_crop', 128)}² crops, L1 plus the generator's training-only terms ('train loss': "
           f"srd = the SAR weather net's CLIP-SRD, frozen-CLIP teacher computed live in both columns); the "
-          f"generator's CLIP inputs cached unless noted.\n\n"
+          f"generator's CLIP inputs cached unless noted. 'tta=flip/x8 × latency': self-ensemble latency at "
+          f"{kw.get('tile', 256)}² over one forward pass (eval/predict tta=); 'ema × step': the train step with "
+          f"GeneratorEMA's update (ema.enabled=true) over the step without it.\n\n"
           + models_markdown(rows) + "\n")
     (out / "bench.md").write_text(md)
     print(md)
