@@ -3,6 +3,8 @@ a failed job's wandb run is closed and marked failed and its CSV log is on disk 
 ``task_wrapper``). In-process, as a multirun runs its jobs: a run left open would take the next job's logs."""
 
 import csv
+import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,21 @@ def wandb_offline(monkeypatch):
         wandb.finish()
 
 
-def _exit_code(run_dir: Path) -> int:
-    """The exit code the offline run's log records (wandb writes it when the run is finished)."""
+def _exit_code(run_dir: Path, timeout: float = 60.0) -> int:
+    """The exit code the offline run's log records when the run is finished. wandb's core process writes the log:
+    ``wandb.finish`` can return before the last records reach the file, so they are waited for."""
     (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    (code,) = [r.exit.exit_code for r in read_wandb_records(log) if r.WhichOneof("record_type") == "exit"]
-    return code
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            codes = [r.exit.exit_code for r in read_wandb_records(log) if r.WhichOneof("record_type") == "exit"]
+        except (AssertionError, struct.error):  # the header or the last chunk is still being written
+            codes = []
+        if codes or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(codes) == 1, f"{log}: {len(codes)} exit records after {timeout:.0f} s"
+    return codes[0]
 
 
 def test_a_fit_that_fails_finishes_the_wandb_run_and_flushes_the_csv_log(compose_cfg, tiny_paired_root, tmp_path,
