@@ -205,7 +205,7 @@ def test_frozen_and_never_checkpointed():
 def test_lit_module_holds_no_clip_weights(compose_cfg):
     """A MixCLDehazeNet LitModule builds the prior, yet neither its state_dict nor its optimizer's parameters
     contain a CLIP tensor: checkpoints hold the generator only."""
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     module = build_module(compose_cfg("train", ["model=mixcldehazenet_test", "clip=tiny_random"]))
     clip = module.clip_prior.open_clip_model

@@ -253,7 +253,7 @@ def test_first_pass_trains_and_is_checked():
 
 def test_first_pass_runs_with_the_clip_prior(compose_cfg):
     """Through the LightningModule and the frozen (tiny) CLIP, whose image_encoder is computed live."""
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     module = build_module(compose_cfg("train", ["model=cliphaze_test", "model.embedding_of=first_pass",
                                                 "clip=tiny_random"]))

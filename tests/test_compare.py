@@ -262,7 +262,7 @@ def test_the_table_has_a_prior_column(tmp_path):
 def test_compare_reads_the_per_image_file_train_and_eval_write():
     from clipdehaze import compare as C
     from clipdehaze.callbacks import SOURCE_KEYS
-    from clipdehaze.pipeline import PER_IMAGE_CSV
+    from clipdehaze.artefacts import PER_IMAGE_CSV
 
     assert C.PER_IMAGE_CSV == PER_IMAGE_CSV
     assert SOURCE_KEYS == ("clipdehaze-input", "clipdehaze-target")

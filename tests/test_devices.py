@@ -169,7 +169,7 @@ def test_clip_cache_is_built_on_the_trainers_device(compose_cfg, tiny_paired_roo
     """Lightning calls the data module's setup on the process's device; the prior moves there before building."""
     from hydra.utils import instantiate
 
-    from clipdehaze.pipeline import attach_clip_cache, build_module
+    from clipdehaze.build import attach_clip_cache, build_module
 
     cfg = compose_cfg("train", ["model=cliphaze_test", "clip=tiny_random", "data=paired",
                                 f"data.root={tiny_paired_root}", "data.num_workers=0"])

@@ -94,7 +94,7 @@ def _spy_aux(module) -> list:
 
 def test_srd_without_loss_weight_is_off_and_warned(compose_cfg):
     """model=sar_weather_* with a loss that does not weight SRD: SRD is not silently added at weight 1."""
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     module = build_module(compose_cfg("train", ["model=sar_weather_test", "loss=l1", "clip=tiny_random"]))
     calls = _spy_aux(module)
@@ -109,7 +109,7 @@ def test_srd_without_loss_weight_is_off_and_warned(compose_cfg):
 
 def test_srd_weight_zero_needs_no_clip(compose_cfg):
     """loss.srd_weight=0 with a CWP-free model: no CLIP is built and training runs (no misleading ValueError)."""
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     module = build_module(compose_cfg("train", ["model=sar_weather_test", "model.cwp=false", "loss=sar_weather",
                                                 "loss.srd_weight=0", "clip=tiny_random"]))
@@ -121,7 +121,7 @@ def test_srd_weight_zero_needs_no_clip(compose_cfg):
 
 
 def test_srd_added_with_its_loss_weight(compose_cfg):
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     module = build_module(compose_cfg("train", ["model=sar_weather_test", "loss=sar_weather", "loss.srd_weight=0.25",
                                                 "clip=tiny_random"]))
@@ -288,7 +288,7 @@ def test_eval_weights_provenance_published_and_random(compose_cfg, tiny_paired_r
 
 
 def test_trainer_gpu_without_a_gpu_says_which_option(compose_cfg):
-    from clipdehaze.pipeline import build_trainer
+    from clipdehaze.build import build_trainer
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")

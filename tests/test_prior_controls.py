@@ -145,7 +145,7 @@ def test_controls_a_run_and_an_evaluation_resolve():
 def test_pipeline_serves_controlled_inputs_alike_with_and_without_the_cache(compose_cfg, split_root, tmp_path):
     """The composed run (clip_control=shuffled, model=cliphaze_test): the first training batch's CLIP inputs are the
     same with clip_cache=true and false, and differ from the real prior's."""
-    from clipdehaze.pipeline import attach_clip_cache, build_module
+    from clipdehaze.build import attach_clip_cache, build_module
 
     def first_batch(*overrides):
         cfg = compose_cfg("train", ["model=cliphaze_test", "clip=tiny_random", "data=paired", f"data.root={split_root}",
@@ -170,7 +170,7 @@ def test_mixdehazenet_arm_is_mixdehazenet(compose_cfg):
     """arm=mixdehazenet (MixCLDehazeNet with fusion=none) builds MixDehazeNet: the same parameters, initial values
     and outputs, and no CLIP."""
     from clipdehaze.models import create_generator
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     cfg = compose_cfg("train", ["model=mixcldehazenet_test", "clip=tiny_random", "arm=mixdehazenet"])
     torch.manual_seed(0)
@@ -199,7 +199,7 @@ def test_study_arms_compose(arm, clip_inputs, compose_cfg):
 
 
 def test_sar_weather_arm_builds_no_clip(compose_cfg):
-    from clipdehaze.pipeline import build_module
+    from clipdehaze.build import build_module
 
     cfg = compose_cfg("train", ["experiment=study_sar_weather", "model=sar_weather_test", "clip=tiny_random",
                                 "arm=sar_weather_without_clip"])

@@ -23,7 +23,7 @@ from clipdehaze.models.generators.sar_weather import (
     sar_weather_test,
     soft_residual_distillation,
 )
-from clipdehaze.pipeline import build_module
+from clipdehaze.build import build_module
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = ["sar_weather_t", "sar_weather_s", "sar_weather_b", "sar_weather_test"]

@@ -216,8 +216,9 @@ def test_every_published_csv_reads_with_our_dataset_names():
     import yaml
 
     from clipdehaze.table import EXPERIMENTS, read_published
+    from clipdehaze.utils.resources import project_dir
 
-    conf = EXPERIMENTS.parent / "conf" / "data"
+    conf = project_dir("conf") / "data"
     names = {yaml.safe_load(f.read_text()).get("name") for f in conf.glob("*.yaml")}
     papers = sorted(p.parent.name for p in EXPERIMENTS.glob("*/published.csv"))
     assert {"mixdehazenet", "sar_weather"} <= set(papers)

@@ -117,7 +117,7 @@ def test_demo_combined_grid_has_a_row_per_method(tmp_path):
     from PIL import Image
 
     from clipdehaze.demo import combined_grid
-    from clipdehaze.pipeline import save_grid
+    from clipdehaze.artefacts import save_grid
 
     runs = {}
     for i, name in enumerate(("dcp", "mixdehazenet_t", "cliphaze_t")):

@@ -169,7 +169,7 @@ def test_predict_tile_auto_is_the_default_and_matches_untiled(compose_cfg, tmp_p
     """tile=auto (the default) with room for the whole image restores it in one piece: the untiled output."""
     from PIL import Image
 
-    from clipdehaze.pipeline import module_for_inference
+    from clipdehaze.build import module_for_inference
     from clipdehaze.predict import predict, restore, tiling_options
 
     src = tmp_path / "in"

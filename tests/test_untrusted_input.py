@@ -20,7 +20,7 @@ from PIL import Image
 from clipdehaze.data.cli import main as data_cli
 from clipdehaze.evaluate import evaluate
 from clipdehaze.lit_module import DehazeLitModule
-from clipdehaze.pipeline import module_for_inference
+from clipdehaze.build import module_for_inference
 from clipdehaze.predict import predict
 from clipdehaze.train import train
 from clipdehaze.utils.checkpoint import CheckpointError, load_generator_weights

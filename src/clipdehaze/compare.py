@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from clipdehaze.artefacts import PER_IMAGE_CSV
 from clipdehaze.table import PRIMARY_METRICS, Row, Run, aggregate, collect_runs
 
-PER_IMAGE_CSV = "per_image.csv"  # clipdehaze.pipeline.PER_IMAGE_CSV, without importing the training stack
 CONTROL_KEYS = ("clip_control", "test_clip_control")
 RANDOM_PRIOR_NOTE = (
     "**The CLIP prior of these runs is random** (random CLIP weights, e.g. `clip=tiny_random`): it cannot carry "

@@ -62,7 +62,7 @@ def _run(module: str, overrides: list[str], run_dir: Path) -> dict:
 
 
 def _n_images(run_dir: Path) -> int:
-    from clipdehaze.pipeline import PER_IMAGE_CSV
+    from clipdehaze.artefacts import PER_IMAGE_CSV
 
     if (run_dir / PER_IMAGE_CSV).is_file():
         return max(1, len((run_dir / PER_IMAGE_CSV).read_text().strip().splitlines()) - 1)
@@ -121,7 +121,7 @@ def combined_grid(runs: dict[str, Path], path: Path, n_images: int = 3, height: 
     rows of ``GRID_ROW_HEIGHT``); every run tested the same images in the same order, so the columns line up."""
     from PIL import Image, ImageDraw
 
-    from clipdehaze.pipeline import GRID_ROW_HEIGHT as row_h
+    from clipdehaze.artefacts import GRID_ROW_HEIGHT as row_h
 
     rows = {}
     for name, run_dir in runs.items():

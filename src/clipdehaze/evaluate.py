@@ -22,31 +22,30 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from clipdehaze.metrics import NO_REFERENCE_METRICS
-from clipdehaze.pipeline import (
-    PER_IMAGE_CSV,
+from clipdehaze.artefacts import PER_IMAGE_CSV, floats, inference_weights, run_summary, write_run_results
+from clipdehaze.build import (
     attach_clip_cache,
+    build_datamodule,
     build_trainer,
     checkpoint_run_config,
     eval_data_config,
-    floats,
-    inference_weights,
     module_for_inference,
-    run_summary,
-    write_run_results,
 )
+from clipdehaze.metrics import NO_REFERENCE_METRICS
+from clipdehaze.task import task_wrapper
 from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 
 log = logging.getLogger("clipdehaze.eval")
 register_with_hydra()
 
 
+@task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     train_config = checkpoint_run_config(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     with open_dict(cfg):
         cfg.data = eval_data_config(cfg, train_config)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     if not getattr(datamodule, "has_targets", True) and cfg.get("metrics") is None:
         log.info("data=%s has no ground truth: scoring with metrics=no_reference (%s)", cfg.data.get("name"),
                  ", ".join(NO_REFERENCE_METRICS))

@@ -28,14 +28,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clipdehaze.artefacts import PER_IMAGE_CSV, predict_summary, write_rows_csv, write_run_results
+from clipdehaze.build import module_for_inference
 from clipdehaze.data.datasets import list_images
 from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, png_text, save_image
 from clipdehaze.metrics import compute_metric
-from clipdehaze.pipeline import module_for_inference, write_rows_csv
+from clipdehaze.task import task_wrapper
 from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 from clipdehaze.utils.memory import available_memory_bytes
 from clipdehaze.utils.tiling import auto_tile, check_tiling, crop_inputs, tile_count, tiled_forward
-from clipdehaze.utils.tta import TTA_DESCRIPTIONS, self_ensemble
+from clipdehaze.utils.tta import self_ensemble
 
 log = logging.getLogger("clipdehaze.predict")
 register_with_hydra()
@@ -186,6 +188,7 @@ class _Progress:
         log.info("[%d/%d] %s -> %s (%.1f s elapsed, ETA %.0f s)", self.done, self.total, name, dst, elapsed, eta)
 
 
+@task_wrapper
 def predict(cfg: DictConfig) -> list[Path]:
     if not cfg.get("input") or not cfg.get("output"):
         raise ValueError("pass input=<image file or folder> output=<folder>")
@@ -241,44 +244,12 @@ def predict(cfg: DictConfig) -> list[Path]:
     if compare_rows:
         write_rows_csv(out_dir / COMPARE_DIR / "scores.csv", compare_rows)
     if metric is not None and rows:
-        write_predict_results(cfg, module, in_path, files, rows, means, metric, seconds)
+        summary = predict_summary(cfg, module, in_path, files, rows, means, metric, seconds)
+        write_run_results(Path(cfg.paths.output_dir), summary, cfg, rows=rows, rows_file=PER_IMAGE_CSV)
     if failed:
         raise SystemExit(f"{len(failed)} of {len(files)} input(s) unreadable or not restorable (see errors above): "
                          + ", ".join(str(p) for p in failed[:5]) + f"; {len(written)} written to {out_dir}")
     return written
-
-
-def write_predict_results(cfg: DictConfig, module, in_path: Path, files: list[Path], rows: list[dict], means: dict,
-                          metric, seconds: float) -> None:
-    """``metrics.json`` (``test/<metric>_<input folder name>``, protocol, weights, code, the scored files'
-    manifest) and ``per_image.csv`` in the run folder: the summary ``clipdehaze-table`` reads."""
-    from clipdehaze import provenance
-    from clipdehaze.pipeline import PER_IMAGE_CSV, inference_weights, write_run_results
-
-    root = in_path if in_path.is_dir() else in_path.parent
-    data = root.resolve().name or "input"
-    scored = [f for f in files if any(r["name"] == f.name for r in rows)]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    prior = getattr(module, "clip_prior", None)
-    summary = {
-        "generator": module.generator_name if hasattr(module, "hparams") else None,
-        "data": data,
-        "seed": (module.run_config or {}).get("seed"),
-        "metric_protocol": "; ".join(p for p in (metric.describe(), TTA_DESCRIPTIONS[module.tta]) if p),
-        "params": sum(p.numel() for p in module.generator.parameters()),
-        "metrics": {f"test/{n}_{data}": v for n, v in means.items()},
-        "images": len(rows),
-        "dataset": {"name": data, "images": len(rows), "available": len(files), "subset": len(rows) < len(files),
-                    "manifest_sha256": provenance.manifest_sha256(scored, root)},
-        "weights": inference_weights(cfg, module),
-        "clip": getattr(prior, "model_id", None),
-        "code": provenance.code_provenance(),
-        "environment": provenance.environment_provenance(str(next(module.parameters(), torch.empty(0)).device)),
-        "config_sha256": provenance.config_sha256(config),
-        "config": config,
-        "predict_seconds": round(seconds, 2),
-    }
-    write_run_results(Path(cfg.paths.output_dir), summary, cfg, rows=rows, rows_file=PER_IMAGE_CSV)
 
 
 @checked_overrides

@@ -14,7 +14,8 @@ with its training run's config and seed. ``--group-by KEY ...`` makes exactly th
 variant keys; ``--ignore KEY ...`` removes keys from the automatic choice.
 
 Each row shows how many images were scored and flags runs with random generator weights, a random CLIP prior, or
-a subset of the test split. ``--paper NAME`` reads ``experiments/NAME/published.csv`` (``method, generator,
+a subset of the test split. ``--paper NAME`` reads ``experiments/NAME/published.csv`` (the checkout's, or the
+copy inside the installed package; ``--experiments DIR`` reads ``DIR/NAME/published.csv``) (``method, generator,
 dataset, psnr, ssim, params, macs, source``; ``generator`` is our registry name, ``dataset`` our data config's
 ``name``; params in M, MACs in G) and puts a published number beside each row of the same generator and dataset,
 with the difference; published rows that no run matches are listed separately, and sources become footnotes.
@@ -36,8 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from clipdehaze.provenance import flatten, is_run_location_key
+from clipdehaze.utils.resources import project_dir
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+#: ``experiments/``, where ``--paper NAME`` finds ``NAME/published.csv``: the checkout's, or the copy in the wheel.
+EXPERIMENTS = project_dir("experiments")
 
 #: Metrics shown first, in this order; any other ``test/<metric>`` a run logged follows (labels, digits and
 #: direction from :mod:`clipdehaze.metrics.registry`).

@@ -15,20 +15,12 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from clipdehaze.artefacts import PER_IMAGE_CSV, floats, run_summary, write_run_results
+from clipdehaze.build import attach_clip_cache, build_datamodule, build_module, build_trainer, check_crop_fits_model
 from clipdehaze.lit_module import DehazeLitModule
 from clipdehaze.loggers import ResumableCSVLogger
-from clipdehaze.pipeline import (
-    PER_IMAGE_CSV,
-    attach_clip_cache,
-    build_module,
-    build_trainer,
-    check_crop_fits_model,
-    finish_loggers,
-    floats,
-    run_summary,
-    write_run_results,
-)
 from clipdehaze.provenance import weights_provenance
+from clipdehaze.task import task_wrapper
 from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 
 log = logging.getLogger("clipdehaze.train")
@@ -59,6 +51,7 @@ def checked_ckpt_path(cfg: DictConfig, output_dir: Path) -> tuple[str | None, in
     return ckpt, int(DehazeLitModule.read_checkpoint(ckpt, expect_generator=cfg.model.name).get("global_step", 0))
 
 
+@task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test; returns (and writes to ``<run>/metrics.json``) the final metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -66,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     check_crop_fits_model(datamodule, module)
     if not any(p.requires_grad for p in module.generator.parameters()):
@@ -75,13 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     attach_clip_cache(cfg, datamodule, module)
     trainer = build_trainer(cfg)
-    try:
-        summary = _fit_and_test(cfg, output_dir, datamodule, module, trainer, ckpt_path, resume_step)
-    except BaseException:
-        finish_loggers(trainer, failed=True)
-        raise
-    finish_loggers(trainer)
-    return summary
+    return _fit_and_test(cfg, output_dir, datamodule, module, trainer, ckpt_path, resume_step)
 
 
 def _fit_and_test(cfg: DictConfig, output_dir: Path, datamodule, module: DehazeLitModule, trainer: L.Trainer,

@@ -165,30 +165,8 @@ class PairedDataModule(L.LightningDataModule):
         augment = [str(a) for a in ([augment] if isinstance(augment, str) else (augment or []))]
         self.save_hyperparameters(ignore=["augment"])
         self.hparams["augment"] = augment
-        self.root = str(root)
-        self.val_root = str(val_root) if val_root is not None else self.root
-        self.test_root = str(test_root) if test_root is not None else self.root
-        self.name = name
-        self.train_split = train_split
-        self.val_split = val_split if val_split is not None else test_split
-        self.test_split = test_split
-        self.input_dir = input_dir
-        self.target_dir = target_dir
-        self.crop_size = crop_size
-        self.val_crop_size = crop_size if val_crop_size is None else val_crop_size
-        self.augment = tuple(augment)
-        self.edge_decay = edge_decay
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.train_list, self.val_list, self.test_list = train_list, val_list, test_list
-        self.max_train_samples = max_train_samples
-        self.max_val_samples = max_val_samples
-        self.max_test_samples = max_test_samples
-        self.on_unpaired = on_unpaired
-        self.pad_if_smaller = bool(pad_if_smaller)
-        self.seed = seed
+        # Drawn on the first train loader when hparams.seed is None, then kept for the module's life.
+        self._shuffle_seed: int | None = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -196,6 +174,31 @@ class PairedDataModule(L.LightningDataModule):
         self.clip_cache = None
         self.clip_names: tuple[str, ...] = ()
         self.clip_control = None
+
+    # Settings other code reads (provenance names the dataset, the crop check compares sizes), derived from hparams.
+    @property
+    def name(self) -> str:
+        return self.hparams.name
+
+    @property
+    def root(self) -> str:
+        return str(self.hparams.root)
+
+    @property
+    def input_dir(self) -> str:
+        return self.hparams.input_dir
+
+    @property
+    def target_dir(self) -> str:
+        return self.hparams.target_dir
+
+    @property
+    def crop_size(self) -> int:
+        return self.hparams.crop_size
+
+    @property
+    def val_crop_size(self) -> int:
+        return self.crop_size if self.hparams.val_crop_size is None else self.hparams.val_crop_size
 
     def attach_clip_cache(self, cache, names: Sequence[str], control=None) -> None:
         """Serve the generator's CLIP inputs ``names`` from ``cache`` (built for every input image at setup);
@@ -206,29 +209,33 @@ class PairedDataModule(L.LightningDataModule):
 
     def _dataset(self, root: str, split: str | None, list_file: str | None, mode: str, crop_size: int | None,
                  input_only: bool = False) -> Dataset:
-        common = dict(mode=mode, crop_size=crop_size, augment=self.augment, edge_decay=self.edge_decay,
-                      pad_if_smaller=self.pad_if_smaller, input_only=input_only)
+        hp = self.hparams
+        common = dict(mode=mode, crop_size=crop_size, augment=tuple(hp.augment), edge_decay=hp.edge_decay,
+                      pad_if_smaller=bool(hp.pad_if_smaller), input_only=input_only)
         if list_file:
             return ListPairedDataset(list_file, root, **common)
         return PairedImageDataset(root, split or None, self.input_dir, self.target_dir,
-                                  on_unpaired=self.on_unpaired, **common)
+                                  on_unpaired=hp.on_unpaired, **common)
 
     def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        val_root = str(hp.val_root) if hp.val_root is not None else self.root
+        test_root = str(hp.test_root) if hp.test_root is not None else self.root
+        val_split = hp.val_split if hp.val_split is not None else hp.test_split
         if stage in ("fit", None) and self.train_set is None:
             self.train_set = evenly_spaced_subset(
-                self._dataset(self.root, self.train_split, self.train_list, "train", self.crop_size),
-                self.max_train_samples)
+                self._dataset(self.root, hp.train_split, hp.train_list, "train", self.crop_size),
+                hp.max_train_samples)
         if stage in ("fit", "validate", None) and self.val_set is None:
             self.val_set = evenly_spaced_subset(
-                self._dataset(self.val_root, self.val_split, self.val_list, "val", self.val_crop_size),
-                self.max_val_samples)
+                self._dataset(val_root, val_split, hp.val_list, "val", self.val_crop_size), hp.max_val_samples)
         if stage in ("test", None) and self.test_set is None:
             self.test_set = evenly_spaced_subset(
-                self._dataset(self.test_root, self.test_split, self.test_list, "test", None), self.max_test_samples)
+                self._dataset(test_root, hp.test_split, hp.test_list, "test", None), hp.max_test_samples)
         if stage == "predict" and self.predict_set is None:
             self.predict_set = evenly_spaced_subset(
-                self._dataset(self.test_root, self.test_split, self.test_list, "test", None, input_only=True),
-                self.max_test_samples)
+                self._dataset(test_root, hp.test_split, hp.test_list, "test", None, input_only=True),
+                hp.max_test_samples)
         if self.clip_cache is not None:
             self._serve_clip_cache()
 
@@ -255,27 +262,28 @@ class PairedDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            num_workers=self.hparams.num_workers,
+            pin_memory=self.hparams.pin_memory,
             worker_init_fn=seed_worker,
-            **{"persistent_workers": self.num_workers > 0, **kwargs},
+            **{"persistent_workers": self.hparams.num_workers > 0, **kwargs},
         )
 
     def train_dataloader(self) -> DataLoader:
         # Order and crops depend only on (seed, epoch, index): see EpochSeededSampler. Workers are not
         # persistent here, so each epoch's workers start from the dataset's current epoch key.
-        if self.seed is None:
-            self.seed = int(torch.randint(2**31, ()).item())
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(torch.randint(2**31, ()).item())
+        batch_size = self.hparams.batch_size
         n = len(self.train_set) if self.train_set is not None else 0
         sampler = None
         if self.train_set is not None:
-            sampler = EpochSeededSampler(self.train_set, self.seed)
+            sampler = EpochSeededSampler(self.train_set, self._shuffle_seed)
             sampler.set_epoch(0)  # Lightning sets each epoch; a bare loop over the loader gets epoch 0
-        return self._loader(self.train_set, "train", self.batch_size, sampler=sampler,
-                            drop_last=n >= self.batch_size, persistent_workers=False)
+        return self._loader(self.train_set, "train", batch_size, sampler=sampler, drop_last=n >= batch_size,
+                            persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, "val", self.val_batch_size, shuffle=False)
+        return self._loader(self.val_set, "val", self.hparams.val_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, "test", 1, shuffle=False)
@@ -302,14 +310,17 @@ class SyntheticHazeDataModule(PairedDataModule):
             raise ValueError(f"unknown synthetic kind {kind!r}; available: {sorted(DEGRADATIONS)}")
         kwargs.setdefault("input_dir", DEGRADATIONS[kind].input_dir)
         kwargs.setdefault("target_dir", DEGRADATIONS[kind].target_dir)
-        dataset_dir = Path(root) if root is not None else default_dataset_dir(cache_dir, synth_seed, kind)
-        super().__init__(root=str(dataset_dir), name=name, crop_size=crop_size, batch_size=batch_size, **kwargs)
-        self.cache_dir = cache_dir
-        self.synth_seed = synth_seed
-        self.kind = kind
+        super().__init__(root=root, name=name, crop_size=crop_size, batch_size=batch_size, **kwargs)
+
+    @property
+    def root(self) -> str:
+        """``hparams.root``, else the cached default dataset of this kind and seed."""
+        hp = self.hparams
+        return str(Path(hp.root) if hp.root is not None else default_dataset_dir(hp.cache_dir, hp.synth_seed, hp.kind))
 
     def _ensure(self) -> None:
-        ensure_default_dataset(self.cache_dir, self.synth_seed, root=self.root, kind=self.kind)
+        hp = self.hparams
+        ensure_default_dataset(hp.cache_dir, hp.synth_seed, root=self.root, kind=hp.kind)
 
     def prepare_data(self) -> None:
         self._ensure()
@@ -353,7 +364,7 @@ class FolderDataModule(PairedDataModule):
         if self.test_set is None:
             from clipdehaze.data.datasets import FolderDataset
 
-            self.test_set = evenly_spaced_subset(FolderDataset(self.root, pad_if_smaller=self.pad_if_smaller),
-                                                self.max_test_samples)
+            folder = FolderDataset(self.root, pad_if_smaller=bool(self.hparams.pad_if_smaller))
+            self.test_set = evenly_spaced_subset(folder, self.hparams.max_test_samples)
         if self.clip_cache is not None:
             self._serve_clip_cache()

@@ -14,13 +14,14 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-_CHECKOUT_CONF = Path(__file__).resolve().parents[3] / "conf"
+from clipdehaze.utils.resources import checkout_root, project_dir
 
 
 def config_path() -> str:
-    """The checkout's ``conf/`` when running from a source tree, else the configs shipped in the wheel."""
-    if (_CHECKOUT_CONF / "train.yaml").is_file():
-        return str(_CHECKOUT_CONF)
+    """The checkout's ``conf/`` when running from a source tree, else the configs shipped in the wheel
+    (:mod:`clipdehaze.utils.resources`)."""
+    if checkout_root() is not None:
+        return str(project_dir("conf"))
     return "pkg://clipdehaze.conf"
 
 

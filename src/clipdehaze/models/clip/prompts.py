@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,10 +30,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-BUILTIN_PROMPT_SETS = ("domain", "weather", "haze_level")
+from clipdehaze.utils.resources import project_dir
 
-# src/clipdehaze/models/clip/prompts.py -> the checkout root is four levels up.
-_CHECKOUT_PROMPTS = Path(__file__).resolve().parents[4] / "conf" / "prompts"
+BUILTIN_PROMPT_SETS = ("domain", "weather", "haze_level")
 
 
 @dataclass(frozen=True)
@@ -133,9 +131,7 @@ def _as_str_list(value: Any, where: str) -> list[str]:
 
 def prompts_dir() -> Path:
     """``conf/prompts`` of the checkout when running from a source tree, else the copy shipped in the wheel."""
-    if _CHECKOUT_PROMPTS.is_dir():
-        return _CHECKOUT_PROMPTS
-    return Path(str(importlib.resources.files("clipdehaze.conf") / "prompts"))
+    return project_dir("conf") / "prompts"
 
 
 def load_prompt_set(name: str) -> PromptSet:

@@ -1,13 +1,12 @@
-"""Pieces shared by the entry points: build the module, trainer, callbacks and loggers from a config; write
-run files (metrics.json, per-image CSV, image grid)."""
+"""Build what a job runs from its composed config: the LightningModule (fresh for training, from a checkpoint or
+published weights for eval/predict), the datamodule and the data an evaluation scores, the trainer with its callbacks
+and loggers, and the CLIP cache the datamodule serves. What a job writes is :mod:`clipdehaze.artefacts`."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,9 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clipdehaze.lit_module import DehazeLitModule
-from clipdehaze.models import create_generator
+from clipdehaze.task import track_loggers
 from clipdehaze.utils.checkpoint import load_generator_weights
-from clipdehaze.utils.files import atomic_write, to_json, write_in_order
 
 log = logging.getLogger("clipdehaze")
 
@@ -32,6 +30,8 @@ def _instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
+    """The ``cfg.trainer`` Trainer with the run's callbacks (the ``callbacks`` group, EMA, saved test outputs) and
+    loggers (the ``logger`` group); ``overrides`` replace trainer arguments."""
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         # Lightning's own message ("No supported gpu backend found!") says neither which option nor what to do.
@@ -50,7 +50,14 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
 
         callbacks.append(SaveTestOutputs(Path(cfg.paths.output_dir) / "test_outputs"))
     loggers = _instantiate_group(cfg.get("logger"))
+    # Built, they belong to the job: its task wrapper finishes them, also when the job fails.
+    track_loggers(loggers)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The datamodule of ``cfg.data`` (one of :mod:`clipdehaze.data`'s, built by its ``_target_``)."""
+    return instantiate(cfg.data)
 
 
 def build_module(cfg: DictConfig) -> DehazeLitModule:
@@ -144,17 +151,6 @@ def eval_data_config(cfg: DictConfig, train_config: dict[str, Any] | None) -> Di
     return OmegaConf.create(trained_on)
 
 
-def inference_weights(cfg: DictConfig, module: DehazeLitModule) -> dict[str, Any]:
-    """The ``weights`` provenance of an eval/predict module (see :mod:`clipdehaze.provenance`)."""
-    from clipdehaze.provenance import weights_provenance
-
-    if cfg.get("ckpt_path"):
-        return {**weights_provenance("checkpoint", cfg.ckpt_path), "ema": module.ema_weights}
-    if cfg.get("weights_path"):
-        return weights_provenance("published", cfg.weights_path)
-    if any(True for _ in module.generator.parameters()):
-        return weights_provenance("random")
-    return weights_provenance("none")
 def check_crop_fits_model(datamodule: L.LightningDataModule, module: DehazeLitModule) -> None:
     """A training or validation crop below the generator's minimum input side fails deep in the first step; say
     which option to raise before anything runs."""
@@ -200,136 +196,3 @@ def attach_clip_cache(cfg: DictConfig, datamodule: L.LightningDataModule, module
     else:
         return
     datamodule.attach_clip_cache(store, names, control=control)
-
-
-def clip_control_record(cfg: DictConfig, module: DehazeLitModule,
-                        train_config: dict[str, Any] | None = None) -> dict[str, str] | None:
-    """``metrics.json``'s ``clip_control``: the prior controls of training and test, None for a generator without
-    CLIP inputs."""
-    from clipdehaze.models.clip.control import PriorControl
-    from clipdehaze.models import clip_inputs_of
-
-    if not clip_inputs_of(module.generator):
-        return None
-    return PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path")).record()
-
-
-#: Per-image metrics of the test split, written by clipdehaze-train and clipdehaze-eval alike.
-PER_IMAGE_CSV = "per_image.csv"
-
-
-def finish_loggers(trainer: L.Trainer, failed: bool = False) -> None:
-    """Close the job's wandb run, also when the job failed (marked so): a multirun runs its jobs in one process,
-    and a run left open would swallow the next job's logs. Lightning finalizes the other loggers itself."""
-    if not any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-        return
-    import wandb
-
-    if wandb.run is not None:
-        try:
-            wandb.finish(exit_code=1 if failed else 0)
-        except Exception as e:  # noqa: BLE001 - closing the logger must not hide the job's own error
-            log.warning("could not finish the wandb run: %s", e)
-
-
-def floats(metrics: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = v.item()
-        if isinstance(v, (int, float)):
-            out[k] = float(v)
-    return out
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Strict JSON (NaN/Inf as null, see :func:`clipdehaze.utils.files.to_json`), written atomically."""
-    atomic_write(path, to_json(obj))
-
-
-def write_rows_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    rows = list(rows)
-    fields = list(rows[0]) if rows else ["index", "name"]
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, buf.getvalue())
-
-
-def write_run_results(output_dir: str | Path, summary: dict[str, Any], cfg: DictConfig,
-                      rows: list[dict[str, Any]] | None = None, rows_file: str = "per_image.csv",
-                      samples: list[dict[str, torch.Tensor]] | None = None) -> None:
-    """A run's result files, most valuable first: ``metrics.json``, the per-image CSV, ``config_resolved.yaml``,
-    ``grid.png``. Each is atomic; a failed one (a full disk) does not stop the others, and the error names it."""
-    out = Path(output_dir)
-    files: list[tuple[Path, Any]] = [(out / "metrics.json", lambda p: write_json(p, summary))]
-    if rows is not None:
-        files.append((out / rows_file, lambda p: write_rows_csv(p, rows)))
-    files.append((out / "config_resolved.yaml", lambda p: atomic_write(p, OmegaConf.to_yaml(cfg, resolve=True))))
-    if samples:
-        files.append((out / "grid.png", lambda p: save_grid(samples, p)))
-    write_in_order(files)
-
-
-#: Height of one image row in the ``grid.png`` that train/eval write (the demo cuts its combined grid from them).
-GRID_ROW_HEIGHT = 192
-
-
-def save_grid(samples: list[dict[str, torch.Tensor]], path: str | Path, height: int = GRID_ROW_HEIGHT) -> None:
-    """One row per image: input | output | target (each resized to ``height``), written atomically."""
-    from clipdehaze.data.io import encode_png
-
-    rows = []
-    for s in samples:
-        tiles = [s[k] for k in ("input", "output", "target") if k in s]
-        resized = []
-        for t in tiles:
-            h, w = t.shape[-2:]
-            nw = max(1, round(w * height / h))
-            resized.append(torch.nn.functional.interpolate(t[None].float(), size=(height, nw), mode="bilinear",
-                                                           align_corners=False, antialias=True)[0])
-        gap = torch.ones(3, height, 4)
-        row = []
-        for r in resized:
-            row += [r, gap]
-        rows.append(torch.cat(row[:-1], dim=2))
-    if not rows:
-        return
-    width = max(r.shape[-1] for r in rows)
-    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
-    atomic_write(path, encode_png(torch.cat(rows, dim=1).clamp(0, 1)))
-
-
-def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, float], *, datamodule: Any = None,
-                trainer: L.Trainer | None = None, weights: dict[str, Any] | None = None,
-                train_config: dict[str, Any] | None = None, **extra) -> dict[str, Any]:
-    """What metrics.json holds: numbers, the protocol they were computed under, and what produced them
-    (:mod:`clipdehaze.provenance`: scored images and their manifest, weights, code, environment, config)."""
-    from clipdehaze import provenance
-
-    config = OmegaConf.to_container(cfg, resolve=True)
-    rows = getattr(module, "test_rows", None)
-    dataset = provenance.dataset_provenance(datamodule, [r["index"] for r in rows] if rows is not None else None)
-    prior = getattr(module, "clip_prior", None)
-    # An evaluated checkpoint's numbers belong to the run that trained it: its seed is the one a table averages.
-    seed = (train_config or {}).get("seed", cfg.get("seed"))
-    return {
-        "generator": module.generator_name,
-        "data": cfg.data.get("name") if cfg.get("data") else None,
-        "seed": seed,
-        "metric_protocol": module.protocol_description(),
-        "params": sum(p.numel() for p in module.generator.parameters()),
-        "metrics": metrics,
-        "images": dataset.get("images"),
-        "dataset": dataset,
-        "weights": weights or {"origin": "unknown"},
-        "clip": getattr(prior, "model_id", None),
-        "clip_control": clip_control_record(cfg, module, train_config),
-        "code": provenance.code_provenance(),
-        "environment": provenance.environment_provenance(provenance.trainer_device(trainer)),
-        "config_sha256": provenance.config_sha256({"eval": config, "train": train_config} if train_config else config),
-        "config": config,
-        **({"train_config": train_config} if train_config is not None else {}),
-        **extra,
-    }
