@@ -236,8 +236,8 @@ def provide_user_files(args: list[str]) -> None:
             _png(source / f"photo{k}.jpg", 20 + k, (288, 384))
     root = kv.get("data.root")
     if kv.get("data") == "folder" and root and not Path(root).exists():
-        for k in range(2):  # photos without ground truth, large enough for NIQE's two 96-pixel blocks
-            _png(Path(root) / f"photo{k}.jpg", 50 + k, (200, 224))
+        for k in range(2):  # photos without ground truth (NIQE needs two 96-pixel blocks; the README's synth
+            _png(Path(root) / f"photo{k}.jpg", 50 + k, (288, 384))  # --source photos/ takes 256-pixel patches)
     if kv.get("data") == "paired" and root and not Path(root).exists():
         for split in ("train", "test"):
             for k in range(3):
