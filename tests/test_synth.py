@@ -184,6 +184,30 @@ def test_synth_cli_from_folder(tmp_path, capsys):
     assert data_cli(["synth", "--default", "--beta", "1", "2"]) == 2  # custom default needs --out
 
 
+def test_synth_cli_names_every_photo_too_small_before_writing(tmp_path, capsys):
+    """A folder of a user's photos with two smaller than the patch: one error naming both files and their sizes,
+    the option that fixes it, and no output folder."""
+    from PIL import Image
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name, arr in _photos(3, size=(48, 48)).items():
+        Image.fromarray(arr).save(src / f"{name}.png")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(src / "small one.jpg")
+    Image.fromarray(np.zeros((50, 20, 3), np.uint8)).save(src / "narrow.png")
+    out = tmp_path / "out"
+    args = ["synth", "--source", str(src), "--out", str(out), "--crops", "1", "--patch-size", "32", "--variants", "1",
+            "--test-variants", "1", "--test-fraction", "0.4"]
+    assert data_cli(args) == 1
+    err = capsys.readouterr().err
+    assert "2 source photo(s) too small" in err and "pass a smaller --patch-size (now 32)" in err
+    assert f"{src / 'small one.jpg'} (train): 40x30 is smaller than patch_size=32" in err or \
+        f"{src / 'small one.jpg'} (test)" in err
+    assert str(src / "narrow.png") in err and "20x50" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+    assert len(list(src.iterdir())) == 5
+
+
 # ----------------------------------------------------------------------------------------------
 # the default dataset
 

@@ -113,28 +113,76 @@ def _quantize(img: np.ndarray) -> np.ndarray:
     return (np.round(np.clip(img, 0, 1) * 255) / 255).astype(np.float32)
 
 
+def _after_max_side(h: int, w: int, recipe: SplitRecipe) -> tuple[int, int]:
+    if recipe.max_side and max(h, w) > recipe.max_side:
+        f = recipe.max_side / max(h, w)
+        return max(1, round(h * f)), max(1, round(w * f))
+    return h, w
+
+
+def _size_problem(h: int, w: int, recipe: SplitRecipe) -> str | None:
+    """Why an ``h``x``w`` photo cannot give ``recipe``'s images (None: it can)."""
+    rh, rw = _after_max_side(h, w, recipe)
+    shown = f"{w}x{h}" + (f" ({rw}x{rh} after max_side={recipe.max_side})" if (rh, rw) != (h, w) else "")
+    if recipe.crops == 0:
+        if min(rh, rw) < recipe.multiple_of:
+            return f"{shown} is smaller than multiple_of={recipe.multiple_of}"
+    elif min(rh, rw) < recipe.patch_size:
+        return f"{shown} is smaller than patch_size={recipe.patch_size}"
+    return None
+
+
+def _source_size(src: ImageSource) -> tuple[int, int] | None:
+    """(H, W) of a source, read from the file's header for paths; None where the header cannot say (the full
+    read later reports the file)."""
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            from PIL import Image
+
+            with Image.open(src) as im:
+                w, h = im.size
+            return h, w
+        except Exception:  # noqa: BLE001 - load_image names the file and the problem when it reads it
+            return None
+    shape = tuple(src.shape)
+    return (shape[1], shape[2]) if isinstance(src, torch.Tensor) and len(shape) == 3 else (shape[0], shape[1])
+
+
+def _check_sizes(named: Mapping[str, ImageSource], plan: Mapping[str, Sequence[str]],
+                 recipes: Mapping[str, SplitRecipe]) -> None:
+    """Every source too small for its split's recipe, named in one error before anything is written."""
+    problems = []
+    for split, members in plan.items():
+        for name in members:
+            size = _source_size(named[name])
+            if size is not None and (problem := _size_problem(*size, recipes[split])) is not None:
+                src = named[name]
+                problems.append(f"{src if isinstance(src, (str, os.PathLike)) else name} ({split}): {problem}")
+    if problems:
+        sizes = sorted({r.patch_size for r in recipes.values() if r.crops})
+        hint = (f"; pass a smaller --patch-size (now {sizes[0]})" if any("patch_size" in p for p in problems)
+                else "; leave these photos out")
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"{len(problems)} source photo(s) too small for the dataset's images{hint}:\n  {shown}")
+
+
 def _clean_images(img: np.ndarray, recipe: SplitRecipe, rng: np.random.Generator):
     """Yield ``(id_suffix, clean, crop_info)`` for one source photo under ``recipe``.
 
     ``crop_info``: ``resized_to`` [H, W] of the photo after ``max_side``, and ``box`` [top, left,
     height, width] of the window taken from it (patches resize that window to ``patch_size``).
     """
-    h, w = img.shape[:2]
-    if recipe.max_side and max(h, w) > recipe.max_side:
-        f = recipe.max_side / max(h, w)
-        h, w = max(1, round(h * f)), max(1, round(w * f))
-        img = _resize(img, h, w)
+    h, w = _after_max_side(*img.shape[:2], recipe)
+    if (problem := _size_problem(*img.shape[:2], recipe)) is not None:
+        raise ValueError(problem)
+    img = _resize(img, h, w)
     if recipe.crops == 0:
         m = recipe.multiple_of
         ch, cw = h - h % m, w - w % m
-        if ch == 0 or cw == 0:
-            raise ValueError(f"image of {w}x{h} is smaller than multiple_of={m}")
         top, left = (h - ch) // 2, (w - cw) // 2
         yield "", img[top:top + ch, left:left + cw], {"resized_to": [h, w], "box": [top, left, ch, cw]}
         return
     p = recipe.patch_size
-    if min(h, w) < p:
-        raise ValueError(f"image of {w}x{h} is smaller than patch_size={p}")
     for i in range(recipe.crops):
         # A patch at scale s covers a (p / s)-pixel window of the photo; resizing only that window is
         # the same as rescaling the whole photo and then cropping, at a fraction of the cost.
@@ -242,6 +290,7 @@ def synthesize_dataset(
     plan = _plan_splits(sorted(named), splits, test_fraction, seed)
     recipes = {s: (recipe[s] if isinstance(recipe, Mapping) else recipe) for s in plan}
     meta = recipe_meta(kind, seed, config, recipes, plan)
+    _check_sizes(named, plan, recipes)
 
     out_root.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_root.parent / f".{out_root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
