@@ -35,20 +35,31 @@ def task_wrapper(fn: Callable[..., T]) -> Callable[..., T]:
     ``exit_code=1``) when ``fn`` raised, so a failed job's wandb run is closed and marked and its CSV / TensorBoard
     rows are on disk."""
 
+    # ``wrapped`` takes ``fn``'s name and module: run as ``python -m clipdehaze.train`` that module is ``__main__``,
+    # and the joblib launcher pickles it by value with the globals it names. It therefore names only functions of
+    # this module (pickled by reference), never the ContextVar, which cannot be pickled.
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> T:
-        loggers: list[Any] = []
-        token = _job_loggers.set(loggers)
+        loggers, token = _start_job()
         failed = True
         try:
             result = fn(*args, **kwargs)
             failed = False
             return result
         finally:
-            _job_loggers.reset(token)
-            finish_loggers(loggers, failed=failed)
+            _end_job(loggers, token, failed)
 
     return wrapped
+
+
+def _start_job() -> tuple[list[Any], Any]:
+    loggers: list[Any] = []
+    return loggers, _job_loggers.set(loggers)
+
+
+def _end_job(loggers: list[Any], token: Any, failed: bool) -> None:
+    _job_loggers.reset(token)
+    finish_loggers(loggers, failed=failed)
 
 
 def finish_loggers(loggers: Iterable[Any], failed: bool = False) -> None:
