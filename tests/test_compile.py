@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -81,3 +82,15 @@ def test_a_model_that_cannot_compile_warns_and_runs_eager(monkeypatch):
     assert module.generator._compiled_call_impl is None
     with torch.no_grad():
         assert torch.equal(out, eager(x))
+
+
+@pytest.mark.parametrize("override, points_to", [("model.compile=true", "compile.enabled=true"),
+                                                 ("+model.compile=true", "compile.enabled=true"),
+                                                 ("model.ema=true", "ema.enabled=true")])
+def test_settings_typed_under_model_point_to_their_own_keys(override, points_to):
+    """The issue's wording (``model.compile=true``) is what a user types; it stops in one sentence naming the key."""
+    from clipdehaze.utils.hydra_utils import check_override_syntax
+
+    with pytest.raises(SystemExit, match=rf"^{re.escape(override)}: .*{re.escape(points_to)}"):
+        check_override_syntax(["model=dehazeformer_test", override])
+    check_override_syntax(["model=dehazeformer_test", "compile.enabled=true", "ema.enabled=true"])

@@ -127,6 +127,15 @@ _HYDRA_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-
                       "--package", "-p", "--info", "-i", "--experimental-rerun"}
 
 
+#: Settings a user may look for under another key: the key typed -> where the setting is.
+_ELSEWHERE = {
+    "model.compile": "torch.compile is an execution choice, not an architecture argument (the model config holds "
+                     "only the architecture): compile.enabled=true, with compile.mode=default|reduce-overhead|"
+                     "max-autotune",
+    "model.ema": "the weights' EMA is a training callback: ema.enabled=true (ema.decay=0.999, ema.start_step=0)",
+}
+
+
 def check_override_syntax(argv: list[str]) -> None:
     """Stop with one sentence where Hydra would stop with a grammar error or a traceback: a ``key=value`` override
     that does not parse, e.g. a path holding ``=``, a quote or brackets (the override grammar reserves them),
@@ -148,6 +157,8 @@ def check_override_syntax(argv: list[str]) -> None:
                     f"{shell_quote(f'{key}={hydra_quote(value)}')}") from None
             if value == "null" and key.isidentifier():
                 nulled.append(key)
+            if (where := _ELSEWHERE.get(key.lstrip("+~"))) is not None:
+                raise SystemExit(f"{arg}: {where}")
         previous = arg
     groups = config_groups() if nulled else {}
     for key in nulled:
