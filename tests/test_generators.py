@@ -188,3 +188,18 @@ def test_a_generator_from_outside_trains_and_enters_the_table(tmp_path, tiny_pai
         (row,) = [r for r in csv.DictReader(f) if r["generator"] == "toynet_test"]
     # MACs at 256²: two 3x3 convolutions, 3 -> 4 -> 3 channels.
     assert float(row["macs_g"]) == pytest.approx(2 * 3 * 4 * 9 * 256 * 256 / 1e9, rel=1e-3)
+
+
+def test_variant_factories_are_one_object_per_name_and_probes_never_raise(monkeypatch, tmp_path):
+    """``from ...dehazeformer import dehazeformer_t`` is a stable, picklable function; ``hasattr`` on an
+    architecture module answers False (not an exception) even when a variant folder is missing."""
+    import pickle
+
+    from clipdehaze.models.generators import dehazeformer
+
+    factory = dehazeformer.dehazeformer_test
+    assert factory is dehazeformer.dehazeformer_test
+    assert pickle.loads(pickle.dumps(factory)) is factory
+    assert not hasattr(dehazeformer, "_not_a_variant") and not hasattr(dehazeformer, "cliphaze_t")
+    monkeypatch.setenv(GENERATOR_PATH_ENV, str(tmp_path / "nowhere"))
+    assert not hasattr(dehazeformer, "dehazeformer_zz")

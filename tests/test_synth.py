@@ -200,7 +200,7 @@ def test_synth_cli_names_every_photo_too_small_before_writing(tmp_path, capsys):
             "--test-variants", "1", "--test-fraction", "0.4"]
     assert data_cli(args) == 1
     err = capsys.readouterr().err
-    assert "2 source photo(s) too small" in err and "pass a smaller --patch-size (now 32)" in err
+    assert "2 source photo(s) too small" in err and "pass a smaller --patch-size (patch_size, now 32)" in err
     assert f"{src / 'small one.jpg'} (train): 40x30 is smaller than patch_size=32" in err or \
         f"{src / 'small one.jpg'} (test)" in err
     assert str(src / "narrow.png") in err and "20x50" in err

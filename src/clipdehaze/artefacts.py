@@ -50,7 +50,7 @@ def write_rows_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def write_run_results(output_dir: str | Path, summary: dict[str, Any], cfg: DictConfig,
-                      rows: list[dict[str, Any]] | None = None, rows_file: str = "per_image.csv",
+                      rows: list[dict[str, Any]] | None = None, rows_file: str = PER_IMAGE_CSV,
                       samples: list[dict[str, torch.Tensor]] | None = None) -> None:
     """A run's result files, most valuable first: ``metrics.json``, the per-image CSV, ``config_resolved.yaml``,
     ``grid.png``. Each is atomic; a failed one (a full disk) does not stop the others, and the error names it."""

@@ -306,7 +306,7 @@ def bench_model(name: str, *, sizes=(256, 1024), mac_size: int = 256, repeats: i
             ema.on_train_batch_end(fake_trainer, holder, None, None, 0)
 
         row["train_step_s_ema"] = round(_timeit(step_with_ema, repeats=repeats), 4)
-        row["ema_cost"] = round(row["train_step_s_ema"] / row["train_step_s"], 3)
+        row["ema_cost"] = round(row["train_step_s_ema"] / row["train_step_s"], 3) if row["train_step_s"] else None
         if compile_mode is not None:
             # What compile.enabled=true does in training (nn.Module.compile, in place); the first step compiles.
             model.compile(mode=None if compile_mode == "default" else compile_mode)

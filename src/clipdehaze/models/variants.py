@@ -175,8 +175,18 @@ def variant_factories(module: str) -> Callable[[str], Callable[..., Any]]:
     factory function of that name (``from ...dehazeformer import dehazeformer_t``; ``dehazeformer_t(**kwargs)`` is
     ``create_generator("dehazeformer_t", **kwargs)``)."""
 
+    made: dict[str, Callable[..., Any]] = {}  # one object per name: pickle finds the factory it pickles by name
+
     def __getattr__(attr: str) -> Callable[..., Any]:
-        v = variants().get(attr)
+        if attr in made:
+            return made[attr]
+        if attr.startswith("_"):
+            raise AttributeError(f"module {module!r} has no attribute {attr!r}")
+        try:
+            v = variants().get(attr)
+        except (OSError, ValueError, LookupError, ImportError) as e:
+            # hasattr() and other attribute probes expect AttributeError; the cause says which file is wrong.
+            raise AttributeError(f"module {module!r} has no attribute {attr!r} ({e})") from e
         if v is None or v.module != module:
             raise AttributeError(f"module {module!r} has no attribute {attr!r}")
 
@@ -186,6 +196,7 @@ def variant_factories(module: str) -> Callable[[str], Callable[..., Any]]:
         factory.__name__ = factory.__qualname__ = attr
         factory.__module__ = module
         factory.__doc__ = f"Generator {attr!r} ({v.source.name}); keyword arguments override its settings."
+        made[attr] = factory
         return factory
 
     return __getattr__

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from clipdehaze.data.synth.primitives import check_ranges
+
 DEPTH_PRIORS = ("vertical", "radial", "constant", "luminance")
 
 # Colour attenuation prior (Zhu, Mai & Shao, "A Fast Single Image Haze Removal Algorithm Using Color
@@ -57,10 +59,7 @@ class HazeConfig:
             raise ValueError(f"depth_priors must be a non-empty subset of {DEPTH_PRIORS}, got {self.depth_priors}")
         if not 0.0 <= self.nonhomogeneous <= 1.0:
             raise ValueError(f"nonhomogeneous is a fraction in [0, 1], got {self.nonhomogeneous}")
-        for name in ("beta_range", "A_range", "depth_range", "nh_blobs", "nh_sigma", "nh_density_range"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name} must be (low, high) with low <= high, got {(lo, hi)}")
+        check_ranges(self, ("beta_range", "A_range", "depth_range", "nh_blobs", "nh_sigma", "nh_density_range"))
 
 
 def depth_map(image: np.ndarray, prior: str, depth_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:

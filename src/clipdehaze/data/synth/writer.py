@@ -160,7 +160,7 @@ def _check_sizes(named: Mapping[str, ImageSource], plan: Mapping[str, Sequence[s
                 problems.append(f"{src if isinstance(src, (str, os.PathLike)) else name} ({split}): {problem}")
     if problems:
         sizes = sorted({r.patch_size for r in recipes.values() if r.crops})
-        hint = (f"; pass a smaller --patch-size (now {sizes[0]})" if any("patch_size" in p for p in problems)
+        hint = (f"; pass a smaller --patch-size (patch_size, now {sizes[0]})" if any("patch_size" in p for p in problems)
                 else "; leave these photos out")
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise ValueError(f"{len(problems)} source photo(s) too small for the dataset's images{hint}:\n  {shown}")
