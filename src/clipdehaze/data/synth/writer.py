@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipdehaze.data.datasets import _preview
 from clipdehaze.data.io import load_image, save_image
 from clipdehaze.data.synth.kinds import DEGRADATIONS
 
@@ -162,8 +163,8 @@ def _check_sizes(named: Mapping[str, ImageSource], plan: Mapping[str, Sequence[s
         sizes = sorted({r.patch_size for r in recipes.values() if r.crops})
         hint = (f"; pass a smaller --patch-size (patch_size, now {sizes[0]})" if any("patch_size" in p for p in problems)
                 else "; leave these photos out")
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"{len(problems)} source photo(s) too small for the dataset's images{hint}:\n  {shown}")
+        raise ValueError(f"{len(problems)} source photo(s) too small for the dataset's images{hint}: "
+                         f"{_preview(problems, 20)}")
 
 
 def _clean_images(img: np.ndarray, recipe: SplitRecipe, rng: np.random.Generator):
