@@ -16,9 +16,11 @@ variant keys; ``--ignore KEY ...`` removes keys from the automatic choice.
 Each row shows how many images were scored and flags runs with random generator weights, a random CLIP prior, or
 a subset of the test split. ``--paper NAME`` reads ``experiments/NAME/published.csv`` (the checkout's, or the
 copy inside the installed package; ``--experiments DIR`` reads ``DIR/NAME/published.csv``) (``method, generator,
-dataset, psnr, ssim, params, macs, source``; ``generator`` is our registry name, ``dataset`` our data config's
-``name``; params in M, MACs in G) and puts a published number beside each row of the same generator and dataset,
-with the difference; published rows that no run matches are listed separately, and sources become footnotes.
+dataset, psnr, ssim, params, macs, source, table``; ``generator`` is our registry name, ``dataset`` our data config's
+``name``; params in M, MACs in G; ``table`` labels the paper table or other place the number was read, and columns
+beyond ``method, dataset, psnr, ssim, source`` are optional) and puts a published number beside each row of the
+same generator and dataset, with the difference; published rows that no run matches are listed separately, and
+sources become footnotes.
 ``--macs`` counts each row's generator (its own resolved model config) at 256². Writes ``table.md``,
 ``table.csv``, ``table.tex`` (a booktabs ``tabular``, LaTeX-escaped) and ``plots.png``. Runs measured under
 different metric protocols are never averaged together; each protocol is printed under the table.
