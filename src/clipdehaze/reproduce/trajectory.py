@@ -309,7 +309,7 @@ class _StepRecorder(L.Callback):
         self.losses: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.steps.append(int(batch.get("step", -1)))
+        self.steps.append(int(batch["step"]))
         self.lrs.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -411,9 +411,8 @@ def full_schedule(trajectory: Trajectory, t_max: int, extra_overrides: Sequence[
 
 # ----------------------------------------------------------------------------------------------------- compare
 def _weight_deviation(ours: Mapping[str, torch.Tensor], upstream: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    if set(ours) != set(upstream):
-        raise ValueError(f"our generator's weights and the file's final_state_dict name different entries: "
-                         f"{sorted(set(ours) ^ set(upstream))[:5]}")
+    """|ours - upstream| over every entry of the state_dict (the keys agree: ours was loaded strict from the file's
+    initial weights, whose keys the file's final weights share)."""
     devs = {k: (ours[k].double() - upstream[k].double()).abs().flatten() for k in upstream}
     flat = torch.cat(list(devs.values())).numpy()
     worst = max(devs, key=lambda k: float(devs[k].max()) if devs[k].numel() else 0.0)
@@ -421,30 +420,37 @@ def _weight_deviation(ours: Mapping[str, torch.Tensor], upstream: Mapping[str, t
             "share_above_1e-6": float((flat > WEIGHT_SHARE_THRESHOLD).mean()), "entries": int(flat.size)}
 
 
+def _padded(values: Sequence[float], n: int) -> list[float]:
+    """The first ``n`` values, NaN for steps or epochs the replay did not reach (a NaN fails every check)."""
+    return list(values[:n]) + [math.nan] * (n - len(values[:n]))
+
+
+def _worst(devs: Sequence[float]) -> int:
+    return max(range(len(devs)), key=lambda i: math.inf if math.isnan(devs[i]) else devs[i])
+
+
 def compare(trajectory: Trajectory, ours: Replay, full: Mapping[int, list[float]]) -> dict[str, Any]:
     """The deviations of ``ours`` from the recorded run, each next to its tolerance and noise floor, with the
     reasons (one per failed check) in ``failures``."""
-    n = len(trajectory.losses)
+    n, per = len(trajectory.losses), trajectory.batches_per_epoch
     failures: list[str] = []
-    expected_steps = list(range(n))
-    if ours.steps != expected_steps:
-        failures.append(f"the trainer ran steps {ours.steps}, not the recorded order {expected_steps}")
-    losses = ours.losses[:n] + [math.nan] * (n - len(ours.losses[:n]))
+    if ours.steps != list(range(n)):
+        failures.append(f"the trainer ran the recorded batches {ours.steps}, not steps 0 to {n - 1} in order")
+    losses = _padded(ours.losses, n)
+    # Relative, or absolute where upstream's loss is 0.
     loss_rel = [abs(a - b) / abs(b) if b else abs(a - b) for a, b in zip(losses, trajectory.losses)]
-    per = trajectory.batches_per_epoch
     step_lr_upstream = [trajectory.lrs[s // per] for s in range(n)]
-    lrs = ours.lrs[:n] + [math.nan] * (n - len(ours.lrs[:n]))
+    lrs = _padded(ours.lrs, n)
     lr_dev = [abs(a - b) for a, b in zip(lrs, step_lr_upstream)]
     weights = _weight_deviation(ours.final_state_dict, trajectory.final_state_dict)
 
-    worst_loss = max(range(n), key=lambda s: -1 if loss_rel[s] == 0 else (math.inf if math.isnan(loss_rel[s])
-                                                                           else loss_rel[s]))
+    worst_loss = _worst(loss_rel)
     max_loss_rel = loss_rel[worst_loss]
     if not max_loss_rel <= TOLERANCE["loss_rel"]:
         failures.append(f"loss at step {worst_loss} (epoch {worst_loss // per}) deviates {max_loss_rel:.3g} "
                         f"relative (ours {losses[worst_loss]:.9g}, upstream {trajectory.losses[worst_loss]:.9g}; "
                         f"tolerance {TOLERANCE['loss_rel']:g})")
-    worst_lr = max(range(n), key=lambda s: math.inf if math.isnan(lr_dev[s]) else lr_dev[s])
+    worst_lr = _worst(lr_dev)
     if not lr_dev[worst_lr] <= TOLERANCE["lr_abs"]:
         failures.append(f"learning rate in epoch {worst_lr // per} is {lrs[worst_lr]!r}, upstream's "
                         f"{step_lr_upstream[worst_lr]!r} (learning rates must match exactly)")
@@ -456,10 +462,9 @@ def compare(trajectory: Trajectory, ours: Replay, full: Mapping[int, list[float]
                         f"(tolerance {TOLERANCE['weight_max']:g})")
     schedules = {}
     for t_max, upstream in sorted(trajectory.full_schedules.items()):
-        got = list(full.get(t_max, []))
-        got += [math.nan] * (len(upstream) - len(got))
+        got = _padded(full.get(t_max, []), len(upstream))
         devs = [abs(a - b) for a, b in zip(got, upstream)]
-        worst = max(range(len(devs)), key=lambda e: math.inf if math.isnan(devs[e]) else devs[e])
+        worst = _worst(devs)
         schedules[t_max] = {"epochs": len(upstream), "max_abs_dev": devs[worst], "worst_epoch": worst,
                             "ours": got, "upstream": upstream,
                             "epochs_not_exact": sum(not d <= TOLERANCE["lr_abs"] for d in devs)}
