@@ -260,10 +260,10 @@ def provide_shared_files(tool: str, args: list[str]) -> str | None:
     if tool != "reproduce" or args[:1] != ["trajectory"] or len(args) < 2 or Path(args[1]).exists():
         return None
     shared = os.environ.get("CLIPDEHAZE_SHARED")
-    source = Path(shared or "") / "reference" / "trajectories" / Path(args[1]).name
     if not shared:
         return (f"{args[1]} is a recording in the project's shared/ folder, not found: put shared/ beside the "
                 "checkout or set CLIPDEHAZE_SHARED")
+    source = Path(shared) / "reference" / "trajectories" / Path(args[1]).name
     if not source.is_file():
         return f"{args[1]} is not among the recordings of the project's shared/ folder ({source} does not exist)"
     Path(args[1]).parent.mkdir(parents=True, exist_ok=True)

@@ -55,8 +55,14 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------- (a) parity
-def test_the_tolerances_are_the_readmes():
+def test_the_tolerances_and_noise_floor_are_the_readmes(shared_dir):
     assert T.TOLERANCE == README_TOLERANCE
+    text = " ".join((shared_dir / "reference" / "README.md").read_text().split())
+    assert ("reproduces every loss to 1e-5 relative (after the ×2 scale), every learning rate exactly, and the final "
+            "weights to 1e-5 at the 99.9th percentile and 2e-4 at the maximum") in text
+    assert ("losses differ by ≤ 2e-7 relative; final weights by ≤ 3.3e-5 (max), 4e-7 at the 99.9th percentile, and "
+            "0.03% of entries by more than 1e-6") in text
+    assert T.NOISE_FLOOR == {"loss_rel": 2e-7, "weight_max": 3.3e-5, "weight_p999": 4e-7, "weight_share": 3e-4}
 
 
 def test_replay_of_the_upstream_trajectory_is_within_the_readme_tolerances(shared_file, tmp_path, capsys):
