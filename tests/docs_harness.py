@@ -15,7 +15,9 @@ for three documented conventions, in a fresh working directory outside the check
 
 The working directory holds what a user would have there: tiny paired datasets in every paper dataset's layout
 under ``./data`` (the default ``paths.data_dir``), the published weights a command names with ``weights_path=``
-(random values in the upstream format), and the input photos a predict command names.
+(random values in the upstream format), the input photos a predict command names, and the recorded trajectory a
+``clipdehaze-reproduce trajectory`` command names (copied from ``$CLIPDEHAZE_SHARED/reference/trajectories``; without
+the project's shared/ folder that command is skipped, with the reason, and the doc's test reports the skip).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ SHORTENING = {
     "eval": ["trainer.limit_test_batches=2", "clip=tiny_random"],
     "predict": ["clip=tiny_random"],
     "data clip-cache": ["clip=tiny_random"],
+    # 8 training steps of the recorded run: nothing to shorten.
+    "reproduce trajectory": [],
 }
+#: Tools whose first argument picks a job with its own shortening (``SHORTENING["<tool> <job>"]``).
+SUBCOMMAND_TOOLS = ("data", "reproduce")
 #: argparse tools: option -> its values (a flag has none); a given option's values are replaced. The scan bench's
 #: profile of cliphaze_t (minutes) is covered by its own test.
 SHORTENING_OPTIONS = {"bench": {"--sizes": ["64"], "--mac-size": ["64"], "--repeats": ["1"], "--no-memory": [],
@@ -58,7 +64,7 @@ NEEDS = {
 
 TOOLS = {"train": "clipdehaze.train", "eval": "clipdehaze.evaluate", "predict": "clipdehaze.predict",
          "data": "clipdehaze.data.cli", "table": "clipdehaze.table", "bench": "clipdehaze.bench",
-         "compare": "clipdehaze.compare"}
+         "compare": "clipdehaze.compare", "reproduce": "clipdehaze.reproduce.cli"}
 _PLACEHOLDER = re.compile(r"<([A-Za-z][\w-]*)>")
 _NEEDS_MARK = re.compile(r"\(needs: ([\w-]+)\)")
 
@@ -245,6 +251,26 @@ def provide_user_files(args: list[str]) -> None:
                 _png(Path(root) / split / "GT" / f"{k:04d}.png", 40 + k)
 
 
+def provide_shared_files(tool: str, args: list[str]) -> str | None:
+    """The recorded trajectory a ``reproduce trajectory FILE`` command names, copied into the working directory from
+    the project's shared/ folder (``$CLIPDEHAZE_SHARED``) as a user would have it; returns why the command cannot
+    run (no shared/ folder, no such recording) or None."""
+    import shutil
+
+    if tool != "reproduce" or args[:1] != ["trajectory"] or len(args) < 2 or Path(args[1]).exists():
+        return None
+    shared = os.environ.get("CLIPDEHAZE_SHARED")
+    if not shared:
+        return (f"{args[1]} is a recording in the project's shared/ folder, not found: put shared/ beside the "
+                "checkout or set CLIPDEHAZE_SHARED")
+    source = Path(shared) / "reference" / "trajectories" / Path(args[1]).name
+    if not source.is_file():
+        return f"{args[1]} is not among the recordings of the project's shared/ folder ({source} does not exist)"
+    Path(args[1]).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, args[1])
+    return None
+
+
 # ----------------------------------------------------------------------------------------------------- runner
 def shortened(tool: str, args: list[str]) -> list[str]:
     """``args`` with the tool's shortening appended; a key the command already sets gets the shortening's value."""
@@ -260,7 +286,7 @@ def shortened(tool: str, args: list[str]) -> list[str]:
             out.append(args[i])
             i += 1
         return out + [x for option, values in options.items() for x in (option, *values)]
-    sub = args[0] if tool == "data" and args else None
+    sub = args[0] if tool in SUBCOMMAND_TOOLS and args else None
     extra = SHORTENING.get(f"{tool} {sub}" if sub else tool, [])
     if any(a.startswith("hparams_search=") for a in args):
         extra = extra + SHORTENING_OPTUNA
@@ -270,13 +296,18 @@ def shortened(tool: str, args: list[str]) -> list[str]:
 
 def run(tool: str, args: list[str]) -> int:
     needs = os.environ.pop("CLIPDEHAZE_DOCS_NEEDS", None)
+    record = {"tool": f"clipdehaze-{tool}", "args": args, "cwd": os.getcwd(), "needs": needs}
+    if (why := provide_shared_files(tool, args)) is not None:
+        with open(os.environ["CLIPDEHAZE_DOCS_LOG"], "a") as f:
+            f.write(json.dumps({**record, "returncode": None, "seconds": 0, "status": "skipped", "reason": why}) + "\n")
+        sys.stderr.write(f"skipped: clipdehaze-{tool} {' '.join(args)}: {why}\n")
+        return 0
     provide_user_files(args)
     cmd = [sys.executable, "-m", TOOLS[tool], *shortened(tool, args)]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     text = out.stdout + out.stderr
-    record = {"tool": f"clipdehaze-{tool}", "args": args, "cwd": os.getcwd(), "returncode": out.returncode,
-              "needs": needs, "seconds": round(time.perf_counter() - start, 1)}
+    record.update(returncode=out.returncode, seconds=round(time.perf_counter() - start, 1))
     ok = out.returncode == 0
     if needs:
         expected = NEEDS[needs]

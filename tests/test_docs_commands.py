@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import docs_harness as H
+from conftest import _shared_dir
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
@@ -44,6 +45,11 @@ def test_documented_commands_run_as_written(doc: Path, tmp_path: Path, cache_dir
     env = {**ENV, "CLIPDEHAZE_DOCS_LOG": str(log), "CLIPDEHAZE_CACHE": str(cache_dir)}
     env.pop("CLIPDEHAZE_DATA_DIR", None)
     env.pop("CLIPDEHAZE_LOG_DIR", None)
+    # Where the harness finds the recordings a documented command replays (clipdehaze-reproduce trajectory).
+    if (shared := _shared_dir()) is not None:
+        env["CLIPDEHAZE_SHARED"] = str(shared)
+    else:
+        env.pop("CLIPDEHAZE_SHARED", None)
     scripts = [H.to_script(b) for b in blocks] + [H.to_script(c) for c in inline]
     expected = [c for b in blocks for c in H.commands_in(b)] + inline
     failures = []
@@ -57,12 +63,15 @@ def test_documented_commands_run_as_written(doc: Path, tmp_path: Path, cache_dir
         with open(report, "a") as f:
             for r in records:
                 needs = f" (needs {r['needs']}: stopped naming {r['expected']!r})" if r.get("needs") else ""
+                needs += f" ({r['reason']})" if r.get("reason") else ""
                 f.write(f"| {_doc_id(doc)} | `{r['tool']} {' '.join(r['args'])}` | {r['status']}{needs} | "
                         f"{r['seconds']} s |\n")
     assert not failures, "\n".join(failures)
-    assert all(r["status"] == "ok" for r in records)
+    assert all(r["status"] in ("ok", "skipped") for r in records)
     # Every command shown ran at least once (loops run theirs several times).
     assert len(records) >= len(expected), (len(records), expected)
+    if skipped := [f"{r['tool']} {' '.join(r['args'])}: {r['reason']}" for r in records if r["status"] == "skipped"]:
+        pytest.skip(f"{_doc_id(doc)}: every other command ran as written; skipped " + "; ".join(skipped))
 
 
 def test_shortening_replaces_a_key_the_command_sets_and_appends_the_rest():
@@ -92,3 +101,20 @@ def test_every_needs_marker_in_the_docs_is_known():
     for doc in H.DOCS:
         for mark in re.findall(r"\(needs: ([\w-]+)\)", doc.read_text()):
             assert mark in H.NEEDS, (doc, mark)
+
+
+def test_a_documented_trajectory_replay_gets_the_shared_recording_or_a_skip_reason(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLIPDEHAZE_SHARED", raising=False)
+    why = H.provide_shared_files("reproduce", ["trajectory", "run.pt"])
+    assert why and "shared/" in why and not (tmp_path / "run.pt").exists()
+    recordings = tmp_path / "shared" / "reference" / "trajectories"
+    recordings.mkdir(parents=True)
+    (recordings / "run.pt").write_bytes(b"recorded")
+    monkeypatch.setenv("CLIPDEHAZE_SHARED", str(tmp_path / "shared"))
+    assert "other.pt" in H.provide_shared_files("reproduce", ["trajectory", "other.pt"])
+    assert H.provide_shared_files("reproduce", ["trajectory", "run.pt"]) is None
+    assert (tmp_path / "run.pt").read_bytes() == b"recorded"
+    assert H.provide_shared_files("train", ["model=dehazeformer_t"]) is None
+    assert H.shortened("reproduce", ["trajectory", "run.pt", "--json", "out.json"]) == [
+        "trajectory", "run.pt", "--json", "out.json"]

@@ -18,6 +18,25 @@ def test_l1_by_hand():
     assert L1Loss()(OUTPUT, TARGET).item() == pytest.approx((0.5 + 0 + 1 + 0.75) / 4)
 
 
+def test_l1_on_upstreams_scale_is_nn_l1_on_minus_one_to_one_images(compose_cfg):
+    """loss=l1_upstream is DehazeFormer's / MixDehazeNet's nn.L1Loss on x*2-1 images, value and gradient."""
+    from hydra.utils import instantiate
+
+    loss = instantiate(compose_cfg("train", ["loss=l1_upstream"]).loss)
+    assert isinstance(loss, L1Loss) and loss.scale == 2.0
+    assert loss(OUTPUT, TARGET).item() == pytest.approx(2 * (0.5 + 0 + 1 + 0.75) / 4)
+    out = torch.rand(2, 3, 8, 8, requires_grad=True)
+    gt = torch.rand(2, 3, 8, 8)
+    ours = loss(out, gt)
+    (grad_ours,) = torch.autograd.grad(ours, out)
+    upstream = nn.L1Loss()(out * 2 - 1, gt * 2 - 1)
+    (grad_upstream,) = torch.autograd.grad(upstream, out)
+    torch.testing.assert_close(ours, upstream)
+    torch.testing.assert_close(grad_ours, grad_upstream)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        L1Loss(scale=0)
+
+
 def test_charbonnier_by_hand():
     eps = 1e-3
     expected = sum(math.sqrt(d * d + eps * eps) for d in (0.5, 0.0, 1.0, 0.75)) / 4

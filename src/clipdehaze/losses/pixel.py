@@ -15,10 +15,25 @@ from torch import Tensor
 
 
 class L1Loss(nn.Module):
-    """Mean absolute error, the reconstruction loss of DehazeFormer, MixDehazeNet and most dehazing nets."""
+    """Mean absolute error, the reconstruction loss of DehazeFormer, MixDehazeNet and most dehazing nets.
+
+    ``scale`` multiplies it: DehazeFormer and MixDehazeNet take ``nn.L1Loss`` on images in [-1, 1], which is 2 x the
+    L1 of the same images in [0, 1] (``loss=l1_upstream``, scale 2). Under Adam(W) the factor changes an update only
+    through ``eps``, but the logged loss is then upstream's number, and a recorded upstream trajectory compares
+    step for step (``clipdehaze-reproduce trajectory``).
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.scale = float(scale)
 
     def forward(self, output: Tensor, target: Tensor, hazy: Tensor | None = None) -> Tensor:
-        return (output - target).abs().mean()
+        return self.scale * (output - target).abs().mean()
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
 
 
 class CharbonnierLoss(nn.Module):
