@@ -218,6 +218,8 @@ class PairedDataModule(L.LightningDataModule):
         self.clip_cache = None
         self.clip_names: tuple[str, ...] = ()
         self.clip_control = None
+        # (root, split, option) -> the sub-folder it resolved to: found once, logged once.
+        self._resolved: dict[tuple[str, str | None, str], str | None] = {}
 
     # Settings other code reads (provenance names the dataset, the crop check compares sizes), derived from hparams.
     @property
@@ -251,10 +253,43 @@ class PairedDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------
 
+    def _splits(self) -> dict[str, tuple[str, str | None, str | None, str]]:
+        """Per stage dataset (``train``, ``val``, ``test``): ``(root, split, list file, the option naming the split)``;
+        ``val_split=None`` reads the test split."""
+        hp = self.hparams
+        val_root = str(hp.val_root) if hp.val_root is not None else self.root
+        test_root = str(hp.test_root) if hp.test_root is not None else self.root
+        val = (val_root, hp.val_split, hp.val_list, "val_split") if hp.val_split is not None else \
+            (val_root, hp.test_split, hp.val_list, "test_split")
+        return {"train": (self.root, hp.train_split, hp.train_list, "train_split"), "val": val,
+                "test": (test_root, hp.test_split, hp.test_list, "test_split")}
+
+    def _check_trainable(self) -> None:
+        if self.hparams.train_split is None and not self.hparams.train_list:
+            raise ValueError(f"data={self.name} is a test set (train_split=null): evaluate with it (clipdehaze-eval "
+                             f"... data={self.name}); train on its training set's config (README, 'Data layouts')")
+
+    def check_folders(self, stage: str | None) -> None:
+        """Find the folders ``stage`` reads, as ``setup`` will, without listing any image: a wrong ``data.root`` or
+        split stops before a model is built or a checkpoint read (the error names the folder and the fix)."""
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        if stage in ("fit", None):
+            self._check_trainable()
+        for name in wanted.get(stage, ("train", "val", "test")):
+            root, split, list_file, option = self._splits()[name]
+            if not list_file:
+                self._split(root, split, option)
+
     def _split(self, root: str, split: str | None, option: str) -> str | None:
         """The sub-folder a split is read from (None: ``root`` itself), checked: a missing one is an error naming
         the folder looked in, what it holds and the override to type. A test or validation split may fall back to
         ``root`` when ``root`` holds the image folders directly (a test set pointed at its images)."""
+        key = (root, split, option)
+        if key not in self._resolved:
+            self._resolved[key] = self._find_split(root, split, option)
+        return self._resolved[key]
+
+    def _find_split(self, root: str, split: str | None, option: str) -> str | None:
         if not split:
             return None
         base, top = Path(root) / split, Path(root)
@@ -273,19 +308,17 @@ class PairedDataModule(L.LightningDataModule):
         else:
             found = _entries(top)
         fixes = []
-        if flat:
-            fixes.append(f"the images are directly in {root}: data.{option}=" + ("''" if option == "train_split" else
-                                                                                  "null"))
-        elif top.is_dir():
-            subs = sorted(d.name for d in top.iterdir() if d.is_dir() and (d / self.input_dir).is_dir())
-            if subs:
-                fixes.append(f"{', '.join(s + '/' for s in subs)} hold{'s' if len(subs) == 1 else ''} "
-                             f"{self.input_dir}/: data.{option}={subs[0]}")
-            where = base if base.is_dir() else top
-            names = {d.name.lower(): d.name for d in where.iterdir() if d.is_dir()}
-            for key, want in (("input_dir", self.input_dir), ("target_dir", self.target_dir)):
-                if not (where / want).is_dir() and want.lower() in names:
-                    fixes.append(f"the folder is spelled {names[want.lower()]}/: data.{key}={names[want.lower()]}")
+        if top.is_dir():
+            # Folders that hold the image folders (spelled as configured or in another case), and the overrides
+            # that read them: the root itself, a sub-folder other than the split, the split with other spellings.
+            null = "''" if option == "train_split" else "null"
+            candidates = [(top, f"the images are directly in {root}", f"data.{option}={null}")]
+            candidates += [(d, f"{d.name}/ holds them", f"data.{option}={d.name}") for d in sorted(top.iterdir())
+                           if d.is_dir() and d != base]
+            candidates += [(base, f"{split}/ holds them", "")]
+            for folder, what, override in candidates:
+                if (spelling := self._spelling(folder)) is not None:
+                    fixes.append(f"{what}: " + " ".join(o for o in (override, spelling) if o))
             if layout := _official_download(top):
                 fixes.append(f"{root} is an official {layout} download: make our layout from it with "
                              f"`clipdehaze-data prepare {layout} {root} <out>` and pass data.root=<out>")
@@ -297,8 +330,23 @@ class PairedDataModule(L.LightningDataModule):
                                 f"(data.root={root}, data.{option}={split}); missing: {missing}. {found}. Fix: "
                                 + "; or ".join(fixes))
 
-    def _dataset(self, root: str, split: str | None, list_file: str | None, mode: str, crop_size: int | None,
-                 option: str, input_only: bool = False) -> Dataset:
+    def _spelling(self, folder: Path) -> str | None:
+        """The input/target folder overrides that read ``folder`` ('' when it holds them as configured); None when
+        it does not hold both, in any case (downloads spell ``gt``, ``GT``, ``Hazy``)."""
+        if not folder.is_dir():
+            return None
+        names = {d.name.lower(): d.name for d in folder.iterdir() if d.is_dir()}
+        overrides = []
+        for key, want in (("input_dir", self.input_dir), ("target_dir", self.target_dir)):
+            if (folder / want).is_dir():
+                continue
+            if want.lower() not in names:
+                return None
+            overrides.append(f"data.{key}={names[want.lower()]}")
+        return " ".join(overrides)
+
+    def _dataset(self, root: str, split: str | None, list_file: str | None, option: str, mode: str,
+                 crop_size: int | None, input_only: bool = False) -> Dataset:
         hp = self.hparams
         common = dict(mode=mode, crop_size=crop_size, augment=tuple(hp.augment), edge_decay=hp.edge_decay,
                       pad_if_smaller=bool(hp.pad_if_smaller), input_only=input_only)
@@ -309,30 +357,19 @@ class PairedDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        val_root = str(hp.val_root) if hp.val_root is not None else self.root
-        test_root = str(hp.test_root) if hp.test_root is not None else self.root
-        val_split, val_option = (hp.val_split, "val_split") if hp.val_split is not None else (hp.test_split,
-                                                                                            "test_split")
+        splits = self._splits()
         if stage in ("fit", None) and self.train_set is None:
-            if hp.train_split is None and not hp.train_list:
-                raise ValueError(f"data={self.name} is a test set (train_split=null): evaluate with it "
-                                 f"(clipdehaze-eval ... data={self.name}); train on its training set's config "
-                                 "(README, 'Data layouts')")
-            self.train_set = subset_of(
-                self._dataset(self.root, hp.train_split, hp.train_list, "train", self.crop_size, "train_split"),
-                hp.max_train_samples, hp.subset)
+            self._check_trainable()
+            self.train_set = subset_of(self._dataset(*splits["train"], "train", self.crop_size),
+                                       hp.max_train_samples, hp.subset)
         if stage in ("fit", "validate", None) and self.val_set is None:
-            self.val_set = subset_of(
-                self._dataset(val_root, val_split, hp.val_list, "val", self.val_crop_size, val_option),
-                hp.max_val_samples, hp.subset)
+            self.val_set = subset_of(self._dataset(*splits["val"], "val", self.val_crop_size),
+                                     hp.max_val_samples, hp.subset)
         if stage in ("test", None) and self.test_set is None:
-            self.test_set = subset_of(
-                self._dataset(test_root, hp.test_split, hp.test_list, "test", None, "test_split"),
-                hp.max_test_samples, hp.subset)
+            self.test_set = subset_of(self._dataset(*splits["test"], "test", None), hp.max_test_samples, hp.subset)
         if stage == "predict" and self.predict_set is None:
-            self.predict_set = subset_of(
-                self._dataset(test_root, hp.test_split, hp.test_list, "test", None, "test_split", input_only=True),
-                hp.max_test_samples, hp.subset)
+            self.predict_set = subset_of(self._dataset(*splits["test"], "test", None, input_only=True),
+                                         hp.max_test_samples, hp.subset)
         if self.clip_cache is not None:
             self._serve_clip_cache()
 
@@ -414,6 +451,9 @@ class SyntheticHazeDataModule(PairedDataModule):
         """``hparams.root``, else the cached default dataset of this kind and seed."""
         hp = self.hparams
         return str(Path(hp.root) if hp.root is not None else default_dataset_dir(hp.cache_dir, hp.synth_seed, hp.kind))
+
+    def check_folders(self, stage: str | None) -> None:
+        """Nothing to find before the dataset is generated (``setup`` makes it)."""
 
     def _ensure(self) -> None:
         hp = self.hparams
