@@ -68,7 +68,8 @@ DOWNLOADS: dict[str, tuple[list[str], dict[str, list[tuple[str, str]]]]] = {
     "nh_haze": ([f"NH-HAZE/{n:02d}_{tag}.png" for n in (1, 50, 51, 55) for tag in ("hazy", "GT")],
                 {"train": [("01_hazy.png", "01_GT.png"), ("50_hazy.png", "50_GT.png")],
                  "test": [("51_hazy.png", "51_GT.png"), ("55_hazy.png", "55_GT.png")]}),
-    "o_haze": ([f"hazy/{n:02d}_outdoor_hazy.jpg" for n in (1, 40, 41)] + [f"GT/{n:02d}_outdoor_GT.jpg" for n in (1, 40, 41)],
+    "o_haze": ([f"hazy/{n:02d}_outdoor_hazy.jpg" for n in (1, 40, 41)]
+               + [f"GT/{n:02d}_outdoor_GT.jpg" for n in (1, 40, 41)],
                {"train": [("01_outdoor_hazy.jpg", "01_outdoor_GT.jpg"), ("40_outdoor_hazy.jpg", "40_outdoor_GT.jpg")],
                 "test": [("41_outdoor_hazy.jpg", "41_outdoor_GT.jpg")]}),
 }
@@ -194,7 +195,8 @@ def test_unknown_layout_lists_what_was_found_and_the_layouts(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     # A folder in another known layout is named as such.
     archive = _files(tmp_path / "archive", DOWNLOADS["reside6k"][0])
-    with pytest.raises(PrepareError, match="It looks like layout dehazeformer, haze4k, reside6k, rs_haze: clipdehaze-data prepare dehazeformer "):
+    with pytest.raises(PrepareError, match="It looks like layout dehazeformer, haze4k, reside6k, rs_haze: "
+                                           "clipdehaze-data prepare dehazeformer "):
         prepare_dataset("its", archive, tmp_path / "x")
 
 
@@ -226,7 +228,8 @@ def test_sots_reads_its_folder_and_a_folder_of_its_images(compose_cfg, tmp_path,
     from clipdehaze.evaluate import evaluate
 
     _reside_test(tmp_path / "data" / "RESIDE-IN" / "test")
-    cfg = compose_cfg("eval", ["model=dcp", "data=sots_indoor", f"paths.data_dir={tmp_path / 'data'}", "data.num_workers=0"],
+    cfg = compose_cfg("eval", ["model=dcp", "data=sots_indoor", f"paths.data_dir={tmp_path / 'data'}",
+                               "data.num_workers=0"],
                       out=tmp_path / "a")
     assert cfg.data.root == str(tmp_path / "data" / "RESIDE-IN") and evaluate(cfg)["images"] == 3
     flat = _reside_test(tmp_path / "my_sots", n=2)
@@ -323,3 +326,10 @@ def test_subset_typed_without_plus_and_recorded(compose_cfg, tmp_path):
     assert dataset["subset_pick"] == {"max_test_samples": 2, "subset": "first"}
     rows = (tmp_path / "run" / "per_image.csv").read_text()
     assert "0000.png" in rows and "0001.png" in rows and "0005.png" not in rows
+
+
+def test_the_docs_harness_can_fake_every_layouts_download():
+    """A documented ``clipdehaze-data prepare <layout> ...`` of any layout runs in tests/test_docs_commands.py."""
+    import docs_harness as H
+
+    assert sorted(H.FAKE_DOWNLOADS) == sorted(lay.name for lay in layouts())

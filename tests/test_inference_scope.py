@@ -143,7 +143,7 @@ def _logged(total: int, seconds_per_item: float, **kw) -> list[int]:
 def test_progress_rate_every_tenth_or_every_30_s():
     # Fast items: the first, each tenth of the total, the last.
     assert _logged(1000, 0.01) == [1, *range(100, 1001, 100)]
-    # Slow items, tenths off: the first, then whenever 30 s have passed since the last line (every 5th at 7 s), the last.
+    # Slow items, tenths off: the first, then whenever 30 s passed since the last line (every 5th at 7 s), the last.
     assert _logged(50, 7.0, every_fraction=0) == [1, *range(6, 50, 5), 50]
     # every_s=0: every item (predict's per-image lines).
     assert _logged(7, 100.0, every_s=0) == list(range(1, 8))

@@ -1,7 +1,8 @@
 """Progress as log lines, for where no terminal shows a progress bar (nohup, SLURM, a CI log).
 
 One helper serves every loop counted in images: ``clipdehaze-predict`` logs each restored image with it,
-``clipdehaze-eval`` (and the test after training) logs the test pass through :class:`clipdehaze.callbacks.TestProgressLog`.
+``clipdehaze-eval`` (and the test after training) logs the test pass through
+:class:`clipdehaze.callbacks.TestProgressLog`.
 A line reads ``[40/500] <detail> (12.3 s elapsed, ETA 2 min 21 s)``: the count, what was just done, the time so far
 and the remaining time extrapolated from the mean time per image so far.
 """
