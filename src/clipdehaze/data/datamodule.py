@@ -98,8 +98,8 @@ def _official_download(folder: Path) -> str:
     from clipdehaze.data.layouts import LayoutMismatch, layouts
 
     for layout in layouts():
-        if layout.name in ("dehazeformer", "reside6k", "rs_haze"):
-            continue  # already our layout
+        if layout.ours:
+            continue
         try:
             if layout.plan(folder):
                 return layout.name

@@ -43,6 +43,8 @@ _SOURCE = "IDKiro/DehazeFormer README (data/<dataset>/{train,test}/{GT,hazy}) an
 @register_layout("dehazeformer", title="any DehazeFormer archive (RESIDE-IN, RESIDE-OUT, RESIDE-6K, RSHaze)",
                  data_config="paired", folder=None, expected=_EXPECTED, source=_SOURCE)
 class DehazeFormerArchive(Layout):
+    ours = True
+
     def plan(self, root: Path, **options) -> list[Link]:
         links = []
         for split in self.splits:

@@ -102,6 +102,9 @@ class Layout:
 
     #: Splits the layout can write; ``prepare`` refuses an ``<out>`` that already has one of those it writes.
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    #: Already our layout (the data configs read such a download as it is), so never "an official download to
+    #: prepare" in a data config's error.
+    ours: ClassVar[bool] = False
 
     def __init__(self, name: str, *, title: str, data_config: str | None, folder: str | None, expected: str,
                  source: str, options: Sequence[str] = (), **settings: Any) -> None:
