@@ -94,7 +94,7 @@ def _entries(folder: Path, limit: int = 10) -> str:
 
 
 def _official_download(folder: Path) -> str:
-    """``layout (title)`` of the registered download layouts ``folder`` is in, for a hint; '' when none."""
+    """The name of the first registered download layout ``folder`` is in (for a hint), '' when none."""
     from clipdehaze.data.layouts import LayoutMismatch, layouts
 
     for layout in layouts():
