@@ -15,9 +15,11 @@ for three documented conventions, in a fresh working directory outside the check
 
 The working directory holds what a user would have there: tiny paired datasets in every paper dataset's layout
 under ``./data`` (the default ``paths.data_dir``), the published weights a command names with ``weights_path=``
-(random values in the upstream format), the input photos a predict command names, and the recorded trajectory a
-``clipdehaze-reproduce trajectory`` command names (copied from ``$CLIPDEHAZE_SHARED/reference/trajectories``; without
-the project's shared/ folder that command is skipped, with the reason, and the doc's test reports the skip).
+(random values in the upstream format), the input photos a predict command names, the folder a paper test set's
+``data.root=`` names, the official download a ``clipdehaze-data prepare`` command names (:data:`FAKE_DOWNLOADS`), and
+the recorded trajectory a ``clipdehaze-reproduce trajectory`` command names (copied from
+``$CLIPDEHAZE_SHARED/reference/trajectories``; without the project's shared/ folder that command is skipped, with the
+reason, and the doc's test reports the skip).
 """
 
 from __future__ import annotations
@@ -205,6 +207,45 @@ def make_paper_datasets(data_dir: Path) -> list[str]:
     return names
 
 
+#: A few files of each ``clipdehaze-data prepare`` layout's official download (as its layout file describes it), made
+#: where a documented prepare command names a download that is not there.
+FAKE_DOWNLOADS = {
+    "its": ["hazy/1_1_0.90179.png", "hazy/1_2_0.97842.png", "hazy/2_1_0.71234.png", "clear/1.png", "clear/2.png",
+            "trans/1_1.png"],
+    "ots": ["hazy/part1/0005_0.8_0.04.jpg", "hazy/part2/0006_1_0.2.jpg", "clear/0005.jpg", "clear/0006.jpg"],
+    "sots_indoor": ["indoor/hazy/1400_1.png", "indoor/hazy/1400_2.png", "indoor/hazy/1401_1.png", "indoor/gt/1400.png",
+                    "indoor/gt/1401.png", "outdoor/hazy/0001_0.8_0.2.jpg", "outdoor/gt/0001.png"],
+    "haze4k": ["train/IN/1_0.68_0.66.png", "train/IN/2_0.59_1.95.png", "train/GT/1.png", "train/GT/2.png",
+               "test/IN/1_0.89_1.56.png", "test/IN/2_0.93_1.66.png", "test/GT/1.png", "test/GT/2.png"],
+    "dehazeformer": [f"{split}/{d}/{k:04d}.png" for split in ("train", "test") for d in ("hazy", "GT") for k in (1, 2)],
+    "dense_haze": [f"{d}/{n:02d}_{d}.png" for d in ("hazy", "GT") for n in (1, 2, 45, 51, 52)],
+    "nh_haze": [f"{n:02d}_{tag}.png" for tag in ("hazy", "GT") for n in (1, 2, 50, 51, 52)],
+    "o_haze": [f"{d}/{n:02d}_outdoor_{d}.jpg" for d in ("hazy", "GT") for n in (1, 2, 40, 41, 42)],
+}
+FAKE_DOWNLOADS.update(sots_outdoor=FAKE_DOWNLOADS["sots_indoor"], reside6k=FAKE_DOWNLOADS["dehazeformer"],
+                      rs_haze=FAKE_DOWNLOADS["dehazeformer"])
+
+
+def provide_download(args: list[str]) -> None:
+    """``clipdehaze-data prepare LAYOUT DOWNLOAD OUT``: a fake download in that layout where DOWNLOAD is missing; the
+    split folders LAYOUT makes are removed from OUT when the harness's own paper datasets hold them (a user who
+    prepares RESIDE-IN does not have it yet; prepare never replaces a folder)."""
+    import shutil
+
+    from clipdehaze.data.layouts import get_layout
+
+    positional = [a for a in args[1:] if not a.startswith("-")]
+    if len(positional) < 3 or positional[0] not in FAKE_DOWNLOADS:
+        return
+    layout, download, out = positional[0], Path(positional[1]), Path(positional[2])
+    if not download.exists():
+        for k, name in enumerate(FAKE_DOWNLOADS[layout]):
+            _png(download / name, 60 + k)
+    for split in get_layout(layout).splits:
+        if (out / split).is_dir() and not (out / split).is_symlink():
+            shutil.rmtree(out / split)
+
+
 def make_weights_file(path: Path, model: str) -> None:
     """Random weights of ``model`` saved as the upstream repositories do ({"state_dict": {"module.<key>": ...}})."""
     import torch
@@ -244,6 +285,10 @@ def provide_user_files(args: list[str]) -> None:
     if kv.get("data") == "folder" and root and not Path(root).exists():
         for k in range(2):  # photos without ground truth (NIQE needs two 96-pixel blocks; the README's synth
             _png(Path(root) / f"photo{k}.jpg", 50 + k, (288, 384))  # --source photos/ takes 256-pixel patches)
+    if kv.get("data") not in (None, "folder", "paired") and root and not Path(root).exists():
+        for k in range(2):  # a paper test set pointed at a folder holding its images directly
+            _png(Path(root) / kv.get("data.input_dir", "hazy") / f"{1400 + k}_1.png", 70 + k)
+            _png(Path(root) / kv.get("data.target_dir", "GT") / f"{1400 + k}.png", 80 + k)
     if kv.get("data") == "paired" and root and not Path(root).exists():
         for split in ("train", "test"):
             for k in range(3):
@@ -303,6 +348,8 @@ def run(tool: str, args: list[str]) -> int:
         sys.stderr.write(f"skipped: clipdehaze-{tool} {' '.join(args)}: {why}\n")
         return 0
     provide_user_files(args)
+    if tool == "data" and args[:1] == ["prepare"]:
+        provide_download(args)
     cmd = [sys.executable, "-m", TOOLS[tool], *shortened(tool, args)]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)

@@ -45,6 +45,10 @@ def build_trainer(cfg: DictConfig, **overrides) -> L.Trainer:
 
         callbacks.append(GeneratorEMA(decay=ema.get("decay", 0.999), start_step=ema.get("start_step", 0),
                                       every_n_steps=ema.get("every_n_steps", 1)))
+    from clipdehaze.callbacks import TestProgressLog
+
+    # Progress lines of the test pass where no terminal shows the bar (nohup, SLURM); silent in a terminal.
+    callbacks.append(TestProgressLog())
     if cfg.get("save_test_outputs"):
         from clipdehaze.callbacks import SaveTestOutputs
 
@@ -100,7 +104,8 @@ def _inference_module(cfg: DictConfig) -> DehazeLitModule:
     if not model_cfg:
         raise ValueError("nothing to evaluate: pass ckpt_path=<run>/checkpoints/last.ckpt, or model=<name> "
                          "(with weights_path=<official weights> for a trained generator, or model=dcp)")
-    module = DehazeLitModule(generator=model_cfg, clip=cfg.get("clip"), metrics=metrics, dataset_name=dataset_name)
+    module = DehazeLitModule(generator=model_cfg, clip=cfg.get("clip"), metrics=metrics, dataset_name=dataset_name,
+                             inference=True)
     n_params = sum(p.numel() for p in module.generator.parameters())
     if cfg.get("weights_path"):
         load_generator_weights(module.generator, cfg.weights_path)

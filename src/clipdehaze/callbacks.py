@@ -174,6 +174,40 @@ class SaveTestOutputs(L.Callback):
             save_image(out.detach().float().clamp(0, 1).cpu(), self.dirpath / f"{Path(name).stem}.png", text=text)
 
 
+class TestProgressLog(L.Callback):
+    """Log the test pass as ``test: [done/total] <last image> (elapsed, ETA)`` lines where no terminal shows the
+    progress bar (stdout is not a TTY: nohup, SLURM, CI), at the rate of :class:`clipdehaze.utils.progress.ProgressLog`
+    (the first and last image, and every ~30 s or every tenth of the images). Rank 0 logs its own share under DDP."""
+
+    def __init__(self, every_s: float = 30.0, every_fraction: float = 0.1, force: bool = False) -> None:
+        self.every_s, self.every_fraction, self.force = every_s, every_fraction, force
+        self.progress = None
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        import sys
+
+        from clipdehaze.utils.progress import ProgressLog
+
+        self.progress = None
+        if not trainer.is_global_zero or (sys.stdout.isatty() and not self.force):
+            return
+        loaders = trainer.test_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        total = 0
+        for loader, batches in zip(loaders, trainer.num_test_batches):
+            sampler = getattr(loader, "sampler", None)
+            available = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else len(loader.dataset)
+            total += min(available, int(batches) * (loader.batch_size or 1)) if batches != float("inf") else available
+        share = f" (rank 0 of {trainer.world_size})" if trainer.world_size > 1 else ""
+        self.progress = ProgressLog(total, log, prefix=f"test{share}: ", every_s=self.every_s,
+                                    every_fraction=self.every_fraction)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.progress is not None:
+            names = batch.get("name") or []
+            self.progress.advance(len(names) or 1, names[-1] if names else "")
+
+
 PANEL_LABELS = ("hazy", "output", "GT", "CLIP density")
 
 

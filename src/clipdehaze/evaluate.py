@@ -46,6 +46,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.data = eval_data_config(cfg, train_config)
     datamodule = build_datamodule(cfg)
+    if hasattr(datamodule, "check_folders"):  # a wrong data.root stops here, before a checkpoint is read
+        datamodule.check_folders("test")
     if not getattr(datamodule, "has_targets", True) and cfg.get("metrics") is None:
         log.info("data=%s has no ground truth: scoring with metrics=no_reference (%s)", cfg.data.get("name"),
                  ", ".join(NO_REFERENCE_METRICS))

@@ -74,6 +74,10 @@ class DehazeLitModule(L.LightningModule):
         nonfinite_loss: ``"raise"`` (stop with the step and batch file names) or ``"skip"`` (skip the batch).
         sample_images: how many test images to keep (downscaled) for an image grid.
         dataset_name: suffix of the logged test keys (``test/psnr_<dataset_name>``).
+        inference: build the generator (and the CLIP prior it takes) only, as BasicSR's test path builds ``net_g``
+            only: the loss (a CR loss's ResNet-152, weights it might try to download) is never constructed, whatever
+            ``loss`` says; ``loss`` and ``optimizer`` stay in the hparams for the record. Such a module tests and
+            predicts; fitting it stops at once. Not a hyper-parameter (a checkpoint never carries it).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class DehazeLitModule(L.LightningModule):
         sample_images: int = 4,
         dataset_name: str | None = None,
         compile: Mapping[str, Any] | None = None,
+        inference: bool = False,
     ) -> None:
         super().__init__()
         hp = dict(
@@ -113,7 +118,8 @@ class DehazeLitModule(L.LightningModule):
         self.compile_generator = bool(hp["compile"].get("enabled", False))
         self._compile_checked = False
         self.generator: Generator = create_generator(name, **gen_cfg)
-        self.loss_fn = instantiate(hp["loss"]) if hp["loss"] else L1Loss()
+        self.inference = bool(inference)
+        self.loss_fn = None if self.inference else instantiate(hp["loss"]) if hp["loss"] else L1Loss()
 
         wants_clip = bool(clip_inputs_of(self.generator)) or bool(getattr(self.loss_fn, "needs_clip", False))
         if wants_clip and not hp["clip"]:
@@ -182,6 +188,9 @@ class DehazeLitModule(L.LightningModule):
         return {k: float(w) for k, w in weights.items() if float(w) > 0}
 
     def on_fit_start(self) -> None:
+        if self.inference:
+            raise RuntimeError(f"this {self.generator_name!r} module was built for inference (no loss, no optimizer): "
+                               "train with clipdehaze-train (resume: ckpt_path=... or resume=auto), which builds both")
         if self.compile_generator:
             # nn.Module.compile compiles in place: state_dict keys (and checkpoints) stay those of the eager model.
             self.generator.compile(mode=None if self.compile_mode == "default" else self.compile_mode)
@@ -347,7 +356,9 @@ class DehazeLitModule(L.LightningModule):
     @classmethod
     def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", use_ema: bool = True,
                         **overrides) -> "DehazeLitModule":
-        """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files.
+        """Load a training checkpoint with ``weights_only=True`` for testing or prediction (``inference=True``: the
+        training loss and optimizer its hparams name are never built; resuming goes through ``Trainer.fit``'s
+        ``ckpt_path`` on a module built for training); clear errors for corrupt/mismatched files.
 
         A checkpoint of a run with ``ema.enabled=true`` holds the averaged generator weights in ``state_dict`` and
         the raw ones beside them (:data:`clipdehaze.callbacks.RAW_STATE_KEY`): ``use_ema`` picks the average (the
@@ -358,7 +369,7 @@ class DehazeLitModule(L.LightningModule):
         ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None))
         hp = dict(ckpt["hyper_parameters"])
         hp.update({k: v for k, v in overrides.items() if v is not None})
-        module = cls(**hp)
+        module = cls(**hp, inference=True)
         has_ema = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
         module.load_state_dict(ckpt["state_dict"] if use_ema or not has_ema else ckpt[RAW_STATE_KEY], strict=True)
         module.ema_weights = bool(use_ema) if has_ema else None

@@ -161,7 +161,9 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
-        self.total, self.done, self.start = total, 0, time.perf_counter()
+        from clipdehaze.utils.progress import ProgressLog
+
+        self.log = ProgressLog(total, log, every_s=0)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("ETA"), TimeRemainingColumn())
         self.images = self.bar.add_task("images", total=total)
@@ -181,11 +183,8 @@ class _Progress:
         self.bar.advance(self.tiles)
 
     def image_done(self, name: str, dst: Path | str) -> None:
-        self.done += 1
         self.bar.advance(self.images)
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        log.info("[%d/%d] %s -> %s (%.1f s elapsed, ETA %.0f s)", self.done, self.total, name, dst, elapsed, eta)
+        self.log.advance(1, f"{name} -> {dst}")
 
 
 @task_wrapper

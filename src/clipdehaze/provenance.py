@@ -78,7 +78,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 # ----------------------------------------------------------------------------------------------------- dataset
 def _base_dataset(ds: Any) -> Any:
-    return getattr(ds, "dataset", ds)  # evenly_spaced_subset wraps in a Subset
+    return getattr(ds, "dataset", ds)  # subset_of wraps in a Subset
 
 
 def _dataset_root(base: Any) -> Path | None:
@@ -116,6 +116,10 @@ def dataset_provenance(datamodule: Any, scored_indices: Iterable[int] | None) ->
         indices = sorted(set(int(i) for i in scored_indices))
         out.update(images=len(indices), available=len(base), subset=len(indices) < len(base),
                    manifest_sha256=manifest_sha256(_pair_files(base, indices), _dataset_root(base)))
+        hp = getattr(datamodule, "hparams", None) or {}
+        if out["subset"] and hp.get("max_test_samples") is not None:
+            # How the subset was picked (data.subset): evenly spaced or the first, from the sorted list.
+            out["subset_pick"] = {"max_test_samples": hp["max_test_samples"], "subset": hp.get("subset", "even")}
     train = getattr(datamodule, "train_set", None)
     if train is not None:
         base = _base_dataset(train)

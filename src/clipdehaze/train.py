@@ -60,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
+    if hasattr(datamodule, "check_folders"):  # a wrong data.root or a test-only set stops before the model is built
+        datamodule.check_folders(None if cfg.get("train", True) else "test")
     module = build_module(cfg)
     check_crop_fits_model(datamodule, module)
     if not any(p.requires_grad for p in module.generator.parameters()):

@@ -1,4 +1,4 @@
-"""``clipdehaze-data``: make synthetic paired datasets and check dataset folders.
+"""``clipdehaze-data``: make synthetic paired datasets, prepare downloaded ones, check dataset folders.
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that builds its parser and sets
 ``func``; adding a subcommand means writing one such function and listing it in :data:`COMMANDS`.
@@ -332,9 +332,52 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# prepare
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    from clipdehaze.data.layouts import layouts
+    from clipdehaze.data.prepare import LINK_MODES, known_layouts
+
+    p = sub.add_parser(
+        "prepare", help="turn an official dataset download into <out>/{train,test}/{hazy,GT}/ (by links)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make <out>/<split>/{hazy,GT}/ from a downloaded, extracted dataset in its official layout, "
+                    "with symbolic links (or hard links, or copies) to the download. Checks first that every hazy "
+                    "image pairs with a ground truth; never replaces an existing split folder of <out>; builds in "
+                    "a temporary folder renamed into place at the end; prints what it made.",
+        epilog="layouts (clipdehaze.data.layouts; README: 'Adding a dataset layout'):\n" + known_layouts())
+    p.add_argument("layout", choices=[lay.name for lay in layouts()], metavar="LAYOUT",
+                   help="the download's layout: " + ", ".join(lay.name for lay in layouts()))
+    p.add_argument("download", type=Path, help="the extracted download (or the folder holding only it)")
+    p.add_argument("out", type=Path, help="the folder to make (e.g. data/RESIDE-IN); other contents stay")
+    p.add_argument("--link", choices=LINK_MODES, default="symlink",
+                   help="symlink (default; keep the download in place), hardlink (same file system) or copy; a "
+                        "link the file system refuses becomes a copy, and the summary says so")
+    p.add_argument("--test-ids", help="NTIRE sets: the image numbers of the test split (e.g. 51-55)")
+    p.add_argument("--train-ids", help="NTIRE sets: the image numbers of the train split (e.g. 1-45)")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from clipdehaze.data.prepare import PrepareError, prepare_dataset
+
+    start = time.perf_counter()
+    try:
+        report = prepare_dataset(args.layout, args.download, args.out, link=args.link, test_ids=args.test_ids,
+                                 train_ids=args.train_ids)
+    except (PrepareError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary() + f"\n  ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 
 #: Subcommand registrars, in ``--help`` order.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_check, _add_clip_cache]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_synth, _add_check, _add_prepare,
+                                                               _add_clip_cache]
 
 
 def build_parser() -> argparse.ArgumentParser:

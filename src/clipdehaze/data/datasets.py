@@ -3,10 +3,10 @@
 Two ways to describe the pairs:
 
 * :class:`PairedImageDataset` — folders ``<root>/<split>/<input_dir>/`` and ``<root>/<split>/<target_dir>/``.
-  File names are matched by :func:`match_pairs`, which understands the DehazeFormer layout (identical
-  names), RESIDE's native naming (``hazy/0001_0.8_0.2.jpg`` -> ``GT/0001.png``; one GT serves many hazy
-  inputs), Outdoor-Rain's native naming (``im_0001_s80_a04.png`` -> ``im_0001.png``) and NH-HAZE/O-HAZE
-  tagged names (``01_hazy.png`` -> ``01_GT.png``).
+  File names are matched by :func:`match_pairs` through the namings registered in :mod:`clipdehaze.data.layouts`:
+  the DehazeFormer layout (identical names), RESIDE's native naming (``hazy/0001_0.8_0.2.jpg`` -> ``GT/0001.png``;
+  one GT serves many hazy inputs), Outdoor-Rain's native naming (``im_0001_s80_a04.png`` -> ``im_0001.png``) and
+  NH-HAZE/O-HAZE tagged names (``01_hazy.png`` -> ``01_GT.png``).
 * :class:`ListPairedDataset` — a text file of ``input target`` lines, or TransWeather-style single-column
   lists whose target path is the input path with its ``input`` folder replaced by ``gt``.
 
@@ -20,7 +20,6 @@ seeds per worker from its generator, so crops are reproducible.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import torch
 from torch.utils.data import Dataset
 
 from clipdehaze.data.io import IMAGE_EXTENSIONS, Skipped, exif_orientation, load_image, scan_images
+from clipdehaze.data.layouts import namings
 
 __all__ = [
     "AUGMENTATIONS",
@@ -43,6 +43,7 @@ __all__ = [
     "describe_skipped",
     "list_images",
     "match_pairs",
+    "naming_examples",
     "orientation_mismatch",
     "pad_to_min_size",
     "random_crop",
@@ -80,37 +81,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return images
 
 
-# An NH-HAZE/O-HAZE style tag after the image id: letters and underscores only ("hazy", "GT",
-# "outdoor_hazy"). Digits are excluded so that RESIDE's "0001_0.8_0.2" or a plain "im_002" never
-# pair by their prefix with some other image's file.
-_TAG = re.compile(r"[^\W\d]+(?:_[^\W\d]+)*")
-
-
-# Outdoor-Rain's rain parameters after the image id: streak ``s<N>`` and accumulation ``a<N>``
-# ("im_0001_s80_a04"); the id itself keeps its underscore, so the RESIDE prefix rule cannot find it.
-_RAIN_PARAMS = re.compile(r"_s\d+_a\d+$")
-
-
-def _prefix(stem: str) -> str:
-    return stem.split("_", 1)[0]
-
-
-def _tagged_id(stem: str) -> str | None:
-    head, sep, tail = stem.partition("_")
-    return head if sep and _TAG.fullmatch(tail) else None
-
-
 def match_pairs(inputs: Sequence[Path], targets: Sequence[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """Pair each input with its target by file name; returns ``(pairs, unpaired_inputs)``.
 
-    For each input the first rule that finds a target wins (extensions are ignored throughout):
+    The pairing rules are the namings of :mod:`clipdehaze.data.layouts` (one registered function each, in the
+    layout file that introduced it), tried in their ``order``; for each input the first that finds exactly one
+    target wins (extensions are ignored throughout). Registered today:
 
-    1. identical stem (DehazeFormer layout, Rain100L): ``hazy/0001.png`` -> ``GT/0001.png``;
-    2. the input stem without a trailing ``_s<N>_a<N>`` is a target stem (Outdoor-Rain, Li et al. 2019):
+    1. ``identical`` (DehazeFormer layout, Rain100L): ``hazy/0001.png`` -> ``GT/0001.png``;
+    2. ``outdoor_rain``: the input stem without a trailing ``_s<N>_a<N>`` (Li et al. 2019):
        ``in/im_0001_s80_a04.png`` -> ``gt/im_0001.png``;
-    3. the input stem's prefix before the first ``_`` is a target stem (RESIDE):
+    3. ``reside``: the input stem's prefix before the first ``_`` (RESIDE, Haze4K):
        ``hazy/0001_0.8_0.2.jpg`` -> ``GT/0001.png``;
-    4. both are ``<id>_<tag>`` with a digit-free tag and the id names exactly one target
+    4. ``ntire``: both are ``<id>_<tag>`` with a digit-free tag and the id names exactly one target
        (NH-HAZE, Dense-HAZE, O-HAZE, I-HAZE): ``hazy/01_hazy.png`` -> ``GT/01_GT.png``.
 
     A target may serve several inputs (RESIDE ITS has ten hazy images per GT). Two targets with the
@@ -123,27 +106,34 @@ def match_pairs(inputs: Sequence[Path], targets: Sequence[Path]) -> tuple[list[t
             raise ValueError(f"ambiguous inputs: {first} and {i} differ only in their extension, so both would pair "
                              "with one target and the scene would count twice; remove one of them")
     by_stem: dict[str, Path] = {}
-    by_id: dict[str, list[Path]] = {}
     for t in targets:
         if t.stem in by_stem:
             raise ValueError(f"ambiguous targets: {by_stem[t.stem]} and {t} differ only in their extension; "
                              "remove one of them")
         by_stem[t.stem] = t
-        tid = _tagged_id(t.stem)
-        if tid is not None:
-            by_id.setdefault(tid, []).append(t)
+    rules = []
+    for naming in namings():
+        index: dict[str, list[Path]] = {}
+        for t in targets:
+            if (key := naming.target_key(t.stem)) is not None:
+                index.setdefault(key, []).append(t)
+        rules.append((naming.input_key, index))
     pairs, unpaired = [], []
     for i in inputs:
-        t = by_stem.get(i.stem) or by_stem.get(_RAIN_PARAMS.sub("", i.stem)) or by_stem.get(_prefix(i.stem))
-        if t is None:
-            iid = _tagged_id(i.stem)
-            candidates = by_id.get(iid, []) if iid is not None else []
-            t = candidates[0] if len(candidates) == 1 else None
-        if t is None:
-            unpaired.append(i)
+        for input_key, index in rules:
+            key = input_key(i.stem)
+            found = index.get(key, []) if key is not None else []
+            if len(found) == 1:
+                pairs.append((i, found[0]))
+                break
         else:
-            pairs.append((i, t))
+            unpaired.append(i)
     return pairs, unpaired
+
+
+def naming_examples() -> str:
+    """The registered namings, for messages: ``identical: hazy/0001.png -> GT/0001.png ...; ...``."""
+    return "; ".join(f"{n.name}: {n.example}" for n in namings())
 
 
 def orientation_mismatch(input_path: Path, target_path: Path) -> str | None:
@@ -379,7 +369,7 @@ class PairedImageDataset(_PairedDataset):
         pairs, unpaired = match_pairs(inputs, targets)
         if unpaired:
             msg = (f"{len(unpaired)} of {len(inputs)} input images in {self.input_dir} have no target in "
-                   f"{self.target_dir} (matched by identical stem, RESIDE '<id>_*' prefix or '<id>_<tag>'): "
+                   f"{self.target_dir} (paired by the namings {naming_examples()}): "
                    f"{_preview([p.name for p in unpaired])}")
             if on_unpaired == "error":
                 raise ValueError(msg + "; pass on_unpaired='skip' to drop them")
