@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from clipdehaze.table import aggregate, collect_runs, latex_escape, make_table, to_run
+from clipdehaze.render.latex import latex_escape
+from clipdehaze.runs.collect import collect_runs
+from clipdehaze.table import make_table
 
 PROTO = "DehazeFormer protocol: fixture"
 
