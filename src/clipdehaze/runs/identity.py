@@ -13,7 +13,7 @@ runs disagree. ``n`` counts samples.
 **Labels and ids.** A row's label names what tells it apart from the other rows of its generator, images and
 protocol: the model-defining keys whose values differ between them (``cam_density=false``), a weights file
 (``weights=its.pth@1a2b3c4d``), the checkpoint of a training where they differ in it (``checkpoint=last``), the
-CLIP prior's model where they differ in it, and every evaluation option
+CLIP prior's model where nothing else tells two rows apart, and every evaluation option
 that is not at its default (``tta=x8``, ``use_ema=false``, ``test_clip_control=shuffled``), so a self-ensembled
 result never reads as a plain one. ``name`` is generator plus label, made unique across the rows by the row's ``id``
 where two would read the same; ``id`` is 8 hex digits of the sha256 of the full identity, stable whatever other
@@ -187,16 +187,14 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
     return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
-def _label(row: Row, variant_keys: list[str], checkpoint_differs: bool, clip_differs: bool) -> str:
+def _label_parts(row: Row, variant_keys: list[str], checkpoint_differs: bool) -> list[str]:
     short = _short_keys(variant_keys)
     parts = [f"{short[k]}={_fmt(row.recipe.get(k, ABSENT))}" for k in variant_keys]
     if row.weights.kind == "file":
         parts.append(f"weights={row.weights.file or 'file'}@{(row.weights.sha256 or '')[:8]}")
     if checkpoint_differs:
         parts.append(f"checkpoint={row.weights.checkpoint}")
-    if clip_differs:
-        parts.append(f"clip={row.clip}")
-    return ", ".join(parts + evaluation_label(row.evaluation))
+    return parts + evaluation_label(row.evaluation)
 
 
 def evaluation_label(evaluation: dict[str, Any]) -> list[str]:
@@ -224,10 +222,13 @@ def aggregate(runs: list[Run], group_by: list[str] | None = None, ignore: list[s
         variant_keys = [k for k in keys if len({json.dumps(row.recipe.get(k, ABSENT), default=str)
                                                  for row in family}) > 1]
         checkpoint_differs = len({row.weights.checkpoint for row in family}) > 1
-        clip_differs = len({row.clip for row in family}) > 1
+        parts = {row.id: _label_parts(row, variant_keys, checkpoint_differs) for row in family}
+        seen = Counter(tuple(p) for p in parts.values())
         for row in family:
             row.variant = {k: row.recipe.get(k, ABSENT) for k in variant_keys}
-            row.label = _label(row, variant_keys, checkpoint_differs, clip_differs)
+            # The CLIP prior's model only where nothing else tells two rows apart.
+            clip = [f"clip={row.clip}"] if seen[tuple(parts[row.id])] > 1 else []
+            row.label = ", ".join(parts[row.id] + clip)
     _name(out)
     return sorted(out, key=lambda g: (g.dataset, g.manifest or "", g.generator, g.label, g.id))
 
