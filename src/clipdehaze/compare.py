@@ -193,7 +193,8 @@ def _p_cell(p: float | None, adjusted: float | None) -> str:
 def report_blocks(rows: list[Row], base: Row, comparisons: list[Comparison], metrics: tuple[str, ...]) -> list[tuple]:
     """The report as :mod:`clipdehaze.render.document` blocks (rendered to Markdown and HTML)."""
     short = short_names(rows)
-    blocks: list[tuple] = [("h", 1, f"Does the CLIP prior help? {rows[0].dataset} (test images: {base.images})")]
+    question = "Does the CLIP prior help?" if any(r.prior != "-" for r in rows) else "Paired comparison:"
+    blocks: list[tuple] = [("h", 1, f"{question} {rows[0].dataset} (test images: {base.images})")]
     if random_prior(rows):
         blocks.append(("warn", RANDOM_PRIOR_NOTE))
     blocks += [("p", ["Control: ", b(short[base.id]), f" = {base.name} (id {base.id})."]), ("h", 2, "Rows"),
