@@ -1,6 +1,8 @@
-"""clipdehaze-compare on fixture runs: the paired statistics equal scipy's on the same numbers, runs scored on other
-images are refused with the reason, the control and the twins are found, and compare.html renders in a real
-headless Chromium without console errors or network requests."""
+"""clipdehaze-compare on fixture runs: each comparison gets the right rows, numbers and test (paired by seed only
+for twins that share an initialisation), metrics are read in their direction, runs scored on other images, images
+listed twice, repeated and missing seeds are refused with the reason, the control and the twins are found, any two
+rows (plain vs tta=x8) compare, and compare.html renders in a real headless Chromium without console errors or
+network requests. The statistics themselves: tests/test_stats.py."""
 
 import csv
 import json
@@ -11,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from clipdehaze.compare import ComparisonError, compare, main, make_report
 from clipdehaze.data.io import save_image
@@ -406,3 +407,39 @@ def test_make_study_runs_offline_and_says_the_random_prior_carries_nothing(tmp_p
     assert {r["variant_seeds"] for r in rows} == {"0 1"} and len(rows) == 5 * 2
     html = (report / "compare.html").read_text()
     assert html.count('class="viewer"') == 5 * 4 and "save_test_outputs=true" not in html
+
+
+def test_plain_and_self_ensembled_scores_of_the_same_weights_compare_paired(tmp_path):
+    """Three seeds' checkpoints, each evaluated plain and with tta=x8: two rows (the label says x8), and with the
+    plain row's id as --baseline one comparison whose seeds pair (the same weights under both)."""
+    from clipdehaze.stats import PAIRED_T, paired_t
+    from clipdehaze.utils.tta import TTA_DESCRIPTIONS
+
+    runs = tmp_path / "evals"
+    rng = np.random.default_rng(1)
+    for seed in (0, 1, 2):
+        plain = _values(rng, 0.0, seed_shift=seed)
+        for tta, values in (("none", plain), ("x8", {n: (p + 0.2 + rng.normal(0, 0.02), s) for n, (p, s) in
+                                                      plain.items()})):
+            d = _run(runs, f"{seed}-{tta}", seed, values, control=None)
+            m = json.loads((d / "metrics.json").read_text())
+            ckpt = f"/sweep/{seed}/checkpoints/last.ckpt"
+            m.update(train_config=m["config"], weights={"origin": "checkpoint", "path": ckpt,
+                                                        "sha256": f"{seed:064d}"},
+                     config={"task_name": "eval", "ckpt_path": ckpt, "tta": tta, "paths": {"output_dir": str(d)}})
+            if tta == "x8":
+                m["metric_protocol"] = f"{PROTO}; {TTA_DESCRIPTIONS['x8']}"
+            (d / "metrics.json").write_text(json.dumps(m))
+    from clipdehaze.runs.collect import collect_runs
+    from clipdehaze.runs.identity import aggregate
+
+    rows = aggregate(collect_runs([runs]))
+    assert sorted(r.name for r in rows) == ["cliphaze_test", "cliphaze_test (tta=x8)"]
+    plain_row = next(r for r in rows if r.label == "")
+    _, base, (c,) = compare([runs], baseline=plain_row.id, resamples=999)
+    res = c.results["psnr"]
+    assert base is not None and c.paired_seeds and res.seed.test == PAIRED_T
+    a = np.array([np.mean([float(r["psnr"]) for r in _csv(runs / f"{s}-x8" / "per_image.csv")]) for s in (0, 1, 2)])
+    b = np.array([np.mean([float(r["psnr"]) for r in _csv(runs / f"{s}-none" / "per_image.csv")]) for s in (0, 1, 2)])
+    assert res.seed.ci == pytest.approx(paired_t(a, b).ci, rel=1e-9)
+    assert res.delta == pytest.approx(0.2, abs=0.02) and res.verdict.startswith("better (seed-level")

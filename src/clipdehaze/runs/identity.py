@@ -118,7 +118,7 @@ class Row:
     @property
     def repeated_seeds(self) -> dict[str, list[str]]:
         """Seeds that name two samples (two different weights under one seed): seed -> the runs."""
-        if self.weights.kind not in ("trained", "random"):
+        if self.weights.kind in ("file", "none"):  # one set of weights: a seed number means nothing
             return {}
         by_seed: dict[str, list[Sample]] = {}
         for s in self.samples:
