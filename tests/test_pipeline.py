@@ -195,6 +195,7 @@ def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compo
                                                                          caplog):
     """metrics.json says what was scored (image count, manifest), with which weights (file + sha256), code, software
     and config; clipdehaze-eval of a checkpoint without data= scores the data it was trained on and says so."""
+    import copy
     import hashlib
     import re
 
@@ -210,16 +211,26 @@ def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compo
     test_files = sorted((tiny_paired_root / "test").rglob("*.png"))
     manifest = hashlib.sha256(json.dumps(sorted(
         [p.relative_to(tiny_paired_root).as_posix(), p.stat().st_size] for p in test_files)).encode()).hexdigest()
+    train_files = sorted((tiny_paired_root / "train").rglob("*.png"))
+    train_manifest = hashlib.sha256(json.dumps(sorted(
+        [p.relative_to(tiny_paired_root).as_posix(), p.stat().st_size] for p in train_files)).encode()).hexdigest()
     assert saved["images"] == 2 and saved["dataset"] == {
         "name": "tiny", "images": 2, "available": 2, "subset": False, "manifest_sha256": manifest,
-        "train_manifest_sha256": saved["dataset"]["train_manifest_sha256"], "train_images": 6}
+        "train_manifest_sha256": train_manifest, "train_images": 6}
     best = Path(saved["best_ckpt"])
     assert saved["weights"] == {"origin": "trained", "path": str(best.resolve()),
                                 "sha256": hashlib.sha256(best.read_bytes()).hexdigest(), "ema": None}
     assert re.fullmatch(r"[0-9a-f]{40}", saved["code"]["git_commit"]) and isinstance(saved["code"]["git_dirty"], bool)
     assert saved["environment"]["torch"] == _torch.__version__ and saved["environment"]["device"] == "cpu"
     assert saved["config"]["model"]["name"] == "dehazeformer_test"
-    assert saved["config_sha256"] == provenance.config_sha256(saved["config"])
+    # config_sha256 ignores where the run happened (another output dir, data folder, worker count: the same hash)
+    # and nothing it computed (another learning rate or seed: another hash).
+    moved = copy.deepcopy(saved["config"])
+    moved["paths"]["output_dir"], moved["data"]["root"], moved["data"]["num_workers"] = "/elsewhere", "/data", 7
+    moved["callbacks"]["model_checkpoint"]["dirpath"] = "/elsewhere/checkpoints"
+    assert saved["config_sha256"] == provenance.config_sha256(moved)
+    for key, value in (("optimizer", {**saved["config"]["optimizer"], "lr": 1.0}), ("seed", 6)):
+        assert saved["config_sha256"] != provenance.config_sha256({**saved["config"], key: value}), key
     assert saved["clip"] is None
 
     ev = tmp_path / "eval_run"

@@ -1,5 +1,7 @@
-"""clipdehaze-table on fixture runs: a row per variant, dataset identity by manifest, seed statistics, NaN seeds,
-provenance flags, published rows matched by method and dataset, and a table.tex that compiles."""
+"""clipdehaze-table on fixture runs: a row is one scored thing (weights x images x protocol x evaluation options x
+model-defining keys; a train run and the evaluation of its checkpoint merge, two weight files do not), every
+shipped config key has a class, seed statistics, NaN and missing seeds, provenance flags, published rows matched by
+method and dataset, and a table.tex that compiles."""
 
 import json
 import math
@@ -8,9 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from scipy import stats
 
-from clipdehaze.table import aggregate, collect_runs, latex_escape, make_table, to_run
+from clipdehaze.render.latex import latex_escape
+from clipdehaze.runs.collect import collect_runs
+from clipdehaze.table import make_table
 
 PROTO = "DehazeFormer protocol: fixture"
 
@@ -62,7 +65,7 @@ def test_mean_std_ci_over_seeds_and_published_matching(tmp_path):
     mix = ours["mixdehazenet_t"]
     assert mix["psnr"] == pytest.approx(31.0) and mix["n"] == 2 and mix["seeds"] == "0 1"
     assert mix["psnr_std"] == pytest.approx(2 ** 0.5)  # sample std of (30, 32)
-    assert mix["psnr_ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * 2 ** 0.5 / 2 ** 0.5)
+    assert mix["psnr_ci95"] == pytest.approx(math.tan(math.pi * 0.475))  # t(0.975, 1 df: Cauchy) * sqrt(2) / sqrt(2)
     assert mix["delta_psnr"] == pytest.approx(-4.0) and mix["published_psnr"] == 35.0
     assert ours["dehazeformer_t"]["delta_psnr"] is None and ours["dehazeformer_t"]["n"] == 1
     # The published row without a run is listed apart, not as a row of the comparison.
@@ -239,3 +242,237 @@ def test_published_csv_with_units_names_the_cell(tmp_path):
 
     with pytest.raises(ValueError, match="X on raindrop: params='44.00M' is not a number"):
         read_published("p", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What a row is: one scored thing
+def _summary(root: Path, name: str, *, gen: str = "dehazeformer_t", seed: int = 0, psnr: float = 30.0,
+             weights: dict | None = None, config: dict | None = None, train_config: dict | None = None,
+             protocol: str = PROTO, manifest: str = "m1", images: int = 10, available: int = 10,
+             metrics: dict | None = None, **extra) -> Path:
+    """A metrics.json as clipdehaze-train / clipdehaze-eval write it (only the fields the table reads)."""
+    d = root / name
+    d.mkdir(parents=True)
+    summary = {"generator": gen, "data": "sots_indoor", "seed": seed, "metric_protocol": protocol, "params": 10,
+               "metrics": metrics if metrics is not None else {"test/psnr_sots_indoor": psnr,
+                                                               "test/ssim_sots_indoor": 0.9},
+               "dataset": {"name": "sots_indoor", "images": images, "available": available,
+                           "subset": images < available, "manifest_sha256": manifest},
+               "weights": weights or {"origin": "trained"}, "clip": None, "clip_control": None,
+               "config": config or {}, **extra}
+    if train_config is not None:
+        summary["train_config"] = train_config
+    (d / "metrics.json").write_text(json.dumps(summary))
+    return d
+
+
+def _eval_config(**top) -> dict:
+    """clipdehaze-eval's resolved config, with run-location keys that differ per run (its ``model`` builds the
+    network of published weights; a checkpoint's evaluation builds it from the checkpoint instead)."""
+    return {"task_name": "eval", "model": {"name": "dehazeformer_t", "depths": [2, 2]}, "seed": 42, "tta": "none",
+            "use_ema": True, "save_test_outputs": False, "clip_cache": True, "data": {"name": "sots_indoor",
+            "root": "/data/sots", "num_workers": 4}, "paths": {"output_dir": "/runs/e"}, **top}
+
+
+def test_two_weight_files_on_one_set_are_two_rows(tmp_path):
+    """The ITS and the OTS model of one variant on one set: two rows labelled by file and sha256, not one "n=2"
+    row flagged "repeated seed"."""
+    for name, sha, psnr in (("its", "a" * 64, 36.6), ("ots", "b" * 64, 33.1)):
+        _summary(tmp_path, name, psnr=psnr, weights={"origin": "published", "path": f"/w/{name}.pth", "sha256": sha},
+                 config=_eval_config(weights_path=f"/w/{name}.pth", paths={"output_dir": f"/runs/{name}"}))
+    rows = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    assert sorted((r["method"], r["n"], r["psnr"]) for r in rows) == [
+        ("dehazeformer_t (weights=its.pth@aaaaaaaa)", 1, 36.6), ("dehazeformer_t (weights=ots.pth@bbbbbbbb)", 1, 33.1)]
+    assert all("repeated seed" not in r["flags"] for r in rows)
+    # The same file evaluated twice (another folder, another seed, other execution options) is one scored thing.
+    _summary(tmp_path, "its-again", psnr=36.6, seed=7,
+             weights={"origin": "published", "path": "/elsewhere/its.pth", "sha256": "a" * 64},
+             config=_eval_config(seed=7, save_test_outputs=True, clip_cache=False, paths={"output_dir": "/x"}))
+    rows = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    its = next(r for r in rows if "its.pth" in r["method"])
+    assert len(rows) == 2 and its["n"] == 1 and its["provenance"] == "2 eval" and its["seeds"] == "-"
+
+
+def _train_config(seed: int, **extra) -> dict:
+    cfg = _cfg("dehazeformer_t", seed, **extra)
+    cfg["task_name"] = "train"
+    cfg["callbacks"]["model_checkpoint"]["filename"] = "best-epoch{epoch:03d}"
+    return cfg
+
+
+def test_a_train_run_and_the_evaluation_of_its_checkpoint_merge(tmp_path):
+    """Seed 0's training run and an evaluation of its best checkpoint (same sha256) are one sample; seed 1's
+    evaluation adds the second. One row, n=2, and the runs column says which is which."""
+    best = {seed: f"/runs/{seed}/checkpoints/best-epoch007.ckpt" for seed in (0, 1)}
+    _summary(tmp_path, "train0", seed=0, psnr=30.0, config=_train_config(0),
+             weights={"origin": "trained", "path": best[0], "sha256": "0" * 64})
+    for seed, psnr in ((0, 30.0), (1, 32.0)):
+        _summary(tmp_path, f"eval{seed}", seed=seed, psnr=psnr, train_config=_train_config(seed),
+                 config=_eval_config(ckpt_path=best[seed], compile={"enabled": True}),
+                 weights={"origin": "checkpoint", "path": best[seed], "sha256": str(seed) * 64, "ema": None})
+    (row,) = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    assert row["n"] == 2 and row["psnr"] == 31.0 and row["seeds"] == "0 1"
+    assert row["provenance"] == "1 train + 2 eval" and row["flags"] == "" and row["variant"] == ""
+    md = (tmp_path / "t" / "table.md").read_text()
+    assert "| 1 train + 2 eval |" in md
+
+
+def test_last_and_best_checkpoint_of_one_run_are_two_rows(tmp_path):
+    for ckpt, sha, psnr in (("best-epoch004", "b" * 64, 31.0), ("last", "c" * 64, 30.2)):
+        path = f"/runs/0/checkpoints/{ckpt}.ckpt"
+        _summary(tmp_path, ckpt, seed=0, psnr=psnr, train_config=_train_config(0),
+                 config=_eval_config(ckpt_path=path),
+                 weights={"origin": "checkpoint", "path": path, "sha256": sha})
+    rows = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    assert sorted((r["variant"], r["psnr"]) for r in rows) == [("checkpoint=best", 31.0), ("checkpoint=last", 30.2)]
+
+
+def test_execution_only_keys_split_nothing_and_model_keys_do(tmp_path):
+    """The keys the issue found splitting one variant (all execution-only or locations) leave one row of three
+    seeds; a model-defining key splits it."""
+    noise = [{"loss": {"weights_path": "/w/resnet.pth", "download": False}, "compile": {"enabled": True},
+              "save_test_outputs": True, "nonfinite_loss": "skip", "clip": {"checkpoint": "/c/a.pt"}},
+             {"loss": {"weights_path": "/other/resnet.pth", "download": True}, "compile": {"enabled": False,
+              "mode": "max-autotune"}, "nonfinite_loss": "raise", "clip": {"checkpoint": "/c/b.pt"}},
+             {"trainer": {"accelerator": "gpu", "strategy": "ddp"}, "data": {"num_workers": 0, "pin_memory": True}}]
+    for seed, extra in enumerate(noise):
+        cfg = _train_config(seed)
+        for group, values in extra.items():
+            cfg.setdefault(group, {}) if isinstance(values, dict) else None
+            if isinstance(values, dict):
+                cfg[group].update(values)
+            else:
+                cfg[group] = values
+        _summary(tmp_path, f"s{seed}", seed=seed, psnr=30.0 + seed, config=cfg)
+    (row,) = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    assert row["n"] == 3 and row["variant"] == ""
+    _summary(tmp_path, "other-loss", seed=0, config=_train_config(0, loss={"_target_": "clipdehaze.losses.L1Loss"}))
+    rows = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    assert sorted(r["variant"] for r in rows) == ["_target_=<absent>", "_target_=clipdehaze.losses.L1Loss"]
+
+
+def test_evaluation_options_are_part_of_the_row_in_every_output(tmp_path):
+    """One weights file scored plain and with tta=x8 (its protocol line names the self-ensemble): two rows; the x8
+    row says so in table.md, table.csv and table.tex, its published difference is marked, and table.tex keeps the
+    image count and the subset flag."""
+    from clipdehaze.utils.tta import TTA_DESCRIPTIONS
+
+    weights = {"origin": "published", "path": "/w/dehazeformer-t.pth", "sha256": "d" * 64}
+    _summary(tmp_path / "runs", "plain", psnr=36.59, weights=weights, images=100, available=500,
+             config=_eval_config())
+    _summary(tmp_path / "runs", "x8", psnr=36.81, weights=weights, images=100, available=500,
+             config=_eval_config(tta="x8"), protocol=f"{PROTO}; {TTA_DESCRIPTIONS['x8']}")
+    exp = tmp_path / "exp" / "p"
+    exp.mkdir(parents=True)
+    (exp / "published.csv").write_text("method,generator,dataset,psnr,ssim,params,macs,source\n"
+                                       "DehazeFormer-T,dehazeformer_t,sots_indoor,35.15,0.989,,,Table 1\n")
+    out = tmp_path / "t"
+    result = make_table([tmp_path / "runs"], "p", out, experiments_root=tmp_path / "exp")
+    rows = {r["evaluation"]: r for r in result["rows"]}
+    assert set(rows) == {"", "tta=x8"} and result["protocols"] == [PROTO]
+    assert rows["tta=x8"]["method"] == "dehazeformer_t (weights=dehazeformer-t.pth@dddddddd, tta=x8)"
+    assert rows["tta=x8"]["delta_note"] == "ours with tta=x8" and rows[""]["delta_note"] == ""
+    md = (out / "table.md").read_text()
+    assert "+1.66 (ours with tta=x8)" in md and "| +1.44 |" in md
+    assert "tta=x8" in (out / "table.csv").read_text()
+    tex = (out / "table.tex").read_text()
+    assert "tta=x8" in tex and "+1.66 (ours with tta=x8)" in tex
+    assert " & 100 & " in tex and "subset 100/500" in tex
+
+
+def test_missing_metrics_and_missing_provenance_are_flagged(tmp_path):
+    for seed in (0, 1):
+        _summary(tmp_path / "a", str(seed), seed=seed, psnr=30.0 + seed, config=_train_config(seed))
+    _summary(tmp_path / "a", "2", seed=2, config=_train_config(2), metrics={"test/psnr_sots_indoor": 31.0})
+    (row,) = make_table([tmp_path / "a"], None, tmp_path / "t")["rows"]
+    assert row["n"] == 3 and row["ssim_n"] == 2 and row["ssim_missing_seeds"] == "2"
+    assert "no ssim in seed 2" in row["flags"]
+    assert "0.9000 ± 0.0000 [0.9000, 0.9000] (missing: seed 2)" in (tmp_path / "t" / "table.md").read_text()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps({"generator": "dcp", "data": "x", "seed": 0,
+                                                               "params": 0, "metrics": {"test/psnr_x": 20.0}}))
+    (old,) = make_table([tmp_path / "old"], None, tmp_path / "t")["rows"]
+    assert old["flags"] == "no metric protocol recorded; no image manifest recorded; weights not recorded"
+
+
+def test_an_unclassified_key_splits_and_is_reported(tmp_path):
+    for seed in (0, 1):
+        _summary(tmp_path, str(seed), seed=seed, config={**_train_config(seed), "brand_new_knob": seed})
+    rows = make_table([tmp_path], None, tmp_path / "t")["rows"]
+    assert sorted(r["variant"] for r in rows) == ["brand_new_knob=0", "brand_new_knob=1"]
+    assert all(r["flags"] == "unclassified config keys: brand_new_knob" for r in rows)
+
+
+def test_row_ids_are_stable_and_names_unique(tmp_path):
+    """Ids do not depend on which other runs were collected; two rows that would read the same get their id."""
+    _summary(tmp_path / "a", "x", config=_train_config(0), weights={"origin": "none"}, gen="dcp")
+    (alone,) = make_table([tmp_path / "a"], None, tmp_path / "t")["rows"]
+    _summary(tmp_path / "b", "y", config=_train_config(0), weights={"origin": "none"}, gen="dcp",
+             protocol="BasicSR protocol: fixture")
+    both = make_table([tmp_path / "a", tmp_path / "b"], None, tmp_path / "t")["rows"]
+    assert alone["id"] in {r["id"] for r in both}
+    assert sorted(r["method"] for r in both) == sorted(f"dcp [{r['id']}]" for r in both)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every config key has a class
+def _composed_keys(extra: list[str] | None = None) -> dict[str, set[str]]:
+    """Every leaf key of every shipped config: train, eval and predict, each option of each of its groups at least
+    once (one composition per option index, experiments one by one), the model group generated from the variant
+    files by the registration the CLIs use."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from clipdehaze.provenance import flatten
+    from clipdehaze.utils.hydra_utils import _initialize, config_groups
+
+    groups = config_groups()
+    keys: dict[str, set[str]] = {}
+    with _initialize():
+        for name in ("train", "eval", "predict"):
+            own = [g for g in compose(config_name=name, return_hydra_config=True).hydra.runtime.choices
+                   if g in groups]
+            rest = [g for g in own if g != "experiment"]
+            n = max(len(groups[g]) for g in rest)
+            combos = [[f"{g}={groups[g][i % len(groups[g])]}" for g in rest] for i in range(n)]
+            # Experiments are training recipes: they override the loss group, which only train composes.
+            combos += [[f"experiment={e}"] for e in groups["experiment"] if name == "train"]
+            for overrides in combos:
+                cfg = compose(config_name=name, overrides=overrides + list(extra or []))
+                for k in flatten(OmegaConf.to_container(cfg, resolve=False)):
+                    keys.setdefault(k, set()).add(f"{name} {' '.join(overrides)}")
+    return keys
+
+
+@pytest.mark.slow
+def test_every_shipped_config_key_has_a_class():
+    from clipdehaze.runs.keys import classify
+
+    keys = _composed_keys()
+    assert len(keys) > 150 and "model.embed_dims" in keys and "tta" in keys and "tile" in keys
+    unclassified = {k: sorted(where)[0] for k, where in keys.items() if classify(k) is None}
+    assert not unclassified, f"declare these keys in clipdehaze.runs.keys: {unclassified}"
+
+
+def test_an_undeclared_key_is_reported_by_the_property_check(compose_cfg):
+    """The check above finds a key nobody declared (what a new config option would be)."""
+    from omegaconf import OmegaConf
+
+    from clipdehaze.provenance import flatten
+    from clipdehaze.runs.keys import classify
+
+    cfg = compose_cfg("train", ["+brand_new.knob=3", "model=cliphaze_t"])
+    unclassified = [k for k in flatten(OmegaConf.to_container(cfg, resolve=False)) if classify(k) is None]
+    assert unclassified == ["brand_new.knob"]
+
+
+def test_evaluation_defaults_are_the_shipped_ones():
+    import yaml
+
+    from clipdehaze.runs.keys import EVALUATION, EVALUATION_DEFAULTS, KEYS
+    from clipdehaze.utils.resources import project_dir
+
+    shipped = {**yaml.safe_load((project_dir("conf") / "predict.yaml").read_text()),
+               **yaml.safe_load((project_dir("conf") / "eval.yaml").read_text())}
+    assert EVALUATION_DEFAULTS == {k: shipped[k] for k in EVALUATION_DEFAULTS}
+    assert set(EVALUATION_DEFAULTS) == {k for k, c in KEYS.items() if c == EVALUATION}

@@ -4,8 +4,6 @@ runs is built by :mod:`clipdehaze.build`."""
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -40,13 +38,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_rows_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Per-image rows as CSV, text cells a spreadsheet would evaluate neutralised (:mod:`clipdehaze.render.csv`;
+    :func:`clipdehaze.render.csv.read_dicts` reads them back exactly)."""
+    from clipdehaze.render.csv import dicts_to_csv
+
     rows = list(rows)
-    fields = list(rows[0]) if rows else ["index", "name"]
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, dicts_to_csv(list(rows[0]) if rows else ["index", "name"], rows))
 
 
 def write_run_results(output_dir: str | Path, summary: dict[str, Any], cfg: DictConfig,
@@ -120,7 +117,7 @@ def run_summary(cfg: DictConfig, module: DehazeLitModule, metrics: dict[str, flo
         "clip_control": clip_control_record(cfg, module, train_config),
         "code": provenance.code_provenance(),
         "environment": provenance.environment_provenance(provenance.trainer_device(trainer)),
-        "config_sha256": provenance.config_sha256({"eval": config, "train": train_config} if train_config else config),
+        "config_sha256": provenance.config_sha256(config, train_config),
         "config": config,
         **({"train_config": train_config} if train_config is not None else {}),
         **extra,
@@ -153,8 +150,10 @@ def predict_summary(cfg: DictConfig, module: DehazeLitModule, in_path: Path, fil
         "clip": getattr(prior, "model_id", None),
         "code": provenance.code_provenance(),
         "environment": provenance.environment_provenance(str(next(module.parameters(), torch.empty(0)).device)),
-        "config_sha256": provenance.config_sha256(config),
+        "config_sha256": provenance.config_sha256(config, module.run_config),
         "config": config,
+        # The checkpoint's training config: clipdehaze-table counts the run with its training recipe and seed.
+        **({"train_config": module.run_config} if module.run_config is not None else {}),
         "predict_seconds": round(seconds, 2),
     }
 

@@ -181,14 +181,15 @@ def main(argv: list[str] | None = None) -> Path:
     for name in args.models:
         summaries[name] = _run("clipdehaze.train", train_overrides(name, args.steps, clip), out / name)
 
-    from clipdehaze.table import aggregate, build_rows, collect_runs, plot
+    from clipdehaze.render.plots import table_plot
+    from clipdehaze.table import aggregate, build_rows, collect_runs
 
     macs = {n: run_macs(out / n) for n in summaries}
     protocol = summaries["dcp"]["metric_protocol"]
     plot_rows, _ = build_rows(aggregate(collect_runs([out / n for n in summaries])), [])
     for r in plot_rows:
         r["macs_g"] = macs.get(r["generator"])
-    plot(plot_rows, [], out / "scatter.png")
+    table_plot(plot_rows, [], out / "scatter.png")
     combined_grid({n: out / n for n in summaries}, out / "grid.jpg")
 
     photos = Path(args.real_photos).resolve()

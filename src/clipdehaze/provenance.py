@@ -1,7 +1,7 @@
 """Where a number came from: the scored images, the weights, the code, the software and the configuration.
 
 Every ``metrics.json`` that ``clipdehaze-train`` / ``clipdehaze-eval`` write carries these fields, and
-``clipdehaze-table`` groups and flags runs by them:
+``clipdehaze-table`` groups and flags runs by them (:mod:`clipdehaze.runs`):
 
 * ``dataset``: the data config's name, how many images were scored out of how many the split has (``subset``
   when fewer), and ``manifest_sha256``, the sha256 of the sorted (path relative to the dataset root, file size)
@@ -11,8 +11,9 @@ Every ``metrics.json`` that ``clipdehaze-train`` / ``clipdehaze-eval`` write car
   parameter-free priors), the file and its sha256.
 * ``code``: package version, git commit and dirty flag when running from a checkout.
 * ``environment``: Python, torch, CUDA and cuDNN versions, the device the numbers were computed on.
-* ``config_sha256``: sha256 of the resolved configuration without its run-location keys
-  (:func:`is_run_location_key`): two runs of the same variant and seed share it, wherever they ran.
+* ``config_sha256``: sha256 of the resolved configuration (an evaluation: its own and its checkpoint's training
+  configuration) without its run-location keys (:func:`is_run_location_key`): two runs of the same variant and
+  seed share it, wherever they ran.
 """
 
 from __future__ import annotations
@@ -28,23 +29,12 @@ from typing import Any
 
 import torch
 
-#: Keys that say where or how a run was executed, not what it computed. Dotted prefixes (``hydra`` covers
-#: ``hydra.*``) and exact keys; :func:`is_run_location_key` also drops every key ending in one of
-#: :data:`_LOCATION_SUFFIXES`. The seed is not among them: it is what the table averages over.
-RUN_LOCATION_KEYS = (
-    "hydra", "paths", "logger", "tags", "task_name", "ckpt_path", "resume", "weights_path", "num_grid_images",
-    "optimized_metric", "data.root", "data.val_root", "data.test_root", "data.num_workers", "data.pin_memory",
-    "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "callbacks.rich_progress_bar", "callbacks.model_summary", "callbacks.image_panels", "train", "test",
-)
-_LOCATION_SUFFIXES = ("dirpath", "save_dir", "default_root_dir", "cache_dir", "output_dir")
-
-
 def is_run_location_key(key: str) -> bool:
-    """True for a flattened config key that describes where a run happened rather than what it computed."""
-    if key.rsplit(".", 1)[-1] in _LOCATION_SUFFIXES:
-        return True
-    return any(key == p or key.startswith(p + ".") for p in RUN_LOCATION_KEYS)
+    """True for a flattened config key that describes where or how a run happened rather than what it computed
+    (class ``execution`` or ``location`` in :mod:`clipdehaze.runs.keys`, where every key is classified)."""
+    from clipdehaze.runs.keys import is_run_location_key as declared
+
+    return declared(key)
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -63,9 +53,14 @@ def _sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def config_sha256(config: Mapping[str, Any]) -> str:
-    """sha256 of the resolved config without run-location keys (seed included)."""
-    return _sha256_json({k: v for k, v in flatten(config).items() if not is_run_location_key(k)})
+def config_sha256(config: Mapping[str, Any], train_config: Mapping[str, Any] | None = None) -> str:
+    """sha256 of the resolved config without run-location keys (seed included); an evaluation of a checkpoint
+    hashes its own config and the checkpoint's training config, each without its run-location keys."""
+    def kept(cfg: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in flatten(cfg).items() if not is_run_location_key(k)}
+
+    return _sha256_json({"eval": kept(config), "train": kept(train_config)} if train_config is not None
+                        else kept(config))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
