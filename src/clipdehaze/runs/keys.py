@@ -77,6 +77,8 @@ KEYS: dict[str, str] = {
     "data.augment": _T, "data.crop_size": _T, "data.val_crop_size": _T, "data.batch_size": _T,
     "data.pad_if_smaller": _T, "data.train_split": _T, "data.train_list": _T, "data.max_train_samples": _T,
     "data.val_split": _T, "data.val_list": _T, "data.max_val_samples": _T,
+    # how max_*_samples pick (even | first): the training selection; the scored one is in the manifest
+    "data.subset": _T,
     "data.test_split": _I, "data.test_list": _I, "data.max_test_samples": _I, "data.input_dir": _I,
     "data.target_dir": _I, "data.on_unpaired": _I,
     "data.root": _L, "data.val_root": _L, "data.test_root": _L, "data.cache_dir": _L,
