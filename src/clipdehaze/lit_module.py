@@ -322,15 +322,16 @@ class DehazeLitModule(L.LightningModule):
 
     @staticmethod
     def read_checkpoint(path: str, map_location: str | torch.device = "cpu",
-                        expect_generator: str | None = None) -> dict[str, Any]:
+                        expect_generator: str | None = None, check_weights: bool = True) -> dict[str, Any]:
         """A training checkpoint's dict, read with ``weights_only=True`` and checked: a corrupt, truncated or
-        foreign file is a CheckpointError naming it; hyper-parameters naming anything outside the allow-list of
-        :mod:`clipdehaze.utils.trust` an UntrustedConfigError naming the file and the target; another generator
-        than ``expect_generator`` a ValueError naming both."""
+        foreign file is a CheckpointError naming it (with ``check_weights``, also non-finite weights);
+        hyper-parameters naming anything outside the allow-list of :mod:`clipdehaze.utils.trust`, or an
+        interpolation in the stored run config, an UntrustedConfigError naming the file and the key; another
+        generator than ``expect_generator`` a ValueError naming both."""
         from clipdehaze.utils.checkpoint import load_checkpoint_file
-        from clipdehaze.utils.trust import check_config, check_hparams
+        from clipdehaze.utils.trust import check_config, check_hparams, check_resolved
 
-        ckpt = load_checkpoint_file(path, map_location=map_location)
+        ckpt = load_checkpoint_file(path, map_location=map_location, check_weights=check_weights)
         hp = ckpt.get("hyper_parameters") or {}
         if not isinstance(hp, Mapping) or not isinstance(hp.get("generator"), Mapping) \
                 or not isinstance(hp["generator"].get("name"), str):
@@ -338,6 +339,7 @@ class DehazeLitModule(L.LightningModule):
         # Everything hyper_parameters hold reaches Hydra's instantiate (loss, clip, optimizer, scheduler).
         check_hparams(hp, path)
         check_config(ckpt.get("datamodule_hyper_parameters") or {}, "data", path, "datamodule_hyper_parameters")
+        check_resolved(ckpt.get(RUN_CONFIG_KEY) or {}, path, RUN_CONFIG_KEY)
         if expect_generator and expect_generator != hp["generator"]["name"]:
             raise ValueError(
                 f"{path}: checkpoint holds generator {hp['generator']['name']!r}, but model={expect_generator!r} "
@@ -348,20 +350,46 @@ class DehazeLitModule(L.LightningModule):
     def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", use_ema: bool = True,
                         **overrides) -> "DehazeLitModule":
         """Load a training checkpoint with ``weights_only=True``; clear errors for corrupt/mismatched files.
+        ``overrides`` replace hyper-parameters (a section given here is not built from the file).
 
         A checkpoint of a run with ``ema.enabled=true`` holds the averaged generator weights in ``state_dict`` and
         the raw ones beside them (:data:`clipdehaze.callbacks.RAW_STATE_KEY`): ``use_ema`` picks the average (the
-        default), ``use_ema=False`` the raw weights. ``module.ema_weights`` says which was loaded (None: the
-        checkpoint has no average)."""
+        default), ``use_ema=False`` the raw weights. Only the weights taken must be finite, and a choice the file
+        cannot honour (``use_ema=False`` without raw weights) is an error naming it. ``module.ema_weights`` says
+        which was loaded (None: the checkpoint has no average)."""
         from clipdehaze.callbacks import RAW_STATE_KEY
+        from clipdehaze.utils.checkpoint import CheckpointError, check_finite, non_finite
+        from clipdehaze.utils.trust import check_hparam_arguments
 
-        ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None))
+        ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None), check_weights=False)
         hp = dict(ckpt["hyper_parameters"])
-        hp.update({k: v for k, v in overrides.items() if v is not None})
-        module = cls(**hp)
-        has_ema = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
-        module.load_state_dict(ckpt["state_dict"] if use_ema or not has_ema else ckpt[RAW_STATE_KEY], strict=True)
-        module.ema_weights = bool(use_ema) if has_ema else None
+        supplied = {k: v for k, v in overrides.items() if v is not None}
+        # What is built from the file asks for nothing but a model: no downloads, no files or caches of its choosing.
+        check_hparam_arguments(hp, path, supplied)
+        hp.update(supplied)
         run_config = ckpt.get(RUN_CONFIG_KEY)
-        module.run_config = run_config if isinstance(run_config, dict) else None
+        run_config = run_config if isinstance(run_config, dict) else None
+        has_raw = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
+        # Raw weights deleted from an EMA checkpoint: its run config or callback state still says it averaged.
+        has_ema = has_raw or bool(((run_config or {}).get("ema") or {}).get("enabled")) \
+            or any(str(k).startswith("GeneratorEMA") for k in (ckpt.get("callbacks") or {}))
+        if has_ema and not use_ema and not has_raw:
+            raise CheckpointError(f"{path}: use_ema=false asks for the raw weights, but this EMA checkpoint holds only "
+                                  f"the average (its {RAW_STATE_KEY} is missing); pass use_ema=true to evaluate the "
+                                  "average, or use a checkpoint that keeps both")
+        state = ckpt[RAW_STATE_KEY] if has_ema and not use_ema else ckpt["state_dict"]
+        other = (ckpt.get(RAW_STATE_KEY) if use_ema else ckpt["state_dict"]) if has_ema else None
+        fix = "use an earlier checkpoint"
+        if isinstance(other, Mapping) and not non_finite(other):  # only the weights taken need be finite
+            fix = (f"use_ema={str(not use_ema).lower()} takes the {'raw weights' if use_ema else 'EMA average'}, "
+                   f"which are finite, or {fix}")
+        check_finite(state, path, "" if not has_ema else "the EMA average (state_dict; use_ema=true)" if use_ema
+                     else f"the raw weights ({RAW_STATE_KEY}; use_ema=false)", fix)
+        module = cls(**hp)
+        module.load_state_dict(state, strict=True)
+        module.ema_weights = bool(use_ema) if has_ema else None
+        if has_ema:
+            log.info("%s: using the %s", path, "EMA average of the weights (use_ema=true)" if use_ema
+                     else "raw weights, not their EMA average (use_ema=false)")
+        module.run_config = run_config
         return module

@@ -32,7 +32,8 @@ import torch
 #: ``hydra.*``) and exact keys; :func:`is_run_location_key` also drops every key ending in one of
 #: :data:`_LOCATION_SUFFIXES`. The seed is not among them: it is what the table averages over.
 RUN_LOCATION_KEYS = (
-    "hydra", "paths", "logger", "tags", "task_name", "ckpt_path", "resume", "weights_path", "num_grid_images",
+    "hydra", "paths", "logger", "tags", "task_name", "ckpt_path", "resume", "overwrite", "weights_path",
+    "num_grid_images",
     "optimized_metric", "data.root", "data.val_root", "data.test_root", "data.num_workers", "data.pin_memory",
     "trainer.log_every_n_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "callbacks.rich_progress_bar", "callbacks.model_summary", "callbacks.image_panels", "train", "test",
