@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
@@ -197,9 +198,32 @@ class DehazeLitModule(L.LightningModule):
             rank_zero_warn(f"loss {type(self.loss_fn).__name__} weights auxiliary term(s) {unused}, but generator "
                            f"{self.generator_name!r} does not produce them; the weight has no effect")
 
+    def _batch_files(self, batch: Mapping[str, Any]) -> list[str]:
+        """The input files of a batch: paths from the datamodule's datasets where they can be found, else names."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        sets = [getattr(getattr(datamodule, a, None), "dataset", getattr(datamodule, a, None))
+                for a in ("test_set", "val_set", "train_set", "predict_set")]
+        files = []
+        for name, index in zip(batch.get("name", []), batch["index"].tolist() if "index" in batch else []):
+            found = (pairs[index][0] for pairs in (getattr(s, "pairs", None) for s in sets)
+                     if pairs and 0 <= index < len(pairs) and Path(pairs[index][0]).name == name)
+            files.append(str(next(found, name)))
+        return files
+
+    def _check_input_size(self, x: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
+        """An image below the generator's smallest input side, named with its file (the generator's own error says
+        only the size, deep inside the run)."""
+        minimum = getattr(self.generator, "min_size", 0)
+        h, w = x.shape[-2:]
+        if minimum and min(h, w) < minimum:
+            raise ValueError(f"{stage} image {', '.join(self._batch_files(batch)) or '?'} is {w}x{h} px (WxH), smaller "
+                             f"than model={self.generator_name} takes ({minimum} px per side); leave it out of the "
+                             f"{stage} set or upscale it to at least {minimum} px per side")
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, Any], batch_idx: int):
         x, y = batch["input"], batch["target"]
+        self._check_input_size(x, batch, "training")
         out = self(x, batch)
         loss = self.loss_fn(out, y, x)
         terms = {}
@@ -229,6 +253,7 @@ class DehazeLitModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics, tta: str = "none") -> torch.Tensor:
         x = batch["input"]
+        self._check_input_size(x, batch, "test" if metric is self.test_metrics else "validation")
         out = self(x, batch) if tta == "none" else self_ensemble(self.generator, x, tta, self.clip_inputs(x, batch))
         metric.update(out, batch.get("target"), batch["index"])
         return out
@@ -282,13 +307,22 @@ class DehazeLitModule(L.LightningModule):
                 k: float(v) for k, v in r.items() if k != "index"}}
             for r in self.test_metrics.per_image()
         ]
+        reasons = self.test_metrics.nan_reasons
         self.test_metrics.reset()
-        nonfinite = [r["name"] or f"#{r['index']}" for r in self.test_rows
+        nonfinite = [r for r in self.test_rows
                      if not all(math.isfinite(v) for k, v in r.items() if k not in ("index", "name"))]
         if nonfinite:
-            rank_zero_warn(f"non-finite metric values (the output has NaN/Inf pixels) for {len(nonfinite)} test "
-                           f"image(s): {', '.join(nonfinite[:10])}{' ...' if len(nonfinite) > 10 else ''}; the "
-                           "means they enter are written as null to metrics.json")
+            names = [r["name"] or f"#{r['index']}" for r in nonfinite]
+            why = []
+            for r, name in zip(nonfinite[:10], names):
+                by_reason: dict[str, list[str]] = {}
+                for metric, reason in reasons.get(r["index"], {}).items():
+                    by_reason.setdefault(reason, []).append(metric)
+                why.append(f"{name}: " + (", ".join(f"{'/'.join(m)} NaN as {reason}" for reason, m in by_reason.items())
+                                          or "scored on another process"))
+            rank_zero_warn(f"non-finite metric values for {len(nonfinite)} test image(s): {', '.join(names[:10])}"
+                           f"{' ...' if len(nonfinite) > 10 else ''}; the means they enter are written as null to "
+                           f"metrics.json (why: {'; '.join(why)})")
 
     def protocol_description(self) -> str:
         """The test metrics' protocol line, with the self-ensemble when one is on (it changes the numbers)."""

@@ -187,7 +187,9 @@ _ELSEWHERE = {
 def check_override_syntax(argv: list[str]) -> None:
     """Stop with one sentence where Hydra would stop with a grammar error or a traceback: a ``key=value`` override
     that does not parse, e.g. a path holding ``=``, a quote or brackets (the override grammar reserves them),
-    showing the quoted form that works; and a config group set to null (``clip=null``), showing ``~clip``."""
+    showing the quoted form that works; and a config group set to null (``clip=null``), showing ``~clip``. Also
+    where Hydra would silently read another path: a value holding ``${`` that names an existing file, whose name
+    Hydra would interpolate (``${oc.env:HOME}.png`` -> ``/root.png``), showing the escaped form."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -197,12 +199,18 @@ def check_override_syntax(argv: list[str]) -> None:
         if previous not in _HYDRA_VALUE_FLAGS and not arg.startswith("-") and "=" in arg:
             key, value = arg.split("=", 1)
             try:
-                parser.parse_override(arg)
+                override = parser.parse_override(arg)
             except HydraException as e:
                 raise SystemExit(
                     f"{key}={value}: Hydra cannot read this value ({str(e).splitlines()[0]}); a value holding = , "
                     f"quotes, brackets, braces or parentheses must be quoted for Hydra inside the shell's quotes: "
                     f"{shell_quote(f'{key}={hydra_quote(value)}')}") from None
+            literal = override.value()
+            if isinstance(literal, str) and re.search(r"(?<!\\)\$\{", literal) and os.path.lexists(literal):
+                raise SystemExit(
+                    f"{arg}: Hydra reads ${{...}} in a value as an interpolation and would look for another path, but "
+                    f"{literal} is a file whose name holds ${{: escape it as \\${{ to mean that file: "
+                    f"{shell_quote(f'{key}={hydra_quote(literal)}')}")
             if value == "null" and key.isidentifier():
                 nulled.append(key)
             if (where := _ELSEWHERE.get(key.lstrip("+~"))) is not None:
