@@ -146,9 +146,10 @@ def eval_data_config(cfg: DictConfig, train_config: dict[str, Any] | None) -> Di
 
     # A checkpoint is a file from anywhere: its data config may build only one of clipdehaze's data modules, reading
     # and writing only inside the data folder, the cache and the run of this run's own config.
-    fix = "Pass data=<name> to choose the data yourself"
-    check_config(trained_on, "data", cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix=fix)
-    check_arguments(trained_on, cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix=fix,
+    check_config(trained_on, "data", cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix="Pass data=<name> to choose the "
+                 "data yourself")
+    check_arguments(trained_on, cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix="Pass data=<name> to choose the data "
+                    "yourself, or make its folder yours: paths.data_dir=<a folder holding it> (CLIPDEHAZE_DATA_DIR)",
                     locations=[cfg.paths.data_dir, cfg.paths.cache_dir, cfg.paths.output_dir])
     log.info("no data= given: scoring the checkpoint's training data %s (pass data=<name> for another set)",
              _data_label(trained_on))

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdehaze.provenance import flatten, is_run_location_key
+from clipdehaze.utils.files import REPLACED_PREFIX
 from clipdehaze.utils.resources import project_dir
 
 #: ``experiments/``, where ``--paper NAME`` finds ``NAME/published.csv``: the checkout's, or the copy in the wheel.
@@ -139,7 +140,10 @@ def collect_runs(paths: list[Path]) -> list[Run]:
     for root in paths:
         if not root.exists():
             raise FileNotFoundError(f"no such run folder: {root}")
-        files = [root] if root.is_file() else sorted(root.rglob("metrics.json"))
+        # A run's files that clipdehaze-train overwrite=true moved aside (replaced-<time>/) are not a run of it.
+        files = [root] if root.is_file() else sorted(
+            f for f in root.rglob("metrics.json") if not any(p.startswith(REPLACED_PREFIX)
+                                                              for p in f.relative_to(root).parts[:-1]))
         for f in files:
             try:
                 data = json.loads(f.read_text())

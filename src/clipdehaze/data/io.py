@@ -142,7 +142,8 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
 
     Greyscale (8/16-bit, float), palette, CMYK and alpha images become RGB; alpha is composited
     on white; float values are clipped to [0, 1] and NaN pixels refused; animated and multi-page images (GIF, APNG,
-    WebP, TIFF; not a JPEG's MPO previews) are refused rather than reduced to their first frame. Raises :class:`ImageReadError`
+    WebP, TIFF; not a JPEG's MPO previews) are refused rather than reduced to their first frame. Raises
+    :class:`ImageReadError`
     naming the file on any failure, including truncated files (the pixel data is decoded eagerly;
     ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not used).
     """

@@ -127,12 +127,11 @@ def ggd(values: np.ndarray) -> tuple[float, float]:
     return float(_GAM[np.argmin(np.abs(rho - R_GGD))]), math.sqrt(sigma_sq)
 
 
-def flat_reason(image: np.ndarray, metric: str) -> str | None:
-    """Why a gray image (the releases' ``double(rgb2gray(...))``) gives ``metric`` no statistics, when it is
+def flat_reason(image: np.ndarray) -> str | None:
+    """Why a gray image (the releases' ``double(rgb2gray(...))``) gives NIQE and BRISQUE no statistics, when it is
     constant; None otherwise."""
     if image.size and image.min() == image.max():
-        return (f"the image is constant (every gray level {image.flat[0]:g}; {metric}'s natural-scene statistics "
-                "need texture)")
+        return f"the image is constant (every gray level {image.flat[0]:g}; natural-scene statistics need texture)"
     return None
 
 

@@ -104,7 +104,7 @@ def explain_nan(output: Tensor) -> str:
     its fits."""
     image = gray_levels(output[:1])[0]
     h, w = image.shape
-    return flat_reason(image, "BRISQUE") or (
+    return flat_reason(image) or (
         f"the image is too small or too flat ({w}x{h}, WxH; BRISQUE's fits need positive and negative normalised "
         "contrast and neighbour products at both scales)")
 

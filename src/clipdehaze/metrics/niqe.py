@@ -94,7 +94,7 @@ def explain_nan(output: Tensor) -> str:
     h, w = image.shape
     if (h // BLOCK) * (w // BLOCK) < 2:
         return f"the image is too small ({w}x{h}, WxH; NIQE needs two whole {BLOCK}x{BLOCK} blocks)"
-    return flat_reason(image, "NIQE") or (f"the image is too flat (fewer than two of its {BLOCK}x{BLOCK} blocks hold "
+    return flat_reason(image) or (f"the image is too flat (fewer than two of its {BLOCK}x{BLOCK} blocks hold "
                                           "texture at both scales, which NIQE's fit needs)")
 
 

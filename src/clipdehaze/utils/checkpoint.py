@@ -98,7 +98,7 @@ def _payload_refused(path: Path) -> CheckpointError | None:
     calls; None when it calls nothing (a damaged or non-pickle file)."""
     if not (calls := _pickled_calls(path)):
         return None
-    return CheckpointError(f"{path}: refusing to load this file: unpickling it would call {', '.join(calls[:5])}, "
+    return CheckpointError(f"{path}: refusing to unpickle this file: loading it would call {', '.join(calls[:5])}, "
                            "which is code, not weights; clipdehaze checkpoints and weights hold only tensors and plain "
                            "types: re-save the weights as a state_dict from a copy you trust")
 
@@ -167,14 +167,16 @@ def load_generator_weights(model: torch.nn.Module, path: str | os.PathLike) -> N
             from safetensors.torch import load_file
 
             sd = load_file(str(p))
-            from clipdehaze.provenance import file_sha256
-
-            log.info("%s: sha256 %s (safetensors files carry no checksum: compare it with the one the weights were "
-                     "published with)", p, file_sha256(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means the file is unusable; say which
-        raise (isinstance(e, pickle.UnpicklingError) and _payload_refused(p)) or CheckpointError(f"{p}: cannot read weights ({type(e).__name__}: {e})") from e
+        payload = _payload_refused(p) if isinstance(e, pickle.UnpicklingError) else None
+        raise payload or CheckpointError(f"{p}: cannot read weights ({type(e).__name__}: {e})") from e
+    if p.suffix == ".safetensors":
+        from clipdehaze.provenance import file_sha256
+
+        log.info("%s: sha256 %s (safetensors files carry no checksum: compare it with the one the weights were "
+                 "published with)", p, file_sha256(p))
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):

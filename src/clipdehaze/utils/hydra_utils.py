@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from clipdehaze.utils.files import REPLACED_PREFIX
 from clipdehaze.utils.resources import checkout_root, project_dir
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def foreign_run(run_dir: Path, task: str, continuing: bool = False) -> str | Non
             results = [n for n in _TRAIN_RESULTS if _holds(run_dir, n)] if task == "train" and not continuing else []
             return f"it holds an earlier train run ({', '.join(results)})" if results else None
         if owner:
-            return f"it holds a {owner} run"
+            return f"it holds {'an' if str(owner)[:1] in 'aeiou' else 'a'} {owner} run"
     found = [n for n in _RUN_FILES if (run_dir / n).exists()]
     found += [p.name for p in sorted(run_dir.glob("*.log")) if p.name != f"{task}.log"]
     return f"it holds {', '.join(found)} of another run" if found else None
@@ -99,7 +100,7 @@ def foreign_run(run_dir: Path, task: str, continuing: bool = False) -> str | Non
 def _move_aside(run_dir: Path) -> Path:
     """Move everything a run writes in ``run_dir`` (:data:`_RUN_FILES`, :data:`_TRAIN_RESULTS`, ``*.log``) into a
     new ``run_dir/replaced-<time>/``; other files stay. Nothing is deleted."""
-    aside = run_dir / f"replaced-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
+    aside = run_dir / f"{REPLACED_PREFIX}{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
     aside.mkdir()
     names = {*_RUN_FILES, *_TRAIN_RESULTS}
     for entry in sorted(run_dir.iterdir()):

@@ -79,7 +79,8 @@ ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
 SPECIAL_KEYS = frozenset({"_partial_", "_args_", "_recursive_", "_convert_"})
 #: Arguments that let a built object fetch from the network; a stored config may set them only to false/null.
 DOWNLOAD_ARGS = frozenset({"download"})
-_WEIGHTS_ONLY = "To use its weights anyway, build the model from the project's configs: model=<name> weights_path=<this file>"
+_WEIGHTS_ONLY = ("To use its weights anyway, build the model from the project's configs: model=<name> "
+                 "weights_path=<this file>")
 #: What to pass instead of a refused hyper-parameter section (the user's own config then supplies it).
 _HPARAM_FIX = {"clip": "Pass clip=<name> (e.g. clip=local clip.checkpoint=<CLIP weights>) to supply the CLIP prior "
                        "yourself"}
