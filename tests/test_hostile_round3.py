@@ -88,6 +88,11 @@ def test_predict_compare_checks_its_folder_for_foreign_files(compose_cfg, tmp_pa
     Image.new("RGB", (5, 5)).save(out / "compare" / "b.png", pnginfo=_png_info(MARK))
     predict(compose_cfg("predict", [*args, "metrics=no_reference"]))
     assert Image.open(out / "compare" / "b.png").size == (2 * 24 + 8, 20)
+    # compare/ as the input folder: never written into.
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=rf"compare=true writes into {out / 'compare'}, the input folder"):
+        predict(compose_cfg("predict", ["model=dcp", f"input={out / 'compare'}", f"output={out}", "compare=true"]))
+    assert snapshot(tmp_path) == before
     # compare/ as a file.
     (out / "compare").rename(tmp_path / "moved")
     (out / "compare").write_text("notes")

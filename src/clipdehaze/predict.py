@@ -96,6 +96,9 @@ def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: b
     src = in_root.resolve() if in_root.is_dir() else in_root.resolve().parent
     if out == src:
         raise ValueError(f"output folder {out_dir} is the input folder; choose another so no input is overwritten")
+    if compare and (out / COMPARE_DIR).resolve() == src:
+        raise ValueError(f"compare=true writes into {out_dir / COMPARE_DIR}, the input folder; choose another output= "
+                         "so no input is overwritten")
     targets = [out_dir / f"{p.stem}.png" for p in inputs]
     if compare:
         targets += [out_dir / COMPARE_DIR / f"{p.stem}.png" for p in inputs]
