@@ -234,8 +234,9 @@ def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compo
     assert saved["clip"] is None
 
     ev = tmp_path / "eval_run"
-    with caplog.at_level("INFO"):
-        result = evaluate(compose_cfg("eval", [f"ckpt_path={best}"], out=ev))
+    with caplog.at_level("INFO"):  # the stored data root is read where this run's own config puts its data
+        result = evaluate(compose_cfg("eval", [f"ckpt_path={best}", f"paths.data_dir={tiny_paired_root.parent}"],
+                                      out=ev))
     assert "scoring the checkpoint's training data 'tiny'" in caplog.text
     assert result["data"] == "tiny" and result["dataset"]["manifest_sha256"] == manifest
     assert result["metrics"]["test/psnr_tiny"] == saved["metrics"]["test/psnr_tiny"]

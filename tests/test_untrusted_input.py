@@ -25,6 +25,7 @@ from clipdehaze.predict import predict
 from clipdehaze.train import train
 from clipdehaze.utils.checkpoint import CheckpointError, load_generator_weights
 from clipdehaze.utils.trust import UntrustedConfigError
+from hostile import snapshot
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
@@ -322,12 +323,6 @@ def test_eval_of_a_nan_checkpoint_stops_before_any_work(compose_cfg, tiny_paired
 # Data loss: synth --overwrite, predict's output folder, eval's run dir, a full disk
 
 
-def _snapshot(root: Path) -> dict[str, bytes | str]:
-    """Every file (bytes) and symlink (target) under ``root``."""
-    return {p.relative_to(root).as_posix(): (os.readlink(p) if p.is_symlink() else p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()}
-
-
 def _photo_folder(folder: Path, n: int = 4, size: int = 40) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(n)
@@ -370,9 +365,9 @@ def test_synth_overwrite_never_deletes_what_it_did_not_write(tmp_path, capsys):
     }
     capsys.readouterr()
     for case, (out, code) in cases.items():
-        before = _snapshot(tmp_path)
+        before = snapshot(tmp_path)
         assert _synth(photos, out, "--overwrite") == code, case
-        assert _snapshot(tmp_path) == before, case
+        assert snapshot(tmp_path) == before, case
         err = capsys.readouterr().err
         assert str(out) in err and ("overlap" in err or "refusing" in err or "did not write" in err
                                     or "does not list" in err), (case, err)
@@ -389,10 +384,10 @@ def test_synthetic_data_root_pointing_at_photos_is_refused_not_replaced(tmp_path
     from clipdehaze.data import SyntheticHazeDataModule
 
     photos = _photo_folder(tmp_path / "my_photos")
-    before = _snapshot(photos)
+    before = snapshot(photos)
     with pytest.raises(FileExistsError, match=r"my_photos is not a synthetic dataset written by clipdehaze"):
         SyntheticHazeDataModule(root=str(photos), num_workers=0).setup("fit")
-    assert _snapshot(photos) == before
+    assert snapshot(photos) == before
 
 
 def _predict_cfg(compose_cfg, src: Path, out: Path, *extra: str):
@@ -416,10 +411,10 @@ def test_predict_replaces_only_its_own_outputs(compose_cfg, tmp_path):
     }
     for case, make in foreign.items():
         make(out / "a.png")
-        before = _snapshot(out)
+        before = snapshot(out)
         with pytest.raises(FileExistsError, match=r"out/a\.png, not written by clipdehaze-predict; pass overwrite="):
             predict(_predict_cfg(compose_cfg, src, out))
-        assert _snapshot(out) == before, case  # refused before anything was written (b.png neither)
+        assert snapshot(out) == before, case  # refused before anything was written (b.png neither)
         (out / "a.png").unlink()
 
     written = predict(_predict_cfg(compose_cfg, src, out))
@@ -490,12 +485,12 @@ def test_foreign_run_dirs_are_recognised(tmp_path):
 @pytest.mark.slow
 def test_eval_and_predict_refuse_a_training_run_dir(tiny_paired_root, tmp_path):
     run = _fake_run(tmp_path / "outputs" / "train" / "runs" / "2026-01-01_00-00-00-000000_ab12", "train")
-    before = _snapshot(run)
+    before = snapshot(run)
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (24, 20)).save(photo)
     sweep = tmp_path / "outputs" / "train" / "multiruns" / "2026-01-01_00-00-00-000000_cd34"
     _fake_run(sweep / "0", "train")
-    before_sweep = _snapshot(sweep)
+    before_sweep = snapshot(sweep)
     commands = [  # (option, the run dir it names, command)
         ("hydra.run.dir", run, [_script("clipdehaze-eval"), "model=dcp", *_data(tiny_paired_root),
                                 f"hydra.run.dir={run}"]),
@@ -509,7 +504,7 @@ def test_eval_and_predict_refuse_a_training_run_dir(tiny_paired_root, tmp_path):
         assert out.returncode != 0, out.stdout[-2000:]
         assert f"{option} puts this" in out.stderr and f"{where}, but it holds a train run" in out.stderr, \
             out.stderr[-2000:]
-        assert _snapshot(run) == before and _snapshot(sweep) == before_sweep
+        assert snapshot(run) == before and snapshot(sweep) == before_sweep
     assert not (tmp_path / "restored").exists()
 
 

@@ -121,7 +121,8 @@ def checkpoint_run_config(ckpt_path: str) -> dict[str, Any] | None:
     """The resolved training config a clipdehaze checkpoint carries (None for checkpoints saved before it did)."""
     from clipdehaze.lit_module import RUN_CONFIG_KEY
 
-    run_config = DehazeLitModule.read_checkpoint(ckpt_path).get(RUN_CONFIG_KEY)
+    # The weights are checked when they are loaded, against the use_ema= choice.
+    run_config = DehazeLitModule.read_checkpoint(ckpt_path, check_weights=False).get(RUN_CONFIG_KEY)
     return run_config if isinstance(run_config, dict) else None
 
 
@@ -146,11 +147,15 @@ def eval_data_config(cfg: DictConfig, train_config: dict[str, Any] | None) -> Di
         raise ValueError(f"no data to score: {what}; pass data=<name> (e.g. data=synthetic, data=sots_indoor, "
                          "data=paired data.root=/path/to/set)")
     from clipdehaze.lit_module import RUN_CONFIG_KEY
-    from clipdehaze.utils.trust import check_config
+    from clipdehaze.utils.trust import check_arguments, check_config
 
-    # A checkpoint is a file from anywhere: its data config may build only one of clipdehaze's data modules.
+    # A checkpoint is a file from anywhere: its data config may build only one of clipdehaze's data modules, reading
+    # and writing only inside the data folder, the cache and the run of this run's own config.
     check_config(trained_on, "data", cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix="Pass data=<name> to choose the "
                  "data yourself")
+    check_arguments(trained_on, cfg.ckpt_path, f"{RUN_CONFIG_KEY}.data", fix="Pass data=<name> to choose the data "
+                    "yourself, or make its folder yours: paths.data_dir=<a folder holding it> (CLIPDEHAZE_DATA_DIR)",
+                    locations=[cfg.paths.data_dir, cfg.paths.cache_dir, cfg.paths.output_dir])
     log.info("no data= given: scoring the checkpoint's training data %s (pass data=<name> for another set)",
              _data_label(trained_on))
     return OmegaConf.create(trained_on)

@@ -51,7 +51,9 @@ def train_overrides(name: str, steps: int, clip: list[str]) -> list[str]:
 
 
 def _run(module: str, overrides: list[str], run_dir: Path) -> dict:
-    cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
+    # A rerun trains into the same folders: the earlier training runs are moved aside (replaced-<time>/), not lost.
+    again = ["overwrite=true"] if module == "clipdehaze.train" else []
+    cmd = [sys.executable, "-m", module, *overrides, *again, f"hydra.run.dir={run_dir}"]
     print("$ clipdehaze-" + {"clipdehaze.train": "train", "clipdehaze.evaluate": "eval"}[module], " ".join(overrides),
           flush=True)
     start = time.perf_counter()

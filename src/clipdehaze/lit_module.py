@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
@@ -50,6 +51,9 @@ def architecture_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A ``model`` config's factory arguments: without ``name``."""
     return {k: v for k, v in model_cfg.items() if k != "name"}
 
+
+#: The hyper-parameter sections only training builds: a module built for inference never builds them.
+TRAINING_ONLY_HPARAMS = ("loss", "optimizer", "scheduler")
 
 #: Checkpoint key of the resolved training config (see ``DehazeLitModule.run_config``).
 RUN_CONFIG_KEY = "clipdehaze_run_config"
@@ -206,9 +210,32 @@ class DehazeLitModule(L.LightningModule):
             rank_zero_warn(f"loss {type(self.loss_fn).__name__} weights auxiliary term(s) {unused}, but generator "
                            f"{self.generator_name!r} does not produce them; the weight has no effect")
 
+    def _batch_files(self, batch: Mapping[str, Any]) -> list[str]:
+        """The input files of a batch: paths from the datamodule's datasets where they can be found, else names."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        sets = [getattr(getattr(datamodule, a, None), "dataset", getattr(datamodule, a, None))
+                for a in ("test_set", "val_set", "train_set", "predict_set")]
+        files = []
+        for name, index in zip(batch.get("name", []), batch["index"].tolist() if "index" in batch else []):
+            found = (pairs[index][0] for pairs in (getattr(s, "pairs", None) for s in sets)
+                     if pairs and 0 <= index < len(pairs) and Path(pairs[index][0]).name == name)
+            files.append(str(next(found, name)))
+        return files
+
+    def _check_input_size(self, x: torch.Tensor, batch: Mapping[str, Any], stage: str) -> None:
+        """An image below the generator's smallest input side, named with its file (the generator's own error says
+        only the size, deep inside the run)."""
+        minimum = getattr(self.generator, "min_size", 0)
+        h, w = x.shape[-2:]
+        if minimum and min(h, w) < minimum:
+            raise ValueError(f"{stage} image {', '.join(self._batch_files(batch)) or '?'} is {w}x{h} px (WxH), smaller "
+                             f"than model={self.generator_name} takes ({minimum} px per side); leave it out of the "
+                             f"{stage} set or upscale it to at least {minimum} px per side")
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Mapping[str, Any], batch_idx: int):
         x, y = batch["input"], batch["target"]
+        self._check_input_size(x, batch, "training")
         out = self(x, batch)
         loss = self.loss_fn(out, y, x)
         terms = {}
@@ -238,6 +265,7 @@ class DehazeLitModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Mapping[str, Any], metric: ImageQualityMetrics, tta: str = "none") -> torch.Tensor:
         x = batch["input"]
+        self._check_input_size(x, batch, "test" if metric is self.test_metrics else "validation")
         out = self(x, batch) if tta == "none" else self_ensemble(self.generator, x, tta, self.clip_inputs(x, batch))
         metric.update(out, batch.get("target"), batch["index"])
         return out
@@ -291,13 +319,22 @@ class DehazeLitModule(L.LightningModule):
                 k: float(v) for k, v in r.items() if k != "index"}}
             for r in self.test_metrics.per_image()
         ]
+        reasons = self.test_metrics.nan_reasons
         self.test_metrics.reset()
-        nonfinite = [r["name"] or f"#{r['index']}" for r in self.test_rows
+        nonfinite = [r for r in self.test_rows
                      if not all(math.isfinite(v) for k, v in r.items() if k not in ("index", "name"))]
         if nonfinite:
-            rank_zero_warn(f"non-finite metric values (the output has NaN/Inf pixels) for {len(nonfinite)} test "
-                           f"image(s): {', '.join(nonfinite[:10])}{' ...' if len(nonfinite) > 10 else ''}; the "
-                           "means they enter are written as null to metrics.json")
+            names = [r["name"] or f"#{r['index']}" for r in nonfinite]
+            why = []
+            for r, name in zip(nonfinite[:10], names):
+                by_reason: dict[str, list[str]] = {}
+                for metric, reason in reasons.get(r["index"], {}).items():
+                    by_reason.setdefault(reason, []).append(metric)
+                why.append(f"{name}: " + (", ".join(f"{'/'.join(m)} NaN as {reason}" for reason, m in by_reason.items())
+                                          or "scored on another process"))
+            rank_zero_warn(f"non-finite metric values for {len(nonfinite)} test image(s): {', '.join(names[:10])}"
+                           f"{' ...' if len(nonfinite) > 10 else ''}; the means they enter are written as null to "
+                           f"metrics.json (why: {'; '.join(why)})")
 
     def protocol_description(self) -> str:
         """The test metrics' protocol line, with the self-ensemble when one is on (it changes the numbers)."""
@@ -331,15 +368,16 @@ class DehazeLitModule(L.LightningModule):
 
     @staticmethod
     def read_checkpoint(path: str, map_location: str | torch.device = "cpu",
-                        expect_generator: str | None = None) -> dict[str, Any]:
+                        expect_generator: str | None = None, check_weights: bool = True) -> dict[str, Any]:
         """A training checkpoint's dict, read with ``weights_only=True`` and checked: a corrupt, truncated or
-        foreign file is a CheckpointError naming it; hyper-parameters naming anything outside the allow-list of
-        :mod:`clipdehaze.utils.trust` an UntrustedConfigError naming the file and the target; another generator
-        than ``expect_generator`` a ValueError naming both."""
+        foreign file is a CheckpointError naming it (with ``check_weights``, also non-finite weights);
+        hyper-parameters naming anything outside the allow-list of :mod:`clipdehaze.utils.trust`, or an
+        interpolation in the stored run config, an UntrustedConfigError naming the file and the key; another
+        generator than ``expect_generator`` a ValueError naming both."""
         from clipdehaze.utils.checkpoint import load_checkpoint_file
-        from clipdehaze.utils.trust import check_config, check_hparams
+        from clipdehaze.utils.trust import check_config, check_hparams, check_resolved
 
-        ckpt = load_checkpoint_file(path, map_location=map_location)
+        ckpt = load_checkpoint_file(path, map_location=map_location, check_weights=check_weights)
         hp = ckpt.get("hyper_parameters") or {}
         if not isinstance(hp, Mapping) or not isinstance(hp.get("generator"), Mapping) \
                 or not isinstance(hp["generator"].get("name"), str):
@@ -347,6 +385,7 @@ class DehazeLitModule(L.LightningModule):
         # Everything hyper_parameters hold reaches Hydra's instantiate (loss, clip, optimizer, scheduler).
         check_hparams(hp, path)
         check_config(ckpt.get("datamodule_hyper_parameters") or {}, "data", path, "datamodule_hyper_parameters")
+        check_resolved(ckpt.get(RUN_CONFIG_KEY) or {}, path, RUN_CONFIG_KEY)
         if expect_generator and expect_generator != hp["generator"]["name"]:
             raise ValueError(
                 f"{path}: checkpoint holds generator {hp['generator']['name']!r}, but model={expect_generator!r} "
@@ -357,22 +396,50 @@ class DehazeLitModule(L.LightningModule):
     def load_checkpoint(cls, path: str, map_location: str | torch.device = "cpu", use_ema: bool = True,
                         **overrides) -> "DehazeLitModule":
         """Load a training checkpoint with ``weights_only=True`` for testing or prediction (``inference=True``: the
-        training loss and optimizer its hparams name are never built; resuming goes through ``Trainer.fit``'s
-        ``ckpt_path`` on a module built for training); clear errors for corrupt/mismatched files.
+        training loss and optimizer its hparams name are never built, nor checked; resuming goes through
+        ``Trainer.fit``'s ``ckpt_path`` on a module built for training); clear errors for corrupt/mismatched files.
+        ``overrides`` replace hyper-parameters (a section given here is not built from the file).
 
         A checkpoint of a run with ``ema.enabled=true`` holds the averaged generator weights in ``state_dict`` and
         the raw ones beside them (:data:`clipdehaze.callbacks.RAW_STATE_KEY`): ``use_ema`` picks the average (the
-        default), ``use_ema=False`` the raw weights. ``module.ema_weights`` says which was loaded (None: the
-        checkpoint has no average)."""
+        default), ``use_ema=False`` the raw weights. Only the weights taken must be finite, and a choice the file
+        cannot honour (``use_ema=False`` without raw weights) is an error naming it. ``module.ema_weights`` says
+        which was loaded (None: the checkpoint has no average)."""
         from clipdehaze.callbacks import RAW_STATE_KEY
+        from clipdehaze.utils.checkpoint import CheckpointError, check_finite, non_finite
+        from clipdehaze.utils.trust import check_hparam_arguments
 
-        ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None))
+        ckpt = cls.read_checkpoint(path, map_location, overrides.pop("expect_generator", None), check_weights=False)
         hp = dict(ckpt["hyper_parameters"])
-        hp.update({k: v for k, v in overrides.items() if v is not None})
-        module = cls(**hp, inference=True)
-        has_ema = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
-        module.load_state_dict(ckpt["state_dict"] if use_ema or not has_ema else ckpt[RAW_STATE_KEY], strict=True)
-        module.ema_weights = bool(use_ema) if has_ema else None
+        supplied = {k: v for k, v in overrides.items() if v is not None}
+        # What is built from the file asks for nothing but a model: no downloads, no files or caches of its choosing.
+        # The training-only sections are never built here, so a checkpoint trained with, say, the CR loss and its
+        # weights file (a location of the training machine) evaluates as it is.
+        check_hparam_arguments(hp, path, {*supplied, *TRAINING_ONLY_HPARAMS})
+        hp.update(supplied)
         run_config = ckpt.get(RUN_CONFIG_KEY)
-        module.run_config = run_config if isinstance(run_config, dict) else None
+        run_config = run_config if isinstance(run_config, dict) else None
+        has_raw = isinstance(ckpt.get(RAW_STATE_KEY), Mapping)
+        # Raw weights deleted from an EMA checkpoint: its run config or callback state still says it averaged.
+        has_ema = has_raw or bool(((run_config or {}).get("ema") or {}).get("enabled")) \
+            or any(str(k).startswith("GeneratorEMA") for k in (ckpt.get("callbacks") or {}))
+        if has_ema and not use_ema and not has_raw:
+            raise CheckpointError(f"{path}: use_ema=false asks for the raw weights, but this EMA checkpoint holds only "
+                                  f"the average (its {RAW_STATE_KEY} is missing); pass use_ema=true to evaluate the "
+                                  "average, or use a checkpoint that keeps both")
+        state = ckpt[RAW_STATE_KEY] if has_ema and not use_ema else ckpt["state_dict"]
+        other = (ckpt.get(RAW_STATE_KEY) if use_ema else ckpt["state_dict"]) if has_ema else None
+        fix = "use an earlier checkpoint"
+        if isinstance(other, Mapping) and not non_finite(other):  # only the weights taken need be finite
+            fix = (f"use_ema={str(not use_ema).lower()} takes the {'raw weights' if use_ema else 'EMA average'}, "
+                   f"which are finite, or {fix}")
+        check_finite(state, path, "" if not has_ema else "the EMA average (state_dict; use_ema=true)" if use_ema
+                     else f"the raw weights ({RAW_STATE_KEY}; use_ema=false)", fix)
+        module = cls(**hp, inference=True)
+        module.load_state_dict(state, strict=True)
+        module.ema_weights = bool(use_ema) if has_ema else None
+        if has_ema:
+            log.info("%s: using the %s", path, "EMA average of the weights (use_ema=true)" if use_ema
+                     else "raw weights, not their EMA average (use_ema=false)")
+        module.run_config = run_config
         return module

@@ -13,13 +13,15 @@ line the count, time and output folder. ``metrics=`` (no-reference metrics) writ
 Never writes into the input folder and never overwrites an input file. Outputs are ``<output>/<stem>.png``, so
 inputs that share a stem (``a.jpg`` and ``a.png``) would overwrite each other: such a folder is refused before
 anything is written, naming both files. Each output carries a PNG text chunk saying clipdehaze-predict wrote it;
-a file already at an output path is replaced only when it carries that mark (an earlier prediction) or with
-``overwrite=true``; otherwise the run stops before any work, naming the files.
+a file already at an output path, ``compare/`` included, is replaced only when it carries that mark (an earlier
+prediction; for ``compare/scores.csv``, its own header) or with ``overwrite=true``; otherwise the run stops before
+any work, naming the files.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,7 +34,7 @@ from clipdehaze.artefacts import PER_IMAGE_CSV, predict_summary, write_rows_csv,
 from clipdehaze.build import module_for_inference
 from clipdehaze.data.datasets import list_images
 from clipdehaze.data.io import IMAGE_EXTENSIONS, ImageReadError, load_image, png_text, save_image
-from clipdehaze.metrics import compute_metric
+from clipdehaze.metrics import compute_metric, nan_reason
 from clipdehaze.task import task_wrapper
 from clipdehaze.utils.hydra_utils import checked_overrides, config_path, register_with_hydra
 from clipdehaze.utils.memory import available_memory_bytes
@@ -60,10 +62,31 @@ def _inputs(path: Path) -> list[Path]:
     raise FileNotFoundError(f"input={path}: no such file or folder")
 
 
-def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output={out_dir} is an existing file; output= names the folder the restored "
-                                 "images go to: pass a folder path (it is created if missing)")
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is an earlier output of this command: a PNG carrying :data:`MARK`, or a compare
+    ``scores.csv`` (its header is ``name`` then ``<metric>_hazy`` / ``<metric>_restored`` columns)."""
+    if path.suffix == ".png":
+        return png_text(path).get("Software") == MARK["Software"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header[0] == "name" and len(header) > 1 and all(c.endswith(("_hazy", "_restored")) for c in header[1:])
+
+
+def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: bool, compare: bool = False,
+                  scores: bool = False) -> None:
+    """Refuse, before any work, an ``output=`` that would lose files: an input among the outputs, two inputs
+    with one output, and files this command did not write at any path it writes (``<output>/<stem>.png``; with
+    ``compare``, ``<output>/compare/<stem>.png`` and, with ``scores``, ``<output>/compare/scores.csv``) unless
+    ``overwrite``."""
+    for folder in (out_dir, out_dir / COMPARE_DIR) if compare else (out_dir,):
+        if folder.exists() and not folder.is_dir():
+            what = f"output={folder}" if folder == out_dir else f"{folder}, where compare=true writes,"
+            raise NotADirectoryError(f"{what} is an existing file; output= names the folder the restored images go to "
+                                     "(compare=true adds its compare/ sub-folder): pass a folder path (it is created "
+                                     "if missing)")
     seen: dict[str, Path] = {}
     for p in inputs:
         if (other := seen.setdefault(p.stem, p)) is not p:
@@ -73,14 +96,22 @@ def _check_output(inputs: list[Path], in_root: Path, out_dir: Path, overwrite: b
     src = in_root.resolve() if in_root.is_dir() else in_root.resolve().parent
     if out == src:
         raise ValueError(f"output folder {out_dir} is the input folder; choose another so no input is overwritten")
-    for p in inputs:
-        if (out / f"{p.stem}.png").resolve() == p.resolve():
+    if compare and (out / COMPARE_DIR).resolve() == src:
+        raise ValueError(f"compare=true writes into {out_dir / COMPARE_DIR}, the input folder; choose another output= "
+                         "so no input is overwritten")
+    targets = [out_dir / f"{p.stem}.png" for p in inputs]
+    if compare:
+        targets += [out_dir / COMPARE_DIR / f"{p.stem}.png" for p in inputs]
+        targets += [out_dir / COMPARE_DIR / "scores.csv"] if scores else []
+    by_path = {p.resolve(): p for p in inputs}
+    for d in targets:
+        if (p := by_path.get(d.resolve())) is not None:
             raise ValueError(f"refusing to overwrite input file {p}")
-    existing = [d for d in (out_dir / f"{p.stem}.png" for p in inputs) if d.exists() or d.is_symlink()]
+    existing = [d for d in targets if d.exists() or d.is_symlink()]
     if folders := [d for d in existing if d.is_dir()]:
         raise IsADirectoryError(f"{folders[0]} is a folder where the restored image would go; rename it or choose "
                                 "another output=")
-    foreign = [d for d in existing if png_text(d).get("Software") != MARK["Software"]]
+    foreign = [d for d in existing if not _ours(d)]
     if foreign and not overwrite:
         shown = ", ".join(str(d) for d in foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
         raise FileExistsError(f"output folder {out_dir} already holds {shown}, not written by clipdehaze-predict; "
@@ -148,6 +179,16 @@ def _score_metrics(cfg: DictConfig):
     return metric
 
 
+def _scores(metric, image: torch.Tensor, path: Path, what: str) -> dict[str, float]:
+    """The no-reference scores of one image (1, 3, H, W); a NaN score is logged with the file and the reason (too
+    small, a constant image ...): it makes the mean in metrics.json null."""
+    scores = {n: float(compute_metric(n, image, None, None)) for n in metric.metric_names}
+    for name, value in scores.items():
+        if math.isnan(value):
+            log.warning("%s: %s of the %s image is NaN: %s", path, name, what, nan_reason(name, image))
+    return scores
+
+
 def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 8) -> torch.Tensor:
     """(3, H, W) hazy | restored with a white gap."""
     return torch.cat([left, torch.ones(3, left.shape[1], gap, dtype=left.dtype), right], dim=2)
@@ -193,9 +234,9 @@ def predict(cfg: DictConfig) -> list[Path]:
         raise ValueError("pass input=<image file or folder> output=<folder>")
     in_path, out_dir = Path(cfg.input), Path(cfg.output)
     files = _inputs(in_path)
-    _check_output(files, in_path, out_dir, bool(cfg.get("overwrite", False)))
-    metric = _score_metrics(cfg)
     compare = bool(cfg.get("compare", False))
+    _check_output(files, in_path, out_dir, bool(cfg.get("overwrite", False)), compare, bool(cfg.get("metrics")))
+    metric = _score_metrics(cfg)
     module = module_for_inference(cfg).eval()
     tile, overlap, budget = tiling_options(cfg, module.generator)
     device = torch.device(cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -213,7 +254,12 @@ def predict(cfg: DictConfig) -> list[Path]:
                 log.error("%s", e)
                 failed.append(p)
                 continue
-            y = restore(module, x, tile, overlap, budget, module.tta, progress.tile_done, progress.new_image)
+            try:
+                y = restore(module, x, tile, overlap, budget, module.tta, progress.tile_done, progress.new_image)
+            except ValueError as e:  # this image's size (e.g. no tile fits memory_budget_mb): the others may do
+                log.error("%s: not restored: %s", p, e)
+                failed.append(p)
+                continue
             if nan := int(y.isnan().sum()):
                 # A PNG cannot hold NaN; written, these pixels would pass for black.
                 log.error("%s: the restored image has %d NaN pixel(s) (the model is numerically unstable on this "
@@ -225,13 +271,13 @@ def predict(cfg: DictConfig) -> list[Path]:
             written.append(dst)
             scores = {}
             if metric is not None:
-                scores = {n: float(compute_metric(n, y, None, None)) for n in metric.metric_names}
+                scores = _scores(metric, y, p, "restored")
                 rows.append({"index": len(rows), "name": p.name, **scores})
             if compare:
                 pair = side_by_side(x[0].cpu().clamp(0, 1), y[0].cpu())
                 save_image(pair, out_dir / COMPARE_DIR / f"{p.stem}.png", text=MARK)
                 if metric is not None:
-                    hazy = {n: float(compute_metric(n, x.clamp(0, 1), None, None)) for n in metric.metric_names}
+                    hazy = _scores(metric, x.clamp(0, 1), p, "input")
                     compare_rows.append({"name": p.name, **{f"{n}_hazy": hazy[n] for n in metric.metric_names},
                                          **{f"{n}_restored": scores[n] for n in metric.metric_names}})
             progress.image_done(p.name, dst)

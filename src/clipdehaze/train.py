@@ -41,14 +41,53 @@ def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return ckpt
 
 
+#: What a resumed run must share with the run that wrote its checkpoint: the groups that define the model and its
+#: training recipe. Everything else says how the run executes (trainer, e.g. trainer.max_epochs extended; logger,
+#: callbacks, paths, compile, clip_cache ...), and so do the keys of these groups that
+#: :func:`clipdehaze.provenance.is_run_location_key` calls run locations (data.root, data.num_workers, cache dirs).
+RESUME_KEYS = ("model", "data", "loss", "optimizer", "scheduler", "clip", "metrics", "ema", "seed", "clip_control")
+
+
+def recipe_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: stored -> current`` for every :data:`RESUME_KEYS` setting on which two resolved run configs differ."""
+    from clipdehaze.provenance import flatten, is_run_location_key
+
+    old, new = ({k: v for k, v in flatten({k: c.get(k) for k in RESUME_KEYS}).items() if not is_run_location_key(k)}
+                for c in (stored, current))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
 def checked_ckpt_path(cfg: DictConfig, output_dir: Path) -> tuple[str | None, int]:
     """The checkpoint to resume from and the global step it was saved at, read and checked before anything is
     built: Lightning's own load would fail on a corrupt file with a bare zip/unpickling error and on another
-    generator's weights with a list of state_dict keys; this names the file (and both generators)."""
+    generator's weights with a list of state_dict keys; this names the file (and both generators). ``resume=auto``
+    / ``ckpt_path=last`` refuse a checkpoint written with other :data:`RESUME_KEYS` settings, listing them; an
+    explicit ``ckpt_path=<file>`` continues it on purpose, with a warning listing them."""
+    from clipdehaze.lit_module import RUN_CONFIG_KEY
+
     ckpt = resolve_ckpt_path(cfg, output_dir)
     if ckpt is None:
         return None, 0
-    return ckpt, int(DehazeLitModule.read_checkpoint(ckpt, expect_generator=cfg.model.name).get("global_step", 0))
+    state = DehazeLitModule.read_checkpoint(ckpt, expect_generator=cfg.model.name)
+    stored = state.get(RUN_CONFIG_KEY)
+    if not isinstance(stored, dict):
+        log.warning("resume: %s records no run config (saved by an older clipdehaze); its settings are not compared "
+                    "with this run's", ckpt)
+    elif diff := recipe_differences(stored, OmegaConf.to_container(cfg, resolve=True)):
+        shown = "; ".join(diff[:8]) + (f"; ... ({len(diff)} in all)" if len(diff) > 8 else "")
+        if cfg.get("resume") == "auto" or cfg.get("ckpt_path") == "last":
+            how = "resume=auto" if cfg.get("resume") == "auto" else "ckpt_path=last"
+            raise ValueError(f"{how} would continue {ckpt}, written by a run with other settings ({shown}); a resumed "
+                             f"run keeps its {', '.join(RESUME_KEYS)}: rerun with that run's settings, start a new "
+                             f"run (leave hydra.run.dir unset), or continue it with these settings on purpose: "
+                             f"ckpt_path={ckpt}")
+        log.warning("resume: continuing %s with other settings than the run that wrote it: %s", ckpt, shown)
+    return ckpt, int(state.get("global_step", 0))
+
+
+#: What the tested best checkpoint takes from this run's config rather than from its file.
+_OWN_SECTIONS = ("loss", "optimizer", "scheduler", "clip", "metrics")
 
 
 @task_wrapper
@@ -97,7 +136,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, datamodule, module: DehazeL
         start = time.perf_counter()
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            best_module = type(module).load_checkpoint(best)
+            # Built from this run's own config: a best checkpoint named by a resumed run's state is only read.
+            best_module = type(module).load_checkpoint(best, **{k: module.hparams[k] for k in _OWN_SECTIONS})
             trainer.test(best_module, datamodule=datamodule)
             module = best_module
             weights = {**weights_provenance("trained", best), "ema": best_module.ema_weights}

@@ -30,6 +30,7 @@ from clipdehaze.data.synth import (
     DEPTH_PRIORS,
     default_dataset_dir,
     default_sources,
+    RecipeError,
     ensure_default_dataset,
     synthesize_dataset,
 )
@@ -66,7 +67,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                                             f"e.g. {default_dataset_dir()})")
     p.add_argument("--kind", default="haze", choices=sorted(DEGRADATIONS), help="degradation kind")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.25, help="share of --source images held out for test")
+    p.add_argument("--test-fraction", type=_share, default=0.25,
+                   help="share of --source images held out for test, strictly between 0 and 1")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out dataset that this tool wrote (refused if --out holds other files)")
     h = p.add_argument_group("haze, --kind haze only (defaults: HazeConfig)")
@@ -86,6 +88,18 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--test-max-side", type=int, help="downscale test photos to this longer side")
     r.add_argument("--multiple-of", type=int, help="crop test images to multiples of this")
     p.set_defaults(func=_run_synth)
+
+
+def _share(text: str) -> float:
+    """argparse type of --test-fraction: a share strictly between 0 and 1 (0 or 1 would leave a split empty)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share strictly between 0 and 1 (e.g. 0.25: a quarter of "
+                                         "the source photos go to the test split)")
+    return value
 
 
 def _run_synth(args: argparse.Namespace) -> int:
@@ -110,7 +124,13 @@ def _run_synth(args: argparse.Namespace) -> int:
         for split, flags in (("train", _TRAIN_FLAGS), ("test", _TEST_FLAGS)):
             changes = {key: tuple(v) if isinstance(v, list) else v
                        for flag, key in flags.items() if (v := getattr(args, flag)) is not None}
-            recipes[split] = dataclasses.replace(recipes[split], **changes)
+            try:
+                recipes[split] = dataclasses.replace(recipes[split], **changes)
+            except RecipeError as e:
+                flag = next(f for f, key in flags.items() if key == e.field)
+                shown = " ".join(map(str, e.value)) if isinstance(e.value, tuple) else e.value
+                print(f"error: --{flag.replace('_', '-')} {shown}: must be {e.need}", file=sys.stderr)
+                return 2
         if args.default:
             sources, splits = default_sources(), DEFAULT_SPLITS
         else:

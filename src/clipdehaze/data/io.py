@@ -141,7 +141,9 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     """Read an image as a (3, H, W) float32 tensor in [0, 1], upright per its EXIF orientation.
 
     Greyscale (8/16-bit, float), palette, CMYK and alpha images become RGB; alpha is composited
-    on white; float values are clipped to [0, 1] and NaN pixels refused. Raises :class:`ImageReadError`
+    on white; float values are clipped to [0, 1] and NaN pixels refused; animated and multi-page images (GIF, APNG,
+    WebP, TIFF; not a JPEG's MPO previews) are refused rather than reduced to their first frame. Raises
+    :class:`ImageReadError`
     naming the file on any failure, including truncated files (the pixel data is decoded eagerly;
     ``ImageFile.LOAD_TRUNCATED_IMAGES`` is not used).
     """
@@ -152,6 +154,12 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         if path.stat().st_size == 0:
             raise ImageReadError(path, "file is empty (0 bytes)")
         with Image.open(path) as im:
+            # A JPEG's extra MPO pictures (a phone's preview or depth map) are not the photo; other formats' extra
+            # frames (GIF/APNG/WebP animations, multi-page TIFFs) are, and reading only the first loses the rest.
+            if (frames := getattr(im, "n_frames", 1)) > 1 and im.format != "MPO":
+                raise ImageReadError(path, f"an animated or multi-page {im.format} of {frames} frames, and only single "
+                                           "images are read; save each frame as its own image (e.g. ffmpeg -i "
+                                           f"{path.name} frame_%04d.png) and pass their folder")
             # Image.open only parses the header; load() decodes and is where truncation shows up.
             im.load()
             im = ImageOps.exif_transpose(im)

@@ -14,7 +14,14 @@ from clipdehaze.metrics.protocols import (
     list_protocols,
     rgb_to_y_bt601,
 )
-from clipdehaze.metrics.registry import MetricSpec, get_metric, list_metrics, metric_display, register_metric
+from clipdehaze.metrics.registry import (
+    MetricSpec,
+    get_metric,
+    list_metrics,
+    metric_display,
+    nan_reason,
+    register_metric,
+)
 
 #: What images without ground truth are scored with unless ``metrics=`` says otherwise (``metrics=no_reference``).
 NO_REFERENCE_METRICS = ("niqe", "brisque", "dark_channel")
@@ -35,6 +42,7 @@ __all__ = [
     "list_metrics",
     "list_protocols",
     "metric_display",
+    "nan_reason",
     "register_metric",
     "rgb_to_y_bt601",
 ]

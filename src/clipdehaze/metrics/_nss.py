@@ -119,10 +119,20 @@ def aggd(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def ggd(values: np.ndarray) -> tuple[float, float]:
-    """``estimateggdparam.m``: (shape α, std) of a zero-mean generalized Gaussian fitted to ``values``."""
+    """``estimateggdparam.m``: (shape α, std) of a zero-mean generalized Gaussian fitted to ``values``. All-zero
+    values (a constant image) give ρ = 0/0 = NaN and α = 0.2, as MATLAB's ``min`` over NaNs picks the first."""
     sigma_sq = float(np.mean(values**2))
-    rho = sigma_sq / float(np.mean(np.abs(values))) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.float64(sigma_sq) / np.float64(np.mean(np.abs(values))) ** 2
     return float(_GAM[np.argmin(np.abs(rho - R_GGD))]), math.sqrt(sigma_sq)
+
+
+def flat_reason(image: np.ndarray) -> str | None:
+    """Why a gray image (the releases' ``double(rgb2gray(...))``) gives NIQE and BRISQUE no statistics, when it is
+    constant; None otherwise."""
+    if image.size and image.min() == image.max():
+        return f"the image is constant (every gray level {image.flat[0]:g}; natural-scene statistics need texture)"
+    return None
 
 
 def gamma(x: np.ndarray | float) -> np.ndarray:

@@ -8,7 +8,8 @@ Protocol: the uint8 image (``round(255 x)``), MATLAB ``rgb2gray``; at two scales
 and AGGD fits of the products with 4 neighbours (wrapped around the image): 36 features, written with ``%f``
 (6 decimals) as the release writes them for LIBSVM, scaled by ``allrange`` (linearly, [min, max] -> [-1, 1], not clipped) (``svm-scale`` writes
 ``%g``: 6 significant digits) and scored by the ε-SVR ``allmodel`` (RBF kernel): the release's standard model,
-trained on the whole LIVE IQA database. Typically 0 (best) to 100 (worst); lower is better.
+trained on the whole LIVE IQA database. Typically 0 (best) to 100 (worst); lower is better. A constant image (its
+fits divide 0 by 0, as MATLAB's do) or one too small for them scores NaN, with the reason (:func:`explain_nan`).
 
 ``data/brisque_allmodel`` and ``data/brisque_allrange`` are the release's ``allmodel`` and ``allrange`` (see
 ``data/NOTICE.md``). The PyPI ``brisque`` 0.2.0 wheel ships a different, retrained model (774 vs 770 support
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clipdehaze.metrics._nss import aggd, gamma, ggd, gray_levels, imresize, mscn
+from clipdehaze.metrics._nss import aggd, flat_reason, gamma, ggd, gray_levels, imresize, mscn
 from clipdehaze.metrics.registry import register_metric
 
 DATA = Path(__file__).with_name("data")
@@ -98,8 +99,18 @@ def brisque_gray(image: np.ndarray) -> float:
     return float(coefs @ kernel - rho)
 
 
+def explain_nan(output: Tensor) -> str:
+    """Why BRISQUE is NaN on ``output`` (1, C, H, W): a constant image, else an image too small or too flat for
+    its fits."""
+    image = gray_levels(output[:1])[0]
+    h, w = image.shape
+    return flat_reason(image) or (
+        f"the image is too small or too flat ({w}x{h}, WxH; BRISQUE's fits need positive and negative normalised "
+        "contrast and neighbour products at both scales)")
+
+
 @register_metric("brisque", reference=False, higher_is_better=False, label="BRISQUE", digits=2,
                  describe="BRISQUE (Mittal et al. 2012; LIVE MATLAB release brisquescore.m: uint8 -> rgb2gray, "
-                          "2 scales, standard LIVE allmodel/allrange ε-SVR; lower is better)")
+                          "2 scales, standard LIVE allmodel/allrange ε-SVR; lower is better)", explain=explain_nan)
 def brisque(output: Tensor) -> Tensor:
     return torch.tensor([brisque_gray(img) for img in gray_levels(output)], dtype=torch.float64)

@@ -19,7 +19,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from clipdehaze.metrics.protocols import compute_metric, describe_protocol, get_protocol
-from clipdehaze.metrics.registry import MetricSpec, get_metric, list_metrics
+from clipdehaze.metrics.registry import MetricSpec, get_metric, list_metrics, nan_reason
 
 
 class ImageQualityMetrics(Metric):
@@ -70,6 +70,9 @@ class ImageQualityMetrics(Metric):
         self.add_state("index", default=[], dist_reduce_fx="cat")
         for name in self.metric_names:
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        #: dataset index -> why its NaN values are NaN (``{"niqe": "too small ..."}``), for the images this process
+        #: scored (not gathered across ranks); cleared by ``reset``.
+        self.nan_reasons: dict[int, dict[str, str]] = {}
 
     @property
     def reference_free(self) -> bool:
@@ -102,6 +105,13 @@ class ImageQualityMetrics(Metric):
         for name in self.metric_names:
             value = compute_metric(name, output, target, self.protocol, **self.options)
             getattr(self, name).append(value.to(output.device))
+            for row in torch.nonzero(value.isnan()).flatten().tolist():
+                self.nan_reasons.setdefault(int(index[row]), {})[name] = nan_reason(name, output[row:row + 1],
+                                                                                    self.protocol)
+
+    def reset(self) -> None:
+        super().reset()
+        self.nan_reasons = {}
 
     def _unique_rows(self) -> tuple[Tensor, dict[str, Tensor]]:
         # Local states are lists of per-batch tensors; after a sync they are one concatenated tensor.

@@ -7,8 +7,9 @@ Protocol: the uint8 image (``round(255 x)``), MATLAB ``rgb2gray``, cropped to wh
 give 18 features per block (AGGD fits of the coefficients and of their products with the 4 neighbours, wrapped
 within the block); the 36-d block features are fitted by a Gaussian (``nanmean``; ``nancov`` over complete rows)
 and the score is the Mahalanobis-like distance to the standard pristine model with the pooled covariance
-(``pinv`` with MATLAB's tolerance). Lower is better. An image with fewer than two whole blocks scores NaN (the
-release's covariance needs two), which the run reports by name.
+(``pinv`` with MATLAB's tolerance). Lower is better. An image with fewer than two whole blocks, or fewer than two
+with texture (a constant image), scores NaN (the release's covariance needs two), which the run reports by name
+and reason (:func:`explain_nan`).
 
 The pristine model (``data/niqe_pristine_params.npz``: ``mu_prisparam``, ``cov_prisparam``) is the release's
 ``modelparameters.mat``, as BasicSR converted it (``niqe_pris_params.npz``, BasicSR 1.4.2); see
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clipdehaze.metrics._nss import aggd, gamma, gray_levels, imresize, mscn
+from clipdehaze.metrics._nss import aggd, flat_reason, gamma, gray_levels, imresize, mscn
 from clipdehaze.metrics.registry import register_metric
 
 BLOCK = 96
@@ -76,18 +77,29 @@ def niqe_gray(image: np.ndarray) -> float:
         feats.append(_block_features(structdis, BLOCK // scale))
         image = imresize(image, 0.5)
     feats = np.concatenate(feats, axis=1)
-    mu_dist = np.nanmean(feats, axis=0)
     complete = feats[~np.isnan(feats).any(axis=1)]
     if len(complete) < 2:
         return float("nan")
+    mu_dist = np.nanmean(feats, axis=0)
     cov_dist = np.cov(complete, rowvar=False)
     mu_pris, cov_pris = pristine_model()
     diff = mu_pris - mu_dist
     return float(np.sqrt(diff @ _pinv((cov_pris + cov_dist) / 2) @ diff))
 
 
+def explain_nan(output: Tensor) -> str:
+    """Why NIQE is NaN on ``output`` (1, C, H, W): fewer than two whole blocks, a constant image, or fewer than two
+    blocks with texture on both sides of their local mean at both scales."""
+    image = gray_levels(output[:1])[0]
+    h, w = image.shape
+    if (h // BLOCK) * (w // BLOCK) < 2:
+        return f"the image is too small ({w}x{h}, WxH; NIQE needs two whole {BLOCK}x{BLOCK} blocks)"
+    return flat_reason(image) or (f"the image is too flat (fewer than two of its {BLOCK}x{BLOCK} blocks hold "
+                                          "texture at both scales, which NIQE's fit needs)")
+
+
 @register_metric("niqe", reference=False, higher_is_better=False, label="NIQE", digits=3,
                  describe="NIQE (Mittal et al. 2013; LIVE MATLAB release computequality.m: uint8 -> rgb2gray, 96×96 "
-                          "blocks, 2 scales, standard pristine model; lower is better)")
+                          "blocks, 2 scales, standard pristine model; lower is better)", explain=explain_nan)
 def niqe(output: Tensor) -> Tensor:
     return torch.tensor([niqe_gray(img) for img in gray_levels(output)], dtype=torch.float64)

@@ -57,6 +57,8 @@ class MetricSpec:
         describe: the line printed beside its numbers (what is computed, after which paper/implementation);
             protocol-specific implementations leave it empty (the protocol's line says it).
         available: ``None``, or a function returning why the metric cannot run here (missing weights), or None.
+        explain: ``None``, or ``explain(image)`` -> why the metric is NaN on that image (1, C, H, W): too small, a
+            constant image ...; :func:`nan_reason` asks it.
     """
 
     name: str
@@ -69,6 +71,7 @@ class MetricSpec:
     options: tuple[str, ...]
     describe: str
     available: Callable[[], str | None] | None = None
+    explain: Callable[[Any], str] | None = None
 
     def unavailable_reason(self) -> str | None:
         return self.available() if self.available is not None else None
@@ -79,7 +82,8 @@ _REGISTRY: dict[tuple[str, str | None], MetricSpec] = {}
 
 def register_metric(name: str, *, reference: bool, higher_is_better: bool, label: str | None = None,
                     digits: int = 4, protocol: str | None = None, options: Sequence[str] = (), describe: str = "",
-                    available: Callable[[], str | None] | None = None) -> Callable:
+                    available: Callable[[], str | None] | None = None,
+                    explain: Callable[[Any], str] | None = None) -> Callable:
     """Decorator: register ``fn`` (a function or a class whose instances are called) as metric ``name``.
 
     Registering the same name and protocol twice replaces the first (re-running a notebook cell), with the same
@@ -97,7 +101,8 @@ def register_metric(name: str, *, reference: bool, higher_is_better: bool, label
                              f"{'full' if old.reference else 'no'}-reference metric ({old.fn.__module__})")
         _REGISTRY[key] = MetricSpec(name=name, fn=fn, reference=reference, higher_is_better=higher_is_better,
                                     label=label or name.upper(), digits=digits, protocol=protocol,
-                                    options=tuple(options), describe=describe, available=available)
+                                    options=tuple(options), describe=describe, available=available,
+                                    explain=explain)
         return fn
 
     return deco
@@ -124,6 +129,17 @@ def get_metric(name: str, protocol: str | None = None) -> MetricSpec:
                            f"{protocol!r}")
         raise KeyError(f"unknown metric {name!r}; available: {', '.join(list_metrics())}")
     return spec
+
+
+def nan_reason(name: str, image: Any, protocol: str | None = None) -> str:
+    """Why metric ``name`` is NaN on ``image`` (1, C, H, W), float RGB: non-finite pixels, else what the metric's
+    ``explain`` says (too small, a constant image ...)."""
+    import torch
+
+    if not bool(torch.isfinite(image).all()):
+        return "the image has NaN/Inf pixels (the model is numerically unstable on this input)"
+    spec = get_metric(name, protocol)
+    return spec.explain(image) if spec.explain is not None else f"{name} is undefined on this image"
 
 
 def list_metrics() -> list[str]:

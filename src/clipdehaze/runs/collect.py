@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdehaze.runs import keys as K
+from clipdehaze.utils.files import REPLACED_PREFIX
 
 #: What a protocol line reads when a run recorded none.
 UNKNOWN_PROTOCOL = "?"
@@ -245,7 +246,10 @@ def collect_runs(paths: list[Path]) -> list[Run]:
     for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"no such run folder: {root}")
-        files = [root] if root.is_file() else sorted(root.rglob("metrics.json"))
+        # A run's files that clipdehaze-train overwrite=true moved aside (replaced-<time>/) are not a run of it.
+        files = [root] if root.is_file() else sorted(
+            f for f in root.rglob("metrics.json")
+            if not any(p.startswith(REPLACED_PREFIX) for p in f.relative_to(root).parts[:-1]))
         for f in files:
             try:
                 data = json.loads(f.read_text())

@@ -13,6 +13,10 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+#: ``clipdehaze-train overwrite=true`` moves an earlier run's files into ``<run dir>/replaced-<time>/`` instead of
+#: replacing them; clipdehaze-table does not count what lies below such a folder as a run.
+REPLACED_PREFIX = "replaced-"
 from typing import Any
 
 __all__ = ["ResultWriteError", "atomic_write", "to_json", "write_in_order"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import secrets
@@ -14,7 +15,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from clipdehaze.utils.files import REPLACED_PREFIX
 from clipdehaze.utils.resources import checkout_root, project_dir
+
+log = logging.getLogger(__name__)
 
 
 def config_path() -> str:
@@ -57,11 +61,24 @@ def run_stamp() -> str:
 #: be replaced.
 _RUN_FILES = (".hydra", "metrics.json", "per_image.csv", "test_per_image.csv", "grid.png", "config_resolved.yaml",
               "checkpoints")
+#: What a training run leaves besides :data:`_RUN_FILES` (its loggers' folders, saved test outputs): a fresh run
+#: would append to the logs and keep the old ``last.ckpt``, which a later ``resume=auto`` would pick.
+_TRAIN_RESULTS = ("metrics.json", "per_image.csv", "test_per_image.csv", "grid.png", "config_resolved.yaml",
+                  "checkpoints", "csv", "tensorboard", "wandb", "test_outputs")
 
 
-def foreign_run(run_dir: Path, task: str) -> str | None:
-    """Why ``run_dir`` belongs to something other than a ``task`` run (it would lose files to this one), or None:
-    a missing or empty folder, a folder without run files, or an earlier run of the same task."""
+def _holds(run_dir: Path, name: str) -> bool:
+    path = run_dir / name
+    if path.is_dir():
+        return any(path.iterdir())
+    return path.exists() or path.is_symlink()
+
+
+def foreign_run(run_dir: Path, task: str, continuing: bool = False) -> str | None:
+    """Why ``run_dir`` belongs to something other than this ``task`` run (it would lose files to this one), or
+    None: a missing or empty folder, a folder without run files, an earlier eval/predict run of the same task (its
+    results are replaced by the new ones), or, for ``train``, an earlier training run that this one continues
+    (``continuing``: resume=auto) or that left no results (it stopped before its first checkpoint)."""
     if not run_dir.is_dir():
         return None
     config = run_dir / ".hydra" / "config.yaml"
@@ -71,42 +88,74 @@ def foreign_run(run_dir: Path, task: str) -> str | None:
         except Exception:  # noqa: BLE001 - an unreadable config is no proof of ownership
             owner = None
         if owner == task:
-            return None
+            results = [n for n in _TRAIN_RESULTS if _holds(run_dir, n)] if task == "train" and not continuing else []
+            return f"it holds an earlier train run ({', '.join(results)})" if results else None
         if owner:
-            return f"it holds a {owner} run"
+            return f"it holds {'an' if str(owner)[:1] in 'aeiou' else 'a'} {owner} run"
     found = [n for n in _RUN_FILES if (run_dir / n).exists()]
     found += [p.name for p in sorted(run_dir.glob("*.log")) if p.name != f"{task}.log"]
     return f"it holds {', '.join(found)} of another run" if found else None
 
 
+def _move_aside(run_dir: Path) -> Path:
+    """Move everything a run writes in ``run_dir`` (:data:`_RUN_FILES`, :data:`_TRAIN_RESULTS`, ``*.log``) into a
+    new ``run_dir/replaced-<time>/``; other files stay. Nothing is deleted."""
+    aside = run_dir / f"{REPLACED_PREFIX}{datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
+    aside.mkdir()
+    names = {*_RUN_FILES, *_TRAIN_RESULTS}
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name in names or entry.suffix == ".log":
+            entry.rename(aside / entry.name)
+    return aside
+
+
 class RunDirGuard(Callback):
-    """Hydra callback (``hydra.callbacks`` of the eval and predict configs): refuse a run dir that holds another
-    run, e.g. ``clipdehaze-eval hydra.run.dir=<a training run>``, before Hydra writes its ``.hydra/`` config and
-    log there and the run replaces ``metrics.json``, the grid and the resolved config."""
+    """Hydra callback (``hydra.callbacks.run_dir_guard`` of ``conf/hydra/default.yaml``, so of train, eval and
+    predict): refuse a run dir that holds another run, e.g. ``clipdehaze-eval hydra.run.dir=<a training run>`` or
+    ``clipdehaze-train hydra.run.dir=<an eval run>``, before Hydra writes its ``.hydra/`` config and log there and
+    the run replaces ``metrics.json``, the grid and the resolved config. ``clipdehaze-train`` also refuses an earlier
+    training run unless ``resume=auto`` (or ``ckpt_path``) continues it; ``overwrite=true`` moves the old run's
+    files into ``<run dir>/replaced-<time>/`` first (nothing is deleted). Only the first process of a job checks:
+    DDP ranks started later (``LOCAL_RANK``/``RANK`` set and not 0) join the run dir their rank 0 accepted."""
 
     def on_run_start(self, config, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # so ${hydra:...} in the run dir's path resolves
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
-        self._check(run_dir, config.task_name, "hydra.run.dir", run_dir)
+        self._check(run_dir, config, "hydra.run.dir", run_dir)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)
         sweep = Path(OmegaConf.select(config, "hydra.sweep.dir"))
-        for job_dir in sorted(sweep.iterdir()) if sweep.is_dir() else ():
-            self._check(job_dir, config.task_name, "hydra.sweep.dir", sweep)
+        for job_dir in sorted(p for p in sweep.iterdir() if p.is_dir()) if sweep.is_dir() else ():
+            self._check(job_dir, config, "hydra.sweep.dir", sweep)
 
     @staticmethod
-    def _check(run_dir: Path, task: str, option: str, option_dir: Path) -> None:
-        if (why := foreign_run(run_dir, task)) is not None:
-            # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings and carries on.
-            raise SystemExit(
-                f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace. Leave "
-                f"{option} unset (every run gets a folder of its own) or name a new folder, e.g. "
-                f"{option}={option_dir}_{task}")
+    def _check(run_dir: Path, config, option: str, option_dir: Path) -> None:
+        if any(os.environ.get(v, "0") not in ("", "0") for v in ("LOCAL_RANK", "RANK")):
+            return
+        task = config.task_name
+        ckpt = config.get("ckpt_path")
+        continuing = task == "train" and (config.get("resume") == "auto" or ckpt == "last" or bool(
+            ckpt and Path(run_dir).resolve() in Path(str(ckpt)).resolve().parents))
+        if (why := foreign_run(run_dir, task, continuing)) is None:
+            return
+        if task == "train" and config.get("overwrite"):
+            aside = _move_aside(run_dir)
+            log.warning("overwrite=true: moved the files of the run in %s into %s (%s)", run_dir, aside, why)
+            return
+        ways = [f"leave {option} unset (every run gets a folder of its own) or name a new folder, e.g. "
+                f"{option}={option_dir}_{task}"]
+        if task == "train":
+            if why.startswith("it holds an earlier train run"):
+                ways.insert(0, "continue that run with resume=auto")
+            ways.append(f"pass overwrite=true to move its files into {run_dir}/replaced-<time>/")
+        # SystemExit, not an exception: Hydra turns a callback's exceptions into warnings and carries on.
+        raise SystemExit(f"{option} puts this {task} run into {run_dir}, but {why}, whose files it would replace: "
+                         + ", ".join(ways[:-1]) + (", or " if len(ways) > 1 else "") + ways[-1])
 
 
 def hydra_quote(value: str) -> str:
@@ -139,7 +188,9 @@ _ELSEWHERE = {
 def check_override_syntax(argv: list[str]) -> None:
     """Stop with one sentence where Hydra would stop with a grammar error or a traceback: a ``key=value`` override
     that does not parse, e.g. a path holding ``=``, a quote or brackets (the override grammar reserves them),
-    showing the quoted form that works; and a config group set to null (``clip=null``), showing ``~clip``."""
+    showing the quoted form that works; and a config group set to null (``clip=null``), showing ``~clip``. Also
+    where Hydra would silently read another path: a value holding ``${`` that names an existing file, whose name
+    Hydra would interpolate (``${oc.env:HOME}.png`` -> ``/root.png``), showing the escaped form."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -149,12 +200,18 @@ def check_override_syntax(argv: list[str]) -> None:
         if previous not in _HYDRA_VALUE_FLAGS and not arg.startswith("-") and "=" in arg:
             key, value = arg.split("=", 1)
             try:
-                parser.parse_override(arg)
+                override = parser.parse_override(arg)
             except HydraException as e:
                 raise SystemExit(
                     f"{key}={value}: Hydra cannot read this value ({str(e).splitlines()[0]}); a value holding = , "
                     f"quotes, brackets, braces or parentheses must be quoted for Hydra inside the shell's quotes: "
                     f"{shell_quote(f'{key}={hydra_quote(value)}')}") from None
+            literal = override.value()
+            if isinstance(literal, str) and re.search(r"(?<!\\)\$\{", literal) and os.path.lexists(literal):
+                raise SystemExit(
+                    f"{arg}: Hydra reads ${{...}} in a value as an interpolation and would look for another path, but "
+                    f"{literal} is a file whose name holds ${{: escape it as \\${{ to mean that file: "
+                    f"{shell_quote(f'{key}={hydra_quote(literal)}')}")
             if value == "null" and key.isidentifier():
                 nulled.append(key)
             if (where := _ELSEWHERE.get(key.lstrip("+~"))) is not None:

@@ -146,8 +146,14 @@ def auto_tile(fn: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tens
     weight buffers of :func:`tiled_forward` are counted too, and a slack for the allocator over successive tiles. Tiles are rounded down to a multiple of
     ``multiple`` (the padding unit of window-based models). Where memory cannot be measured (no /proc on this
     OS), tiles of 512 are used.
+
+    An image thinner than ``min_size`` (a 3×1000 strip) is planned as :func:`tiled_forward` runs it: padded to
+    ``min_size`` first, so no probe is thinner than the model takes.
     """
     B, C, H, W = x.shape
+    if min(H, W) < min_size:
+        x = F.pad(x, (0, max(0, min_size - W), 0, max(0, min_size - H)), mode="replicate")
+        B, C, H, W = x.shape
     whole = max(H, W, overlap + 1)   # one tile covering the image (larger than the overlap, as tiles must be)
     if max(H, W) <= PROBE_SIDE:
         return whole
@@ -155,8 +161,9 @@ def auto_tile(fn: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tens
         def measure(work):
             return peak_memory_bytes(work, x.device)
     h, w = min(PROBE_SIDE, H), min(PROBE_SIDE, W)
+    warm_h, warm_w = min(h, max(min_size, h // 2)), min(w, max(min_size, w // 2))
     with torch.no_grad():
-        fn(x[..., :h // 2, :w // 2], (0, 0, h // 2, w // 2))
+        fn(x[..., :warm_h, :warm_w], (0, 0, warm_h, warm_w))
         peak = measure(lambda: fn(x[..., :h, :w], (0, 0, h, w)))
     if peak is None:
         log.info("tile=auto: peak memory cannot be measured here; using tiles of 512 px")

@@ -25,7 +25,13 @@ from clipdehaze.data.synth.kinds import DEGRADATIONS, Degradation
 from clipdehaze.data.synth.rain import RainConfig, add_rain
 from clipdehaze.data.synth.raindrop import RaindropConfig, add_raindrop
 from clipdehaze.data.synth.snow import SnowConfig, add_snow
-from clipdehaze.data.synth.writer import SYNTH_VERSION, SplitRecipe, is_dataset_complete, synthesize_dataset
+from clipdehaze.data.synth.writer import (
+    SYNTH_VERSION,
+    RecipeError,
+    SplitRecipe,
+    is_dataset_complete,
+    synthesize_dataset,
+)
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -38,6 +44,7 @@ __all__ = [
     "Degradation",
     "HazeConfig",
     "RainConfig",
+    "RecipeError",
     "RaindropConfig",
     "SnowConfig",
     "SplitRecipe",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 from clipdehaze.data.datasets import _preview
 from clipdehaze.data.io import load_image, save_image
 from clipdehaze.data.synth.kinds import DEGRADATIONS
+
+log = logging.getLogger(__name__)
 
 #: Part of the default dataset's directory name and of every meta.json: bump it whenever the recipe
 #: or the generator changes output, so caches built by older code are not silently reused.
@@ -55,6 +59,35 @@ class SplitRecipe:
     variants: int = 1
     max_side: int | None = None
     multiple_of: int = 1
+
+    def __post_init__(self) -> None:
+        def whole(value: Any, least: int) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= least
+
+        problems = {
+            "crops": None if whole(self.crops, 0) else "a whole number, 0 or more (0: the whole photo)",
+            "patch_size": None if whole(self.patch_size, 1) else "a whole number of pixels, 1 or more",
+            "variants": None if whole(self.variants, 1) else "a whole number, 1 or more (a clean image without a "
+                                                             "degraded one gives no pair)",
+            "max_side": None if self.max_side is None or whole(self.max_side, 1) else "a whole number of pixels, "
+                                                                                      "1 or more (or None: keep)",
+            "multiple_of": None if whole(self.multiple_of, 1) else "a whole number of pixels, 1 or more",
+        }
+        lo_hi = tuple(self.scale_range) if isinstance(self.scale_range, Sequence) else ()
+        if not (len(lo_hi) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in lo_hi)
+                and lo_hi[0] <= lo_hi[1]):
+            problems["scale_range"] = "two positive factors LO <= HI"
+        for name, need in problems.items():
+            if need is not None:
+                raise RecipeError(name, getattr(self, name), need)
+
+
+class RecipeError(ValueError):
+    """A :class:`SplitRecipe` field out of range; ``field`` names it (the CLI maps it to its flag)."""
+
+    def __init__(self, field: str, value: Any, need: str) -> None:
+        self.field, self.value, self.need = field, value, need
+        super().__init__(f"{field}={value!r}: must be {need}")
 
 
 # Fast zlib level: generation time is dominated by PNG encoding, and level 1 is ~4x faster than
@@ -220,6 +253,9 @@ def recipe_meta(kind: str, seed: int, config: Any, recipes: Mapping[str, SplitRe
 def _plan_splits(names: list[str], splits: Mapping[str, Sequence[str]] | None, test_fraction: float,
                  seed: int) -> dict[str, list[str]]:
     if splits is None:
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+                or not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction={test_fraction!r}: must be a share strictly between 0 and 1 (e.g. 0.25)")
         if len(names) < 2:
             raise ValueError("need at least two source images to make disjoint train and test splits")
         order = [names[i] for i in _rng(seed, "split").permutation(len(names))]
@@ -272,7 +308,8 @@ def synthesize_dataset(
             refused either way (a ValueError), since replacing it would delete them.
 
     The dataset is built in a temporary sibling directory and renamed into place after meta.json is
-    written, so an interrupted run never leaves a folder that looks complete.
+    written, so an interrupted run never leaves a folder that looks complete; the next run removes the temporary
+    folders that killed runs left (:func:`remove_stale_temps`).
     """
     if kind not in DEGRADATIONS:
         raise ValueError(f"unknown degradation kind {kind!r}; available: {sorted(DEGRADATIONS)}")
@@ -294,8 +331,11 @@ def synthesize_dataset(
     _check_sizes(named, plan, recipes)
 
     out_root.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_root)
     tmp = out_root.parent / f".{out_root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        tmp.mkdir()
+        (tmp / _TEMP_MARK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         pairs: dict[str, list[dict]] = {}
         for split, members in plan.items():
             pairs[split] = []
@@ -317,11 +357,46 @@ def synthesize_dataset(
         meta["pairs"] = pairs
         # meta.json last: its presence is what marks the dataset as complete.
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        (tmp / _TEMP_MARK).unlink()
         _move_into_place(tmp, out_root, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_root
+
+
+#: The file inside a dataset being generated that says which process on which host writes it.
+_TEMP_MARK = ".clipdehaze-synth-in-progress"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(out_root: Path) -> list[Path]:
+    """Remove the temporary folders (``.<out>.tmp-<pid>-<id>``) that runs killed before finishing (SIGKILL, power
+    loss) left beside ``out_root``: only folders holding this writer's mark, written on this host by a process that
+    no longer exists; a folder of a run still going, of another host or without the mark is left alone."""
+    removed = []
+    for folder in sorted(out_root.parent.glob(f".{out_root.name}.tmp-*")):
+        try:
+            mark = json.loads((folder / _TEMP_MARK).read_text())
+            pid, host = int(mark["pid"]), mark["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if folder.is_symlink() or not folder.name.startswith(f".{out_root.name}.tmp-{pid}-") \
+                or host != socket.gethostname() or _alive(pid):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed %s, the unfinished dataset of an interrupted run (process %d)", folder, pid)
+        removed.append(folder)
+    return removed
 
 
 def _is_within(path: Path, folder: Path) -> bool:
