@@ -253,11 +253,6 @@ def _payloads(tmp: Path, side: Path) -> dict[str, tuple[Path, str]]:
     clip = {"generator": "mixcldehazenet_test", "base": {"clip": _TINY_CLIP}}
     charbonnier = {"_target_": "clipdehaze.losses.CharbonnierLoss"}
     cases = {
-        "L1WithCR(download=True)": ({"loss": {"_target_": "clipdehaze.losses.L1WithCR", "download": True}},
-                                    "hyper_parameters.loss.download=True"),
-        "L1WithCR(weights_path=<secret>)": ({"loss": {"_target_": "clipdehaze.losses.L1WithCR",
-                                                      "weights_path": str(secret)}},
-                                            "hyper_parameters.loss.weights_path"),
         "FrozenCLIP(cache_dir=<side>, pretrained=openai)": (
             {**clip, "clip": {**_TINY_CLIP, "model_name": "ViT-B-32", "pretrained": "openai",
                               "cache_dir": str(side / "cache")}}, "hyper_parameters.clip.cache_dir"),
@@ -293,6 +288,40 @@ def test_stored_arguments_are_refused_naming_file_and_key(compose_cfg, tiny_pair
             with pytest.raises(UntrustedConfigError, match=rf"^{path}: refusing {key}"):
                 (evaluate if tool == "eval" else predict)(cfg)
             assert snapshot(tmp_path) == before, (case, tool)
+
+
+def test_training_only_sections_of_a_checkpoint_are_never_built(compose_cfg, tiny_paired_root, tmp_path,
+                                                                  monkeypatch):
+    """A checkpoint's loss may ask for a download or a file of its choosing (a crafted one, or a legitimate CR-loss
+    run trained with loss.download=true and its ResNet-152 file): eval and predict never build the loss, so nothing
+    is downloaded or read, and the weights are scored. Refusing would lock users out of their own CR-loss runs."""
+    import clipdehaze.losses.contrastive as contrastive
+    import torch.hub
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not for hashing" * 10)
+    payloads = {
+        "L1WithCR(download=True)": {"_target_": "clipdehaze.losses.L1WithCR", "download": True},
+        "L1WithCR(weights_path=<secret>)": {"_target_": "clipdehaze.losses.L1WithCR", "weights_path": str(secret)},
+    }
+    ckpts = {case: crafted_checkpoint(tmp_path / f"loss{i}.ckpt", loss=loss) for i, (case, loss) in
+             enumerate(payloads.items())}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint's training loss was built or a download attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(contrastive.L1WithCR, "__init__", refuse)
+    src = _photos(tmp_path / "photos", {"a.png": (30, 40)})
+    before = snapshot(tmp_path / "photos", secret, *ckpts.values())
+    for i, (case, ckpt) in enumerate(ckpts.items()):
+        for tool, args in (("eval", [*_data(tiny_paired_root)]), ("predict", [f"input={src}",
+                                                                              f"output={tmp_path / f'out{i}'}"])):
+            run = tmp_path / f"run-{tool}-{i}"
+            cfg = compose_cfg(tool, [f"ckpt_path={ckpt}", *args], out=run)
+            (evaluate if tool == "eval" else predict)(cfg)
+            assert str(secret) not in "".join(f.read_text(errors="replace") for f in run.rglob("*.json")), case
+    assert snapshot(tmp_path / "photos", secret, *ckpts.values()) == before
 
 
 def test_stored_data_config_stays_in_the_data_cache_and_run_folders(compose_cfg, tmp_path):
@@ -348,14 +377,12 @@ def test_interpolation_in_a_stored_run_config_is_refused_naming_the_file(compose
 
 
 def test_sections_the_caller_supplies_are_not_built_from_the_file(tmp_path):
-    """A section replaced by the user's own config (clip= in eval, every section in train's best checkpoint) is not
-    built from the file, so its arguments do not matter; its target still must pass."""
+    """A section replaced by the user's own config (clip= in eval, every section in train's best checkpoint), or one
+    a module for inference never builds (the loss), is not built from the file, so its arguments do not matter; its
+    target still must pass."""
     download = crafted_checkpoint(tmp_path / "dl.ckpt", loss={"_target_": "clipdehaze.losses.L1WithCR",
                                                               "download": True})
-    with pytest.raises(UntrustedConfigError, match="refusing hyper_parameters.loss.download=True"):
-        DehazeLitModule.load_checkpoint(str(download))
-    module = DehazeLitModule.load_checkpoint(str(download), loss={"_target_": "clipdehaze.losses.L1Loss"})
-    assert type(module.loss_fn).__name__ == "L1Loss"
+    assert DehazeLitModule.load_checkpoint(str(download)).loss_fn is None
     cache = crafted_checkpoint(tmp_path / "cd.ckpt", generator="mixcldehazenet_test", base={"clip": _TINY_CLIP},
                                clip={**_TINY_CLIP, "cache_dir": str(tmp_path / "elsewhere")})
     assert DehazeLitModule.load_checkpoint(str(cache), clip=_TINY_CLIP).clip_prior is not None

@@ -33,8 +33,10 @@ that will be built from the file:
   the run of the user's own config), and, where it names none (a checkpoint's hyper-parameters), any location at
   all: the user's config supplies caches and weights files (``clip=local clip.checkpoint=...``), never the file.
 
-Sections the caller replaces with the user's own config (``clip=`` in eval, every section when resuming) are
-not built from the file, so their arguments are not checked; their targets still are.
+Sections the caller replaces with the user's own config (``clip=`` in eval, every section when resuming), and the
+training-only ones a module built for inference never builds (``loss``, ``optimizer``, ``scheduler``:
+:data:`clipdehaze.lit_module.TRAINING_ONLY_HPARAMS`), are not built from the file, so their arguments are not
+checked; their targets still are.
 """
 
 from __future__ import annotations
