@@ -45,13 +45,13 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 
 # ----------------------------------------------------------------------------------------------------- overrides
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(options and their values, Hydra overrides): every ``key=value`` argument not starting with ``-`` is an
-    override, wherever it stands (after ``--weights a.pth`` too); ``-m`` is dropped (a table is a multirun)."""
+    """(options and their values, Hydra overrides): every ``key=value`` and ``~key`` argument is an override,
+    wherever it stands (after ``--weights a.pth`` too); ``-m`` is dropped (a table is a multirun)."""
     options, overrides = [], []
     for arg in argv:
         if arg in ("-m", "--multirun"):
             continue
-        if "=" in arg and not arg.startswith("-"):
+        if not arg.startswith("-") and ("=" in arg or arg.startswith("~")):
             if arg.split("=", 1)[0].lstrip("+~") == "experiment":
                 raise SystemExit("clipdehaze-reproduce: the rows come from the table; pick some with --rows EXP ... "
                                  "instead of experiment=")
