@@ -92,3 +92,17 @@ def test_every_needs_marker_in_the_docs_is_known():
     for doc in H.DOCS:
         for mark in re.findall(r"\(needs: ([\w-]+)\)", doc.read_text()):
             assert mark in H.NEEDS, (doc, mark)
+
+
+def test_reproduce_commands_get_the_shortening_of_the_tool_they_run(tmp_path, monkeypatch):
+    """Training a table gets train's shortening, scoring weights eval's, listing / dry runs / rendering none; a
+    ``--weights DIR`` the docs name is created in upstream's saved_models/ layout for the table's first rows."""
+    assert H.shortened("reproduce", ["dehazeformer", "--table", "sots_indoor"])[3:] == H.SHORTENING["train"]
+    assert H.shortened("reproduce", ["dehazeformer", "--table", "t", "--weights", "w/", "trainer.limit_test_batches=9"]
+                       ) == ["dehazeformer", "--table", "t", "--weights", "w/", *H.SHORTENING["eval"]]
+    for quiet in H.REPRODUCE_QUIET:
+        assert H.shortened("reproduce", ["dehazeformer", "--table", "t", quiet]) == ["dehazeformer", "--table", "t", quiet]
+    monkeypatch.chdir(tmp_path)
+    H.provide_reproduce_weights(["dehazeformer", "--table", "sots_outdoor", "--weights", "saved_models/"])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pth")) == [
+        "saved_models/outdoor/dehazeformer-s.pth", "saved_models/outdoor/dehazeformer-t.pth"]
