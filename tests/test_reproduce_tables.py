@@ -145,6 +145,10 @@ def test_arguments_are_checked(capsys, monkeypatch, tmp_path):
         ["--weights", "a.pth", "b", "--dry-run"], ["trainer=cpu", "~logger"])
     assert T.main("dehazeformer", ["--table", "reside6k", "--render"]) == 2
     assert "nothing to render" in capsys.readouterr().err
+    (tmp_path / "dehazeformer_t_reside6k.pth").write_bytes(b"x")
+    with pytest.raises(SystemExit, match="model come from the table's rows and --weights; drop model="):
+        T.main("dehazeformer", ["--table", "reside6k", "--weights", str(tmp_path / "dehazeformer_t_reside6k.pth"),
+                                "model=dehazeformer_s"])
 
 
 # ----------------------------------------------------------------------------------------------------- --weights

@@ -140,6 +140,8 @@ def _train_images(cfg, recipe: Recipe) -> tuple[int, str]:
 
 
 def dry_run(paper: Paper, table: Table, rows: list[str], overrides: list[str], throughput) -> str:
+    from omegaconf import OmegaConf
+
     from clipdehaze.lit_module import architecture_kwargs
 
     combos = sweep_combinations(overrides)
@@ -159,8 +161,6 @@ def dry_run(paper: Paper, table: Table, rows: list[str], overrides: list[str], t
             steps = cfg.trainer.max_epochs * steps_per_epoch
             if cfg.trainer.max_steps not in (None, -1):
                 steps = min(steps, cfg.trainer.max_steps)
-            from omegaconf import OmegaConf
-
             model_kwargs = architecture_kwargs(OmegaConf.to_container(cfg.model, resolve=True))
             backbone = cfg.loss.get("arch") if str(cfg.loss.get("_target_", "")).endswith(".L1WithCR") else None
             seconds, basis = throughput.seconds_per_image(cfg.model.name, d.crop_size, model_kwargs, backbone)
@@ -238,16 +238,18 @@ def score_weights(paper: Paper, table: Table, rows: list[str], paths: list[Path]
         raise SystemExit(f"clipdehaze-reproduce: no weights file under {', '.join(map(str, paths))} matches a row of "
                          f"{paper.name} --table {table.name}; expected names: {expected}")
     given = {a.split("=", 1)[0].lstrip("+~") for a in overrides}
+    if fixed := sorted(given & {"model", "weights_path", "hydra.run.dir"}):
+        raise SystemExit(f"clipdehaze-reproduce: {', '.join(fixed)} come from the table's rows and --weights; drop "
+                         f"{' '.join(k + '=' for k in fixed)}")
     print(f"scoring {len(found)} of {len(rows)} rows of {paper.name} --table {table.name} into {out / 'weights'}")
     failed = []
     for row, weights in found.items():
         recipe = paper.recipes[row]
+        # data= and clip= default to the row's test set and CLIP; the user's (e.g. data=paired data.root=...) win
+        defaults = {"data": recipe.setting.test, "clip": recipe.upstream.clip}
         args = [f"model={recipe.generator}", f"weights_path={hydra_quote(str(weights.resolve()))}",
-                f"data={recipe.setting.test}"]
-        if recipe.upstream.clip and "clip" not in given:
-            args.append(f"clip={recipe.upstream.clip}")
-        args += [a for a in overrides if a.split("=", 1)[0].lstrip("+~") not in ("model", "weights_path")]
-        args.append(f"hydra.run.dir={hydra_quote(str(out / 'weights' / row))}")
+                *[f"{k}={v}" for k, v in defaults.items() if v and k not in given], *overrides,
+                f"hydra.run.dir={hydra_quote(str(out / 'weights' / row))}"]
         print(f"$ clipdehaze-eval {' '.join(shell_quote(a) for a in args)}", flush=True)
         if subprocess.run([sys.executable, "-m", "clipdehaze.evaluate", *args]).returncode != 0:
             failed.append(row)
