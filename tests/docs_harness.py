@@ -15,9 +15,10 @@ for three documented conventions, in a fresh working directory outside the check
 
 The working directory holds what a user would have there: tiny paired datasets in every paper dataset's layout
 under ``./data`` (the default ``paths.data_dir``), the published weights a command names with ``weights_path=``
-(random values in the upstream format), the input photos a predict command names, the folder a paper test set's
-``data.root=`` names, the official download a ``clipdehaze-data prepare`` command names (:data:`FAKE_DOWNLOADS`), and
-the recorded trajectory a ``clipdehaze-reproduce trajectory`` command names (copied from
+(random values in the upstream format; for ``clipdehaze-reproduce --weights DIR``, a folder in upstream's
+saved_models/ layout), the input photos a predict command names, the folder a paper test set's ``data.root=`` names,
+the official download a ``clipdehaze-data prepare`` command names (:data:`FAKE_DOWNLOADS`), and the recorded
+trajectory a ``clipdehaze-reproduce trajectory`` command names (copied from
 ``$CLIPDEHAZE_SHARED/reference/trajectories``; without the project's shared/ folder that command is skipped, with the
 reason, and the doc's test reports the skip).
 """
@@ -67,6 +68,13 @@ NEEDS = {
 TOOLS = {"train": "clipdehaze.train", "eval": "clipdehaze.evaluate", "predict": "clipdehaze.predict",
          "data": "clipdehaze.data.cli", "table": "clipdehaze.table", "bench": "clipdehaze.bench",
          "compare": "clipdehaze.compare", "reproduce": "clipdehaze.reproduce.cli"}
+#: ``clipdehaze-reproduce PAPER ...`` passes its overrides to the tool it runs: training a table gets the train
+#: shortening, scoring weights the eval one; --list, --dry-run and --render run nothing to shorten.
+REPRODUCE_QUIET = ("--list", "--dry-run", "--render")
+#: ``clipdehaze-reproduce ... --weights DIR`` with no DIR yet: what a user downloaded, in upstream's saved_models/
+#: layout (<setting>/<model>.pth), random values; the table's first rows only (a partial download), so the command
+#: also lists rows without weights.
+REPRODUCE_WEIGHT_ROWS = 2
 _PLACEHOLDER = re.compile(r"<([A-Za-z][\w-]*)>")
 _NEEDS_MARK = re.compile(r"\(needs: ([\w-]+)\)")
 
@@ -333,10 +341,34 @@ def shortened(tool: str, args: list[str]) -> list[str]:
         return out + [x for option, values in options.items() for x in (option, *values)]
     sub = args[0] if tool in SUBCOMMAND_TOOLS and args else None
     extra = SHORTENING.get(f"{tool} {sub}" if sub else tool, [])
+    if tool == "reproduce":
+        if args and args[0] == "trajectory":
+            extra = SHORTENING.get("reproduce trajectory", [])
+        elif any(a in args for a in REPRODUCE_QUIET):
+            extra = []
+        else:
+            extra = SHORTENING["eval" if "--weights" in args else "train"]
     if any(a.startswith("hparams_search=") for a in args):
         extra = extra + SHORTENING_OPTUNA
     keys = {e.split("=", 1)[0] for e in extra}
     return [a for a in args if a.split("=", 1)[0].lstrip("+~") not in keys] + extra
+
+
+def provide_reproduce_weights(args: list[str]) -> None:
+    """The folder a ``clipdehaze-reproduce PAPER --table T --weights DIR`` names, as upstream's training saves
+    weights (see :data:`REPRODUCE_WEIGHT_ROWS`)."""
+    if "--weights" not in args or "--table" not in args or args[0].startswith("-"):
+        return
+    folder = Path(args[args.index("--weights") + 1])
+    if folder.exists():
+        return
+    from clipdehaze.reproduce.recipes import papers
+
+    paper = papers()[args[0]]
+    for row in paper.table(args[args.index("--table") + 1]).rows[:REPRODUCE_WEIGHT_ROWS]:
+        recipe = paper.recipes[row]
+        (folder / recipe.saved_as).parent.mkdir(parents=True, exist_ok=True)
+        make_weights_file(folder / recipe.saved_as, recipe.generator)
 
 
 def run(tool: str, args: list[str]) -> int:
@@ -350,6 +382,8 @@ def run(tool: str, args: list[str]) -> int:
     provide_user_files(args)
     if tool == "data" and args[:1] == ["prepare"]:
         provide_download(args)
+    if tool == "reproduce":
+        provide_reproduce_weights(args)
     cmd = [sys.executable, "-m", TOOLS[tool], *shortened(tool, args)]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)

@@ -118,3 +118,17 @@ def test_a_documented_trajectory_replay_gets_the_shared_recording_or_a_skip_reas
     assert H.provide_shared_files("train", ["model=dehazeformer_t"]) is None
     assert H.shortened("reproduce", ["trajectory", "run.pt", "--json", "out.json"]) == [
         "trajectory", "run.pt", "--json", "out.json"]
+
+
+def test_reproduce_commands_get_the_shortening_of_the_tool_they_run(tmp_path, monkeypatch):
+    """Training a table gets train's shortening, scoring weights eval's, listing / dry runs / rendering none; a
+    ``--weights DIR`` the docs name is created in upstream's saved_models/ layout for the table's first rows."""
+    assert H.shortened("reproduce", ["dehazeformer", "--table", "sots_indoor"])[3:] == H.SHORTENING["train"]
+    assert H.shortened("reproduce", ["dehazeformer", "--table", "t", "--weights", "w/", "trainer.limit_test_batches=9"]
+                       ) == ["dehazeformer", "--table", "t", "--weights", "w/", *H.SHORTENING["eval"]]
+    for quiet in H.REPRODUCE_QUIET:
+        assert H.shortened("reproduce", ["dehazeformer", "--table", "t", quiet]) == ["dehazeformer", "--table", "t", quiet]
+    monkeypatch.chdir(tmp_path)
+    H.provide_reproduce_weights(["dehazeformer", "--table", "sots_outdoor", "--weights", "saved_models/"])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.pth")) == [
+        "saved_models/outdoor/dehazeformer-s.pth", "saved_models/outdoor/dehazeformer-t.pth"]

@@ -1,5 +1,6 @@
 """End to end through the real configs: fit, checkpoint, test, eval round-trip, predict."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -280,18 +281,28 @@ def test_eval_without_data_refuses_a_checkpoint_that_records_none(compose_cfg, t
     assert not marker.exists()
 
 
-def test_eval_weights_provenance_published_and_random(compose_cfg, tiny_paired_root, tmp_path):
+def test_eval_weights_provenance_external_published_and_random(compose_cfg, tiny_paired_root, tmp_path, monkeypatch):
+    """A weights file is "published" only when its sha256 is a release a recipe table lists; any other file is
+    "external" with its hash."""
     import hashlib
 
     from clipdehaze.models import create_generator
+    from clipdehaze.reproduce import recipes
 
     weights = tmp_path / "dehazeformer-test.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in create_generator("dehazeformer_test").state_dict().items()}},
                weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    result = evaluate(compose_cfg("eval", ["model=dehazeformer_test", f"weights_path={weights}",
+                                           *_data_overrides(tiny_paired_root)], out=tmp_path / "ext"))
+    assert result["weights"] == {"origin": "external", "path": str(weights.resolve()), "sha256": sha}
+    paper = recipes.papers()["dehazeformer"]
+    release = {"file": "dehazeformer-test.pth", "sha256": sha, "source": "https://example.org/release"}
+    monkeypatch.setitem(recipes.papers(), "dehazeformer", dataclasses.replace(paper, releases=(release,)))
     result = evaluate(compose_cfg("eval", ["model=dehazeformer_test", f"weights_path={weights}",
                                            *_data_overrides(tiny_paired_root)], out=tmp_path / "pub"))
-    assert result["weights"] == {"origin": "published", "path": str(weights.resolve()),
-                                 "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert result["weights"] == {"origin": "published", "path": str(weights.resolve()), "sha256": sha,
+                                 "release": {"paper": "dehazeformer", **release}}
     result = evaluate(compose_cfg("eval", ["model=dehazeformer_test", "allow_random_weights=true",
                                            *_data_overrides(tiny_paired_root)], out=tmp_path / "rand"))
     assert result["weights"] == {"origin": "random"}

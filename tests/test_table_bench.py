@@ -165,6 +165,26 @@ def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):
         assert cfg.trainer.max_epochs >= DEFAULT_STEPS, name   # an epoch is at least one step: epochs never stop it first
 
 
+def test_demo_trains_each_model_with_its_papers_loss_where_it_can_run(compose_cfg, monkeypatch):
+    """SAR with its CLIP-SRD term, DehazeFormer with L1 on its [-1, 1] images; MixDehazeNet/MixCLDehazeNet with
+    L1 + 0.1 CR when the ResNet-152 weights are cached, else the L1 term alone, saying why."""
+    from clipdehaze import demo
+
+    targets = {}
+    for cached in (False, True):
+        monkeypatch.setattr(demo, "cr_weights_cached", lambda cached=cached: cached)
+        for name in demo.DEFAULT_MODELS:
+            cfg = compose_cfg("train", demo.train_overrides(name, 2, ["clip=tiny_random"]))
+            targets[name, cached] = (cfg.loss._target_.rsplit(".", 1)[-1], demo.demo_loss(name)[1])
+    assert targets["sar_weather_t", False] == ("SARWeatherLoss", None)
+    assert targets["dehazeformer_t", False] == ("WeightedSumLoss", None)
+    for name in ("mixdehazenet_t", "mixcldehazenet_t"):
+        loss, why = targets[name, False]
+        assert loss == "WeightedSumLoss" and "ResNet-152" in why
+        assert targets[name, True] == ("L1WithCR", None)
+    assert targets["cliphaze_t", False][0] == "L1Loss" and "states no loss" in targets["cliphaze_t", False][1]
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_scores_real_photos(tmp_path):
     """``make demo`` shortened (two steps, one learned model): the comparison table, the no-reference scores of
@@ -191,9 +211,10 @@ def test_demo_runs_end_to_end_and_scores_real_photos(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = (out / "report.md").read_text()
-    table = report.split("| method | params (M)", 1)[1].split("\n\n", 1)[0]
+    table = report.split("| method | loss | params (M)", 1)[1].split("\n\n", 1)[0]
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["identity", "dcp", "dehazeformer_test"]
-    assert " / 2 steps |" in table
+    assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["-", "-", "L1 on [-1, 1]"]
+    assert " / 2 steps |" in table and "its paper's own loss unless marked *: none is marked." in report
     real = report.split("## Real hazy photos (no ground truth): 2 of", 1)[1]
     for name in ("identity", "dcp", "dehazeformer_test"):
         row = next(line for line in real.splitlines() if line.startswith(f"| {name} |"))

@@ -170,6 +170,19 @@ def clip_control_record(cfg: DictConfig, module: DehazeLitModule,
     return PriorControl.from_config(cfg, train_config, cfg.get("ckpt_path")).record()
 
 
+def weights_file_provenance(path: str) -> dict[str, Any]:
+    """A ``weights_path=`` file: origin ``published`` with the release it is (file, source) when its sha256 is one
+    a paper's recipe table lists under ``releases`` (:func:`clipdehaze.reproduce.recipes.published_release`),
+    otherwise ``external``; the sha256 either way."""
+    from clipdehaze.provenance import weights_provenance
+    from clipdehaze.reproduce.recipes import published_release
+
+    record = weights_provenance("external", path)
+    if (release := published_release(record.get("sha256"))) is not None:
+        record.update(origin="published", release=release)
+    return record
+
+
 def inference_weights(cfg: DictConfig, module: DehazeLitModule) -> dict[str, Any]:
     """The ``weights`` provenance of an eval/predict module (see :mod:`clipdehaze.provenance`)."""
     from clipdehaze.provenance import weights_provenance
@@ -177,7 +190,7 @@ def inference_weights(cfg: DictConfig, module: DehazeLitModule) -> dict[str, Any
     if cfg.get("ckpt_path"):
         return {**weights_provenance("checkpoint", cfg.ckpt_path), "ema": module.ema_weights}
     if cfg.get("weights_path"):
-        return weights_provenance("published", cfg.weights_path)
+        return weights_file_provenance(cfg.weights_path)
     if any(True for _ in module.generator.parameters()):
         return weights_provenance("random")
     return weights_provenance("none")

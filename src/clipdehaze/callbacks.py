@@ -31,6 +31,28 @@ class PreemptionCheckpoint(L.Callback):
         log.warning("SIGTERM received at global step %d: saved %s; resume with resume=auto", trainer.global_step, path)
 
 
+class EvalFreq(L.Callback):
+    """Validate after the epochs whose 0-based index is a multiple of ``eval_freq``, as DehazeFormer's train.py
+    (``if epoch % setting['eval_freq'] == 0``, also MixDehazeNet's and MixCLDehazeNet's): epochs 1, 11, 21, ...
+    for ``eval_freq=10``, the first and, with upstream's ``epochs + 1`` epochs, the last. Lightning's
+    ``check_val_every_n_epoch=10`` validates after epochs 10, 20, ... instead, so it would never score the final,
+    fully annealed epoch. The best-by-``val/psnr`` checkpoint is chosen among the same epochs as upstream's.
+
+    Lightning reads ``trainer.check_val_every_n_epoch`` as ``(current_epoch + 1) % n == 0``; before each epoch
+    this sets it to 1 for a validated epoch and to ``current_epoch + 2`` (never a divisor) otherwise.
+    ``~callbacks.eval_freq`` restores Lightning's own schedule.
+    """
+
+    def __init__(self, eval_freq: int = 1) -> None:
+        if isinstance(eval_freq, bool) or not isinstance(eval_freq, int) or eval_freq < 1:
+            raise ValueError(f"callbacks.eval_freq.eval_freq={eval_freq!r}: must be a positive number of epochs")
+        self.eval_freq = eval_freq
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        trainer.check_val_every_n_epoch = 1 if epoch % self.eval_freq == 0 else epoch + 2
+
+
 #: Checkpoint key of the raw (not averaged) module weights when EMA is on; ``state_dict`` holds the EMA weights then,
 #: so every reader of ``state_dict`` gets them by default. The name is Lightning's own (``WeightAveraging``).
 RAW_STATE_KEY = "current_model_state"

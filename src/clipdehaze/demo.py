@@ -10,6 +10,12 @@ grid of every method (a row per method: hazy | output | GT for the first test im
 ``grid.png`` files, so it costs no extra inference. MACs are counted on the generator each run built (its resolved
 ``model`` config, e.g. the 64-d tiny CLIP's width), so params and MACs in a row describe the same model.
 
+Every learned generator trains with its own paper's loss wherever that can run offline (:data:`PAPER_LOSS`):
+DehazeFormer's L1 on its [-1, 1] images, the SAR weather net's L1 + 0.1 CLIP-SRD, CLIPHaze's L1 (our reading);
+MixDehazeNet's and MixCLDehazeNet's L1 + 0.1 CR needs torchvision's ImageNet ResNet-152 weights, so without them in
+torchvision's cache those two train with the L1 term alone. The report names the loss of every row and why a row
+departs from its paper's.
+
 The CLIP-guided generators run with ``clip=tiny_random``: a tiny CLIP with RANDOM weights (nothing can be
 downloaded here), so their CLIP prior carries no information in this demo. With real weights:
 ``python -m clipdehaze.demo --clip vit_b32_openai`` (cached OpenAI weights) or ``--clip local`` with
@@ -45,9 +51,47 @@ COMMON = ["data=synthetic", "data.crop_size=96", "data.batch_size=4", "data.num_
           "trainer.check_val_every_n_epoch=1"]
 
 
+#: Each generator family's own paper loss (a ``conf/loss`` option).
+PAPER_LOSS = {"dehazeformer": "l1_upstream", "mixdehazenet": "l1_cr_upstream", "mixcldehazenet": "l1_cr_upstream",
+              "cliphaze": "l1", "sar_weather": "sar_weather"}
+#: What each loss option computes, as the report names it.
+LOSS_LABELS = {"l1": "L1", "l1_upstream": "L1 on [-1, 1]", "l1_cr_upstream": "L1 on [-1, 1] + 0.1 CR (ResNet-152)",
+               "sar_weather": "L1 + 0.1 CLIP-SRD"}
+
+
+def cr_weights_cached() -> bool:
+    """Whether torchvision's ImageNet ResNet-152 weights, which the CR loss needs, are in torchvision's cache."""
+    import torch
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights("resnet152")["IMAGENET1K_V1"].url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+#: Families whose paper states no loss: what the demo's choice rests on.
+PAPER_SILENT = {"cliphaze": "its paper states no loss; L1 is our reading (experiments/cliphaze/README.md)"}
+
+
+def demo_loss(name: str) -> tuple[str, str | None]:
+    """(the loss option generator ``name`` trains with, why it is not its paper's loss or None)."""
+    from clipdehaze.models.variants import variant
+
+    family = variant(name).family
+    if family not in PAPER_LOSS:
+        return "l1", f"no paper loss recorded for the {family} family"
+    loss = PAPER_LOSS[family]
+    if family in PAPER_SILENT:
+        return loss, PAPER_SILENT[family]
+    if loss.startswith("l1_cr") and not cr_weights_cached():
+        return "l1_upstream", ("its paper's 0.1 x CR term needs torchvision's ImageNet ResNet-152 weights, not in "
+                               "torchvision's cache here (offline); the L1 term alone")
+    return loss, None
+
+
 def train_overrides(name: str, steps: int, clip: list[str]) -> list[str]:
-    """``clipdehaze-train`` overrides of one learned generator's demo run: ``steps`` optimisation steps."""
-    return [f"model={name}", *clip, f"trainer.max_steps={steps}", *COMMON]
+    """``clipdehaze-train`` overrides of one learned generator's demo run: ``steps`` optimisation steps with its
+    paper's loss where that can run (:func:`demo_loss`)."""
+    return [f"model={name}", f"loss={demo_loss(name)[0]}", *clip, f"trainer.max_steps={steps}", *COMMON]
 
 
 def _run(module: str, overrides: list[str], run_dir: Path) -> dict:
@@ -76,10 +120,16 @@ def _row(s: dict, macs_g: float | None, run_dir: Path) -> str:
     fit, test = s.get("fit_seconds"), s.get("test_seconds")
     per_img = f"{test / _n_images(run_dir):.2f}" if test else "-"
     steps = s.get("global_step")
-    return (f"| {s['generator']} | {s['params'] / 1e6:.3f} | {'-' if macs_g is None else f'{macs_g:.2f}'} | "
+    loss = "-"
+    if s["generator"] not in CONTROLS:
+        option, why = demo_loss(s["generator"])
+        loss = LOSS_LABELS.get(option, option) + (" *" if why else "")
+    return (f"| {s['generator']} | {loss} | {s['params'] / 1e6:.3f} | {'-' if macs_g is None else f'{macs_g:.2f}'} | "
             f"{m['test/psnr_synthetic_haze']:.2f} | {m['test/ssim_synthetic_haze']:.4f} | "
             f"{'-' if fit is None else f'{fit:.0f} s / {steps} steps'} | {per_img} |")
 
+
+TABLE_HEAD = "| method | loss | params (M) | MACs @256² (G) | PSNR (dB) | SSIM | train | test s/img |"
 
 #: Real hazy photos the demo scores without ground truth (relative to where the demo runs: the checkout).
 DEFAULT_REAL_PHOTOS = "../shared/data/real-hazy/fattal"
@@ -223,7 +273,8 @@ def main(argv: list[str] | None = None) -> Path:
         "",
         "Test split of the embedded synthetic haze set (scikit-image photos, atmospheric scattering model with "
         "homogeneous and non-homogeneous haze, source photos disjoint from training). Every learned generator "
-        f"trained from scratch for the same {args.steps} optimisation steps (crop 96, batch 4, AdamW 2e-4, L1), best "
+        f"trained from scratch for the same {args.steps} optimisation steps (crop 96, batch 4, AdamW 2e-4, its "
+        "paper's loss where it can run: the loss column), best "
         "checkpoint by val/psnr: a step budget rather than a time budget, so every model sees the same data and "
         "makes the same number of updates whatever a step costs it on this CPU (the train column gives the time "
         "each took). These are smoke-scale numbers, not paper results.",
@@ -234,9 +285,12 @@ def main(argv: list[str] | None = None) -> Path:
         "",
         f"Metric protocol: {protocol}",
         "",
-        "| method | params (M) | MACs @256² (G) | PSNR (dB) | SSIM | train | test s/img |",
-        "|---|---|---|---|---|---|---|",
+        TABLE_HEAD,
+        "|---|---|---|---|---|---|---|---|",
         *[_row(summaries[n], macs[n], out / n) for n in summaries],
+        "",
+        "loss: what each learned model trained with, its paper's own loss unless marked *: "
+        + ("; ".join(f"{n}: {why}" for n in args.models if (why := demo_loss(n)[1])) or "none is marked") + ".",
         "",
         "MACs: torch's flop counter on the generator each run built (its CLIP inputs at that run's CLIP width), "
         "the published implementation's graph; the frozen CLIP's own cost is excluded.",
@@ -256,8 +310,8 @@ def main(argv: list[str] | None = None) -> Path:
     ]
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    table_start = lines.index("| method | params (M) | MACs @256² (G) | PSNR (dB) | SSIM | train | test s/img |")
-    print("\n".join(lines[table_start:table_start + 2 + len(summaries) + 2]))
+    table_start = lines.index(TABLE_HEAD)
+    print("\n".join(lines[table_start:table_start + 2 + len(summaries) + 4]))
     print("\n".join(real_lines))
     print(f"\nreport: {report}")
     return report

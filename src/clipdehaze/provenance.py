@@ -7,8 +7,10 @@ Every ``metrics.json`` that ``clipdehaze-train`` / ``clipdehaze-eval`` write car
   when fewer), and ``manifest_sha256``, the sha256 of the sorted (path relative to the dataset root, file size)
   list of every scored input and target file. Two folders that hold different images never share it; the same
   images copied elsewhere do. ``train_manifest_sha256`` is the same over the training pairs.
-* ``weights``: ``origin`` (``trained`` / ``checkpoint`` / ``published`` / ``random`` / ``none`` for
-  parameter-free priors), the file and its sha256.
+* ``weights``: ``origin`` (``trained`` / ``checkpoint`` / ``published`` / ``external`` / ``random`` / ``none``
+  for parameter-free priors), the file and its sha256. A ``weights_path=`` file is ``published`` only when its
+  sha256 is a release a paper's recipe table lists (``experiments/<paper>/recipes.yaml``, ``releases``: the
+  record then names it and its source); any other file is ``external``.
 * ``code``: package version, git commit and dirty flag when running from a checkout.
 * ``environment``: Python, torch, CUDA and cuDNN versions, the device the numbers were computed on.
 * ``config_sha256``: sha256 of the resolved configuration (an evaluation: its own and its checkpoint's training

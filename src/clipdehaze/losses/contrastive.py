@@ -22,7 +22,8 @@ heavily relative to L1 as upstream. CR needs no such factor: the backbone is fed
 convolution, an affine change of the input range cancels, up to zero-padding borders.)
 
 Two departures from upstream's code, both switchable; the defaults are the sound choice for new training, the
-upstream values reproduce MixDehazeNet's training exactly (the ``conf/experiment/mix*`` recipes use them):
+upstream values reproduce MixDehazeNet's training exactly (the MixDehazeNet / MixCLDehazeNet recipes of
+``experiments/mixdehazenet/recipes.yaml`` use them):
 
 * ``input_norm``: upstream feeds its [-1, 1] images to the ImageNet network without ImageNet normalisation;
   by default inputs are normalised with the ImageNet mean/std (``"imagenet"``); ``"upstream"`` feeds

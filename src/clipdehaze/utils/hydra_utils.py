@@ -188,11 +188,14 @@ _ELSEWHERE = {
 def check_override_syntax(argv: list[str]) -> None:
     """Stop with one sentence where Hydra would stop with a grammar error or a traceback: a ``key=value`` override
     that does not parse, e.g. a path holding ``=``, a quote or brackets (the override grammar reserves them),
-    showing the quoted form that works; and a config group set to null (``clip=null``), showing ``~clip``. Also
-    where Hydra would silently read another path: a value holding ``${`` that names an existing file, whose name
-    Hydra would interpolate (``${oc.env:HOME}.png`` -> ``/root.png``), showing the escaped form."""
+    showing the quoted form that works; a config group set to null (``clip=null``), showing ``~clip``; an
+    ``experiment=`` naming a paper recipe that is empty upstream, saying so. Also where Hydra would silently read
+    another path: a value holding ``${`` that names an existing file, whose name Hydra would interpolate
+    (``${oc.env:HOME}.png`` -> ``/root.png``), showing the escaped form."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+
+    from clipdehaze.reproduce.recipes import refuse_unrunnable
 
     parser = OverridesParser.create()
     previous, nulled = None, []
@@ -217,6 +220,7 @@ def check_override_syntax(argv: list[str]) -> None:
             if (where := _ELSEWHERE.get(key.lstrip("+~"))) is not None:
                 raise SystemExit(f"{arg}: {where}")
         previous = arg
+    refuse_unrunnable(argv)
     groups = config_groups() if nulled else {}
     for key in nulled:
         if key in groups:
@@ -282,12 +286,16 @@ def register_model_configs() -> None:
 
 def register_with_hydra() -> None:
     """What every composition of the project's configs needs first: the resolvers (``${clip_dim:...}``,
-    ``${run_stamp:}`` ...) and the ``model`` group's options (:func:`register_model_configs`)."""
+    ``${run_stamp:}`` ...), the ``model`` group's options (:func:`register_model_configs`) and the paper recipes'
+    ``experiment`` options (:func:`clipdehaze.reproduce.recipes.register_experiment_configs`)."""
+    from clipdehaze.reproduce.recipes import register_experiment_configs
+
     for name, fn in (("run_stamp", run_stamp), ("clip_dim", _clip_dim), ("sweep_group", sweep_group),
                      ("cwd", launch_cwd)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
     register_model_configs()
+    register_experiment_configs()
 
 
 def _initialize():
