@@ -436,7 +436,9 @@ def _composed_keys(extra: list[str] | None = None) -> dict[str, set[str]]:
             n = max(len(groups[g]) for g in rest)
             combos = [[f"{g}={groups[g][i % len(groups[g])]}" for g in rest] for i in range(n)]
             # Experiments are training recipes: they override the loss group, which only train composes.
-            combos += [[f"experiment={e}"] for e in groups["experiment"] if name == "train"]
+            # A setting's default.json recipe (<family>_<data>_default) is upstream's fallback: it needs model=.
+            combos += [[f"experiment={e}", *([f"model={e.split('_')[0]}_t"] if e.endswith("_default") else [])]
+                       for e in groups["experiment"] if name == "train"]
             for overrides in combos:
                 cfg = compose(config_name=name, overrides=overrides + list(extra or []))
                 for k in flatten(OmegaConf.to_container(cfg, resolve=False)):

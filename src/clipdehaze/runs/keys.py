@@ -38,6 +38,9 @@ Choices where the effect depends on the run (written here so the table's behavio
   only batches where ``raise`` would have stopped the run.
 * ``trainer.devices`` / ``num_nodes`` are ``training``: under DDP the effective batch is ``batch_size`` times the
   number of ranks.
+* ``data.val_batch_size`` is ``execution``: the validation metric is a mean over images, whatever the batch.
+* ``recipe.*`` is ``execution``: it records where a paper recipe was read; the values it set are in ``optimizer.*``,
+  ``data.*``, ``trainer.*`` ..., which count.
 * ``data.root`` is ``location`` also for training data: a checkpoint's evaluation does not record the training
   files' manifest, so two trainings on different folders under one data name are not told apart (their
   ``data.name`` is).
@@ -76,7 +79,7 @@ KEYS: dict[str, str] = {
     "data._target_": _T, "data.name": _T, "data.kind": _T, "data.synth_seed": _T, "data.edge_decay": _T,
     "data.augment": _T, "data.crop_size": _T, "data.val_crop_size": _T, "data.batch_size": _T,
     "data.pad_if_smaller": _T, "data.train_split": _T, "data.train_list": _T, "data.max_train_samples": _T,
-    "data.val_split": _T, "data.val_list": _T, "data.max_val_samples": _T,
+    "data.val_split": _T, "data.val_list": _T, "data.max_val_samples": _T, "data.val_batch_size": _X,
     # how max_*_samples pick (even | first): the training selection; the scored one is in the manifest
     "data.subset": _T,
     "data.test_split": _I, "data.test_list": _I, "data.max_test_samples": _I, "data.input_dir": _I,
@@ -88,6 +91,7 @@ KEYS: dict[str, str] = {
     "loss.eps": _T, "loss.input_norm": _T, "loss.recon": _T, "loss.srd_weight": _T, "loss.weights": _T,
     "loss.weights_path": _L, "loss.download": _X,
     "optimizer._target_": _T, "optimizer.lr": _T, "optimizer.betas": _T, "optimizer.weight_decay": _T,
+    "optimizer.eps": _T, "optimizer.amsgrad": _T, "loss.scale": _T,
     "scheduler.interval": _T, "scheduler.frequency": _T, "scheduler.scheduler._target_": _T,
     "scheduler.scheduler.T_max": _T, "scheduler.scheduler.eta_min": _T,
     # CLIP prior (its weights file is named, with its sha256, by metrics.json's ``clip`` model id)
@@ -112,6 +116,8 @@ KEYS: dict[str, str] = {
     "callbacks.model_checkpoint._target_": _X, "callbacks.model_checkpoint.filename": _X,
     "callbacks.model_checkpoint.save_top_k": _X, "callbacks.model_checkpoint.save_last": _X,
     "callbacks.model_checkpoint.auto_insert_metric_name": _X, "callbacks.model_checkpoint.dirpath": _L,
+    # upstream's validation epochs (clipdehaze.callbacks.EvalFreq) decide which epoch's weights are "best"
+    "callbacks.eval_freq._target_": _T, "callbacks.eval_freq.eval_freq": _T,
 }
 
 #: Families of one class by construction (fnmatch patterns, tried after :data:`KEYS`).
@@ -127,6 +133,9 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     ("callbacks.rich_progress_bar.*", _X),
     ("callbacks.model_summary.*", _X),
     ("callbacks.preemption_checkpoint.*", _X),
+    # where a paper recipe was read (repo, commit, file, its verbatim numbers): provenance; what the numbers set is
+    # in the keys above
+    ("recipe.*", _X),
 )
 
 #: The scoring options' values that change nothing (a label names an option only where it differs from these,
