@@ -232,8 +232,9 @@ def test_a_run_records_its_controls_and_eval_tests_another(tiny_paired_root, tmp
     assert text[SOURCE_KEYS[0]] == str((tiny_paired_root / "test" / "hazy" / "0000.png").resolve())
     assert text[SOURCE_KEYS[1]] == str((tiny_paired_root / "test" / "GT" / "0000.png").resolve())
 
+    # the checkpoint's own data.root is a location a stored config may not choose (hostile input): name the data
     ev = subprocess.run([sys.executable, "-m", "clipdehaze.evaluate", f"ckpt_path={trained['best_ckpt']}",
-                         "test_clip_control=shuffled", "clip=tiny_random"], cwd=tmp_path, env=env,
+                         "test_clip_control=shuffled", "clip=tiny_random", *data], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=900)
     assert ev.returncode == 0, ev.stderr[-4000:]
     (ev_run,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()

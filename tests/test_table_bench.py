@@ -177,10 +177,10 @@ def test_demo_trains_each_model_with_its_papers_loss_where_it_can_run(compose_cf
             cfg = compose_cfg("train", demo.train_overrides(name, 2, ["clip=tiny_random"]))
             targets[name, cached] = (cfg.loss._target_.rsplit(".", 1)[-1], demo.demo_loss(name)[1])
     assert targets["sar_weather_t", False] == ("SARWeatherLoss", None)
-    assert targets["dehazeformer_t", False] == ("WeightedSumLoss", None)
+    assert targets["dehazeformer_t", False] == ("L1Loss", None)   # l1_upstream: L1Loss at upstream's scale
     for name in ("mixdehazenet_t", "mixcldehazenet_t"):
         loss, why = targets[name, False]
-        assert loss == "WeightedSumLoss" and "ResNet-152" in why
+        assert loss == "L1Loss" and "ResNet-152" in why
         assert targets[name, True] == ("L1WithCR", None)
     assert targets["cliphaze_t", False][0] == "L1Loss" and "states no loss" in targets["cliphaze_t", False][1]
 
