@@ -184,12 +184,26 @@ class WindowAttention(UpstreamGraph, nn.Module):
         return table[self._offset_index].view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(windows, heads, N, head_dim) each -> same shape."""
-        # Explicit rather than F.scaled_dot_product_attention: on CPU a float mask sends SDPA to its math path,
-        # which adds masked-row checks (all/where) that cost more than they save here.
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn += self.relative_position_bias()
-        return softmax(attn, dim=-1) @ v
+        """(windows, heads, N, head_dim) each, any strides with a contiguous last axis -> (windows, heads, N,
+        head_dim), with a (windows, N, heads, head_dim) memory layout where the fused kernel runs."""
+        bias = self.relative_position_bias()
+        if q.device.type == "cpu" and torch.is_grad_enabled() and bias.requires_grad:
+            # CPU's fused attention has no gradient for a float mask: it would fall back to its slower math path.
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn += bias
+            return softmax(attn, dim=-1) @ v
+        # One fused kernel (CPU flash attention, CUDA efficient attention): the N x N scores never reach memory.
+        # The mask is 4-D: a 3-D one sends CPU dispatch to the math path.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), scale=self.scale)
+
+    def attend_windows(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(windows, N, 3C) ``[Q | K | V]`` per token of each window -> (windows, N, C): every window attends within
+        itself. Q, K and V are read as strided views; the result is a view of the attention's output where the
+        fused kernel runs (a copy on the CPU training path with several heads)."""
+        nw, n = qkv.shape[:2]
+        heads, hd = self.num_heads, self.dim // self.num_heads
+        q, k, v = qkv.view(nw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        return self(q, k, v).transpose(1, 2).reshape(nw, n, self.dim)
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3C) channel-last ``[Q | K | V]``, H and W whole windows -> (B, H, W, C): every window attends

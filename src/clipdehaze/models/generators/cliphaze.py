@@ -102,6 +102,8 @@ class WindowSelfAttention(nn.Module):
     """The local path: multi-head self-attention inside non-overlapping ``window_size``² windows.
 
     (B, H, W, C) channel-last -> same; H and W must be multiples of ``window_size`` (:class:`CLIPHaze` pads).
+    :meth:`features` stops before the output projection and leaves the result in window order, where the block
+    fuses the projection with the aggregation's own.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int = 1):
@@ -117,8 +119,54 @@ class WindowSelfAttention(nn.Module):
         _init_linear(self.qkv)
         _init_linear(self.proj)
 
+    def features(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> the attention output before ``proj``, window-major: (B, H/ws, W/ws, ws, ws, C).
+
+        The one layout copy of the path: the normalised map (C channels) into window order before the QKV
+        projection, which then writes Q, K and V window-major; the attention reads them as strided views."""
+        B, H, W, C = x.shape
+        ws = self.window_size
+        windows = x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C)
+        out = self.attn.attend_windows(self.qkv(windows))
+        return out.view(B, H // ws, W // ws, ws, ws, C)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.attn.attend(self.qkv(x)))
+        B, H, W, C = x.shape
+        return _window_major_as_map(self.proj(self.features(x))).reshape(B, H, W, C)
+
+
+def _window_major_as_map(t: Tensor) -> Tensor:
+    """(B, nh, nw, ws, ws, ·) window-major -> (B, nh, ws, nw, ws, ·): the same values as a map split into windows, a
+    view. Elementwise operations read it beside a (B, H, W, ·) map viewed the same way (:func:`_as_split_maps`)."""
+    return t.transpose(2, 3)
+
+
+def _as_split_maps(window_major: Tensor, *maps: Tensor | None) -> tuple[Tensor | None, ...]:
+    """A window-major (B, nh, nw, ws, ws, ·) tensor and row-major (B, H, W, ·) maps, all as views shaped
+    (B, nh, ws, nw, ws, ·) that index the same pixel at the same position."""
+    B, nh, nw, ws = window_major.shape[:4]
+    return (_window_major_as_map(window_major),
+            *(m.view(B, nh, ws, nw, ws, *m.shape[3:]) if m is not None else None for m in maps))
+
+
+def _merged(t: Tensor) -> Tensor:
+    """(B, nh, ws, nw, ws, ·) laid out row-major (an elementwise result whose first operand was a row-major map)
+    -> (B, H, W, ·), a view."""
+    B, nh, ws, nw = t.shape[:4]
+    return t.view(B, nh * ws, nw * ws, *t.shape[5:])
+
+
+def _fused_linear(x: Tensor, layer: nn.Linear, extra_weight: Tensor | None = None,
+                  extra_bias: Tensor | None = None) -> Tensor:
+    """``layer(x)`` with further outputs ``extra_weight @ layer(x) + extra_bias`` appended, in one matmul: a linear
+    map of a linear layer's output is a linear map of its input."""
+    weight, bias = layer.weight, layer.bias
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if extra_weight is not None:
+        weight = torch.cat([weight, extra_weight @ layer.weight])
+        bias = torch.cat([bias, extra_weight @ bias + (extra_bias if extra_bias is not None else 0)])
+    return F.linear(x, weight, bias)
 
 
 class FeedForward(nn.Module):
@@ -145,10 +193,17 @@ class CLIPAggregation(nn.Module):
     Hidden units ``h = W [attn, ssm, density]`` (density only with ``use_density``), FiLM-modulated by the
     adapted image embedding ``cond`` (only with ``cond_dim``): ``h · (1 + γ(cond)) + β(cond)``; then
     ``softmax(W' GELU(h))`` over the two paths gives the per-pixel weights.
+
+    :meth:`forward` computes exactly that from the two paths' outputs; :meth:`fused`, what the block runs, the
+    same from the paths' features before their output projections: ``W`` splits into its attention, SS2D and
+    density columns, the first two fold into the projections (one matmul per path gives its output and its
+    share of ``h``), the density column is a per-pixel multiply-add, and the softmax over two logits is the
+    sigmoid of their difference, so ``out = lerp(ssm, attn, σ(l_attn - l_ssm))``. The parameters are the same.
     """
 
     def __init__(self, dim: int, hidden: int, use_density: bool = True, cond_dim: int | None = None):
         super().__init__()
+        self.dim = dim
         self.use_density = use_density
         self.reduce = nn.Linear(2 * dim + int(use_density), hidden)
         self.film = nn.Linear(cond_dim, 2 * hidden) if cond_dim else None
@@ -172,6 +227,27 @@ class CLIPAggregation(nn.Module):
         w = self.path_weights(attn, ssm, density, cond)
         return w[..., :1] * attn + w[..., 1:] * ssm
 
+    def fused(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
+              density: Tensor | None, cond: Tensor | None) -> Tensor:
+        """:meth:`forward` of ``attn_proj(attn_feats)`` and ``ssm_proj(ssm_feats)``: ``attn_feats`` window-major
+        (B, H/ws, W/ws, ws, ws, ·), ``ssm_feats`` and ``density`` row-major (B, H, W, ·); returns (B, H, W, C)."""
+        C = self.dim
+        w = self.reduce.weight
+        attn_h, ssm_h, density = _as_split_maps(_fused_linear(attn_feats, attn_proj, w[:, :C]),
+                                                _fused_linear(ssm_feats, ssm_proj, w[:, C:2 * C], self.reduce.bias),
+                                                density)
+        h = ssm_h[..., C:] + attn_h[..., C:]
+        if self.use_density:
+            h = torch.addcmul(h, density, w[:, 2 * C])
+        if self.film is not None:
+            gamma, beta = self.film(cond)[:, None, None, None, None, :].chunk(2, dim=-1)
+            h = torch.addcmul(beta, h, 1 + gamma)
+        lw, lb = self.logits.weight, self.logits.bias
+        z = F.linear(F.gelu(h), lw[:1] - lw[1:], lb[:1] - lb[1:])
+        # σ in float32, as the softmax it replaces (layers.softmax): under bf16 autocast too.
+        w_attn = torch.sigmoid(z.float()).to(z.dtype)
+        return _merged(torch.lerp(ssm_h[..., :C], attn_h[..., :C], w_attn))
+
 
 class SumAggregation(nn.Module):
     """Ablation: ``attn + ssm``, no CLIP."""
@@ -180,12 +256,18 @@ class SumAggregation(nn.Module):
                 cond: Tensor | None = None) -> Tensor:
         return attn + ssm
 
+    def fused(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
+              density: Tensor | None, cond: Tensor | None) -> Tensor:
+        attn, ssm = _as_split_maps(attn_proj(attn_feats), ssm_proj(ssm_feats))
+        return _merged(ssm + attn)
+
 
 class ConcatAggregation(nn.Module):
     """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP."""
 
     def __init__(self, dim: int):
         super().__init__()
+        self.dim = dim
         self.proj = nn.Linear(2 * dim, dim)
         _init_linear(self.proj)
 
@@ -193,12 +275,28 @@ class ConcatAggregation(nn.Module):
                 cond: Tensor | None = None) -> Tensor:
         return self.proj(torch.cat([attn, ssm], dim=-1))
 
+    def fused(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
+              density: Tensor | None, cond: Tensor | None) -> Tensor:
+        # proj [attn, ssm] = P_a attn + P_s ssm + b, each folded into its path's projection: no concatenation.
+        C, w = self.dim, self.proj.weight
+        ssm_part = F.linear(ssm_feats, w[:, C:] @ ssm_proj.weight,
+                            self.proj.bias + (w[:, C:] @ ssm_proj.bias if ssm_proj.bias is not None else 0))
+        attn_part = F.linear(attn_feats, w[:, :C] @ attn_proj.weight,
+                             w[:, :C] @ attn_proj.bias if attn_proj.bias is not None else None)
+        attn_part, ssm_part = _as_split_maps(attn_part, ssm_part)
+        return _merged(ssm_part + attn_part)
+
 
 class DualPathBlock(nn.Module):
     """Hybrid block (v1's TrambaDA): ``x + Agg(attn(LN x), SS2D(LN x))``, then ``x + FFN(LN x)``.
 
     Takes and returns the skeleton's (B, C, H, W) channels_last maps and works on their (B, H, W, C) token views
     (free permutes both ways); ``density`` is the (B, H, W, 1) map at the block's scale.
+
+    Layouts: the token map stays row-major (what the depthwise convolutions and the scan read in place); the
+    attention path works window-major from one copy of the normalised map on; the two paths meet in the
+    aggregation, which reads the window-major attention result as a view of the map and writes row-major. Each
+    path's output projection is fused with the aggregation's linear layer (:meth:`CLIPAggregation.fused`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, d_state: int,
@@ -220,7 +318,11 @@ class DualPathBlock(nn.Module):
     def forward(self, x: Tensor, density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         x = _to_tokens(x)
         y = self.norm1(x)
-        x = x + self.aggregate(self.attn(y), self.ssm(y), density, cond)
+        # SS2D first: at inference its scan, the memory peak of the block, runs before the attention's buffers exist.
+        ssm = self.ssm.features(y)
+        attn = self.attn.features(y)
+        del y
+        x = x + self.aggregate.fused(attn, self.attn.proj, ssm, self.ssm.out_proj, density, cond)
         return _to_image(x + self.ffn(self.norm2(x)))
 
 

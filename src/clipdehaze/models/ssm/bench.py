@@ -42,7 +42,7 @@ import torch
 
 from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.selective_scan import selective_scan_torch
-from clipdehaze.models.ssm.ss2d import row_and_column_maps, scan_row_pairs
+from clipdehaze.models.ssm.ss2d import scan_map
 
 __all__ = ["format_table", "machine_floors", "run_scan_benchmark", "scan_bound"]
 
@@ -90,16 +90,19 @@ def scan_bound(bytes_moved: float, transcendentals: float, floors: dict[str, flo
 
 
 def _work(batch: int, dirs: int, length: int, d: int, n: int, shared_u: bool, softplus: bool,
-          itemsize: int = 4) -> tuple[float, float]:
+          itemsize: int = 4, dt_rank: int | None = None) -> tuple[float, float]:
     """(bytes, transcendentals) of forward + backward at least: every operand read and every result written
-    once per pass. u and y are (batch, L, d) when shared by the directions, else (batch, dirs, L, d)."""
+    once per pass. u and y are (batch, L, d) when shared by the directions, else (batch, dirs, L, d). With
+    ``dt_rank``, Δ comes low-rank (SS2D's projection inside the scan): dt_rank values per position and direction
+    and a (d, dt_rank) projection per direction instead of d values."""
     u = batch * length * d * (1 if shared_u else dirs)
-    delta = batch * dirs * length * d
+    delta = batch * dirs * length * (d if dt_rank is None else dt_rank)
     bc = 2 * batch * dirs * length * n
-    params = dirs * d * (n + (2 if softplus else 0))   # A, and D and the Δ bias where used
+    # A, and D and the Δ bias where used, and a low-rank Δ's projection
+    params = dirs * d * (n + (2 if softplus else 0) + (dt_rank or 0))
     forward = u + delta + bc + params + u               # reads, then y
     backward = (u + delta + bc + params + u) + (u + delta + bc + params)  # reads incl. ȳ, then the gradients
-    exps = 2 * (batch * dirs * length * d * n + (2 * delta if softplus else 0))
+    exps = 2 * (batch * dirs * length * d * n + (2 * batch * dirs * length * d if softplus else 0))
     return (forward + backward) * itemsize, exps
 
 
@@ -149,41 +152,47 @@ def _mambapy_scan(x: dict[str, torch.Tensor], pscan) -> None:
     (hs @ C.unsqueeze(-1)).squeeze(3).sum().backward()
 
 
-# CLIPHaze's scans at full resolution: cliphaze_t's first stage (24 channels, expand 1, d_state 1), four scan
-# directions, for one 256² image (inference) and the bench's train batch of four 128² crops.
+# CLIPHaze's scans at full resolution: cliphaze_t's first stage (24 channels, expand 1, d_state 1, dt_rank 2), four
+# scan directions, for one 256² image (inference) and the bench's train batch of four 128² crops.
 CLIPHAZE_CASES = (("cliphaze_t stage 1, 1 x 256²", 1, 256, 256), ("cliphaze_t stage 1, 4 x 128²", 4, 128, 128))
-_CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, _DIRECTIONS = 24, 1, 4
+_CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, _CLIPHAZE_RANK, _DIRECTIONS = 24, 1, 2, 4
 
 
 def _ss2d_operands(batch: int, h: int, w: int, seed: int) -> dict[str, torch.Tensor]:
-    """The SS2D scan's operands as SS2D computes them: the channel-last map u (b, H·W, d) and, per pixel of the
-    map and of its transpose, the Δ pre-activations, B and C of the two directions walking that grid's rows
-    (b, 2, L, 2, ·); distributed like an SS2D's at initialisation (Δ around Mamba's initial time steps, A = -1)."""
+    """The SS2D scan's operands as SS2D computes them: the channel-last map u (b, H·W, d) and, per pixel and
+    direction, the low-rank Δ factor, B and C (b, L, 4, ·) and per direction the Δ projection (4, d, r);
+    distributed like an SS2D's at initialisation (Δ around Mamba's initial time steps, A = -1)."""
     g = torch.Generator().manual_seed(seed)
-    k, d, n, length = _DIRECTIONS, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, h * w
-    return dict(u=torch.randn(batch, length, d, generator=g), delta=torch.randn(batch, 2, length, 2, d, generator=g) - 4,
-                B=torch.randn(batch, 2, length, 2, n, generator=g), C=torch.randn(batch, 2, length, 2, n, generator=g),
-                A=-torch.ones(k, d, n), D=torch.ones(k, d), bias=torch.zeros(k, d))
+    k, d, n, r, length = _DIRECTIONS, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, _CLIPHAZE_RANK, h * w
+    return dict(u=torch.randn(batch, length, d, generator=g), dts=torch.randn(batch, length, k, r, generator=g),
+                dt_proj=torch.randn(k, d, r, generator=g) * r ** -0.5,
+                B=torch.randn(batch, length, k, n, generator=g), C=torch.randn(batch, length, k, n, generator=g),
+                A=-torch.ones(k, d, n), D=torch.ones(k, d), bias=torch.full((k, d), -4.0))
 
 
 def _ss2d_compiled(x: dict[str, torch.Tensor], h: int, w: int) -> None:
     b, _, d = x["u"].shape
-    grids = row_and_column_maps(x["u"].view(b, h, w, d))
-    scan_row_pairs(grids, x["delta"], x["B"], x["C"], x["A"], x["D"], x["bias"], h, w).sum().backward()
+    scan_map(x["u"].view(b, h, w, d), x["dts"], x["B"], x["C"], x["A"], x["D"], x["dt_proj"],
+             x["bias"]).sum().backward()
 
 
 def _ss2d_chunked(x: dict[str, torch.Tensor], h: int, w: int) -> None:
-    """The path the compiled one replaced: four reordered copies in (b, 4·d, L), the chunked scan, merged back.
-    SS2D direction k = grid + 2 j reads grid ``k % 2`` (0: the map, 1: its transpose), backwards when j = 1."""
+    """The path the compiled one replaced: the full Δ, four reordered copies in (b, 4·d, L), the chunked scan,
+    merged back. SS2D direction k walks rows for k even, columns for k odd, backwards for k >= 2."""
     b, length, d = x["u"].shape
-    u_cols = x["u"].view(b, h, w, d).transpose(1, 2).reshape(b, length, d)
 
-    def per_direction(t):  # (b, 2, L, 2, c) per grid pixel -> (b, 4, c, L) in each direction's order
-        seqs = [t[:, k % 2, :, k // 2].transpose(1, 2) for k in range(_DIRECTIONS)]
-        return torch.stack([s.flip(-1) if k >= 2 else s for k, s in enumerate(seqs)], 1)
+    def per_direction(t):  # (b, L, 4, c) per pixel -> (b, 4, c, L) in each direction's order
+        seqs = []
+        for k in range(_DIRECTIONS):
+            s = t[:, :, k].transpose(1, 2)
+            if k % 2:
+                s = s.unflatten(2, (h, w)).transpose(2, 3).flatten(2)
+            seqs.append(s.flip(-1) if k >= 2 else s)
+        return torch.stack(seqs, 1)
 
-    u = per_direction(torch.stack([x["u"], u_cols], 1).unsqueeze(3).expand(-1, -1, -1, 2, -1))
-    y = selective_scan_torch(u.flatten(1, 2), per_direction(x["delta"]).flatten(1, 2), x["A"].flatten(0, 1),
+    delta = torch.einsum("blkr,kdr->blkd", x["dts"], x["dt_proj"])
+    u = per_direction(x["u"].unsqueeze(2).expand(-1, -1, _DIRECTIONS, -1))
+    y = selective_scan_torch(u.flatten(1, 2), per_direction(delta).flatten(1, 2), x["A"].flatten(0, 1),
                              per_direction(x["B"]), per_direction(x["C"]), x["D"].flatten(),
                              delta_bias=x["bias"].flatten(), delta_softplus=True,
                              implementation="chunked").view(b, _DIRECTIONS, d, length)
@@ -243,8 +252,8 @@ def run_scan_benchmark(lengths=(4096, 16384), batch: int = 2, d_inner: int = 192
         row["compiled_s"] = (_time(lambda: _ss2d_compiled(_leaves(base), h, w), repeats)
                              if compiled_reason is None else None)
         row["chunked_s"] = _time(lambda: _ss2d_chunked(_leaves(base), h, w), max(1, repeats // 2))
-        row["bound"] = scan_bound(*_work(b, _DIRECTIONS, h * w, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, True, True),
-                                  floors)
+        row["bound"] = scan_bound(*_work(b, _DIRECTIONS, h * w, _CLIPHAZE_CHANNELS, _CLIPHAZE_STATE, True, True,
+                                         dt_rank=_CLIPHAZE_RANK), floors)
         for method in ("compiled", "chunked"):
             t = row[f"{method}_s"]
             row[f"{method}_vs_bound"] = t / row["bound"]["bound_s"] if t is not None else None

@@ -44,14 +44,18 @@ log = logging.getLogger(__name__)
 __all__ = ["ORDERS", "available", "scan", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("cpu_scan.cpp")
-ABI_VERSION = 2
+ABI_VERSION = 3
+#: Largest state size the kernel runs (padded to a power of two inside); larger ones take the chunked PyTorch scan.
+MAX_STATE = 16
 # Scan orders of a height x width map flattened row-major: bit 0 walks it column by column, bit 1 backwards.
 ORDERS = {"rows": 0, "cols": 1, "rows_reversed": 2, "cols_reversed": 3}
 
 # Tried in order; the first that compiles wins. -march=native: the library is built on and for this machine.
 # -fno-trapping-math lets the compiler turn the selects of the exp / softplus code into vector blends (no
-# floating-point traps are relied on); it changes no result, unlike -ffast-math, which is not used.
-_COMMON_FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno"]
+# floating-point traps are relied on); -ffp-contract=fast fuses a * b + c into one FMA instruction where the CPU has
+# one (one rounding instead of two: results differ from separate operations in the last bit, never by more). Not
+# -ffast-math: the exp / log range reductions depend on IEEE rounding. -Wno-psabi: the vector types are internal.
+_COMMON_FLAGS = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
 _FLAG_SETS = (
     [*_COMMON_FLAGS, "-march=native", "-mprefer-vector-width=512", "-fopenmp"],
     [*_COMMON_FLAGS, "-march=native", "-fopenmp"],
@@ -87,10 +91,11 @@ class _ScanArgs(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("batch", "groups", "dirs_per_group", "length", "channels", "state", "height", "width", "chunk",
-                 "lanes")] + [
+                 "lanes", "dt_rank")] + [
         ("order", ctypes.c_void_p),
         ("u", ctypes.c_void_p), ("u_s", ctypes.c_int64 * 4),
         ("delta", ctypes.c_void_p), ("dl_s", ctypes.c_int64 * 5),
+        ("dt_w", ctypes.c_void_p),
         ("A", ctypes.c_void_p),
         ("B", ctypes.c_void_p), ("b_s", ctypes.c_int64 * 5),
         ("C", ctypes.c_void_p), ("c_s", ctypes.c_int64 * 5),
@@ -100,7 +105,8 @@ class _ScanArgs(ctypes.Structure):
         ("checkpoints", ctypes.c_void_p), ("last_state", ctypes.c_void_p),
         ("grad_y", ctypes.c_void_p), ("gy_s", ctypes.c_int64 * 4),
         ("grad_last", ctypes.c_void_p),
-    ] + [(name, ctypes.c_void_p) for name in ("du", "ddelta", "dA", "dB", "dC", "dD", "dbias")]
+        ("du", ctypes.c_void_p), ("du_s", ctypes.c_int64 * 4),
+    ] + [(name, ctypes.c_void_p) for name in ("ddelta", "ddt_w", "dA", "dB", "dC", "dD", "dbias")]
 
 
 def _build(compiler: str) -> tuple[Path | None, str]:
@@ -144,7 +150,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"building or loading {SOURCE.name} failed: {err}"
     for name in ("forward_f32", "forward_f64", "backward_f32", "backward_f64"):
         fn = getattr(lib, f"clipdehaze_scan_{name}")
-        fn.argtypes, fn.restype = [ctypes.POINTER(_ScanArgs)], None
+        fn.argtypes, fn.restype = [ctypes.POINTER(_ScanArgs)], ctypes.c_int
     return lib, None
 
 
@@ -170,35 +176,42 @@ def available(*tensors: Tensor) -> bool:
 _LANES = 16  # channels per vector block, kLanes in the source
 
 
-def _geometry(batch: int, groups: int, channels: int, state: int, threads: int) -> tuple[int, int]:
-    """(lanes, chunk): channels per work item (a multiple of 16) and steps per chunk.
+def _geometry(batch: int, groups: int, channels: int, state: int, threads: int,
+              dtype: torch.dtype = torch.float32) -> tuple[int, int]:
+    """(lanes, chunk): channels per work item (16 times a power of two, as compiled in) and steps per chunk.
 
-    An item reads each position's row once for all its channels, so items are as wide as the state allows
-    (state x lanes values, the recurrence's working set, up to 256) but narrow enough that there are items for
-    every thread. A chunk keeps the backward's per-step decays and decayed states, 2 x chunk x state x lanes
-    values, near 32 kB, in cache; longer chunks would only save the small per-chunk checkpoints."""
+    An item reads each position's row once for all its channels, so items are as wide as the state allows (its
+    state x lanes values stay in vector registers: up to 4 blocks at state 1, 2 at state 2, 1 from 4 on; float64,
+    for tests, one block) but narrow enough that there are items for every thread. A chunk keeps the backward's
+    per-step decays and decayed states, 2 x chunk x state x lanes values, near 32 kB, in cache; longer chunks
+    would only save the small per-chunk checkpoints."""
+    padded = 1 << max(0, state - 1).bit_length()
     blocks = -(-channels // _LANES)
-    per_item = max(1, min(blocks, 16 // state))
+    limit = 1 if dtype == torch.float64 else max(1, 4 // padded)
+    per_item = 1
+    while per_item * 2 <= min(blocks, limit):
+        per_item *= 2
     while per_item > 1 and batch * groups * -(-blocks // per_item) < threads:
         per_item //= 2
     lanes = per_item * _LANES
-    return lanes, max(8, min(256, 4096 // (state * lanes)))
+    return lanes, max(8, min(256, 4096 // (padded * lanes)))
 
 
 def _ptr(t: Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
 
-def _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last):
+def _args(u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last):
     """The kernel's arguments, and the order tensor they point into (keep it alive for the call)."""
-    b, groups, length, per_group, d = delta.shape
-    n = A.shape[-1]
+    b, groups, length, per_group = delta.shape[:4]
+    d, n = A.shape[1:]
     threads = torch.get_num_threads()
-    lanes, chunk = _geometry(b, groups, d, n, threads)
+    lanes, chunk = _geometry(b, groups, d, n, threads, u.dtype)
     order = torch.tensor(orders, dtype=torch.int32)
     args = _ScanArgs(batch=b, groups=groups, dirs_per_group=per_group, length=length, channels=d, state=n,
-                     height=height, width=width, chunk=chunk, lanes=lanes, order=order.data_ptr(),
-                     u=u.data_ptr(), u_s=u.stride(), delta=delta.data_ptr(), dl_s=delta.stride(),
+                     height=height, width=width, chunk=chunk, lanes=lanes,
+                     dt_rank=dt_w.shape[-1] if dt_w is not None else 0, order=order.data_ptr(),
+                     u=u.data_ptr(), u_s=u.stride(), delta=delta.data_ptr(), dl_s=delta.stride(), dt_w=_ptr(dt_w),
                      A=A.data_ptr(), B=B.data_ptr(), b_s=B.stride(), C=C.data_ptr(), c_s=C.stride(),
                      D=_ptr(D), bias=_ptr(bias), softplus=int(softplus), threads=threads,
                      y=_ptr(y), y_s=y.stride() if y is not None else (0,) * 4,
@@ -208,64 +221,80 @@ def _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkp
 
 def _call(name: str, t: Tensor, args: _ScanArgs) -> None:
     lib, _ = _library()
-    getattr(lib, f"clipdehaze_scan_{name}_{'f32' if t.dtype == torch.float32 else 'f64'}")(ctypes.byref(args))
+    fn = getattr(lib, f"clipdehaze_scan_{name}_{'f32' if t.dtype == torch.float32 else 'f64'}")
+    if fn(ctypes.byref(args)):
+        raise RuntimeError(f"the compiled scan has no instance for d_state {args.state} with {args.lanes} lanes")
 
 
 class _Scan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, bias, orders, height, width, softplus, want_last):
-        b, groups, length, per_group, d = delta.shape
-        k, n = groups * per_group, A.shape[-1]
-        y = torch.empty_like(u)
-        _, chunk = _geometry(b, groups, d, n, torch.get_num_threads())
+    def forward(ctx, u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, want_last):
+        b, groups, length, per_group = delta.shape[:4]
+        k, (d, n) = groups * per_group, A.shape[1:]
+        y = torch.empty(u.shape, dtype=u.dtype)
+        _, chunk = _geometry(b, groups, d, n, torch.get_num_threads(), u.dtype)
         checkpoints = (torch.empty(b, k, -(-length // chunk), n, d, dtype=u.dtype)
                        if torch.is_grad_enabled() or any(ctx.needs_input_grad) else None)
         last = torch.empty(b, k, d, n, dtype=u.dtype) if want_last else None
-        args, order = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last)
+        args, order = _args(u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints,
+                            last)
         _call("forward", u, args)
-        ctx.save_for_backward(u, delta, A, B, C, D, bias, checkpoints)
+        ctx.save_for_backward(u, delta, dt_w, A, B, C, D, bias, checkpoints)
         ctx.geometry = (orders, height, width, softplus)
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_last):
-        u, delta, A, B, C, D, bias, checkpoints = ctx.saved_tensors
+        u, delta, dt_w, A, B, C, D, bias, checkpoints = ctx.saved_tensors
         orders, height, width, softplus = ctx.geometry
-        b, groups, length, per_group, d = delta.shape
+        b, groups, length, per_group = delta.shape[:4]
         k, n = groups * per_group, A.shape[-1]
         grad_y = grad_y if grad_y is not None else torch.zeros_like(u)
-        du, ddelta, dA = torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A)
-        # dB and dC come out direction-major (b, k, L, n); viewed back to B's and C's (b, G, L, J, n).
+        # du has u's shape with its own dense strides: u may be one map read by every group (a group stride of 0).
+        du, dA = torch.empty(u.shape, dtype=u.dtype), torch.empty_like(A)
+        # dB and dC (and a low-rank Δ's gradient) come out direction-major (b, k, L, ·); viewed back to the
+        # operands' (b, G, L, J, ·).
         dB, dC = (torch.empty(b, groups, per_group, length, n, dtype=u.dtype) for _ in range(2))
+        if dt_w is None:
+            ddelta, ddt_w = torch.empty_like(delta), None
+        else:
+            ddelta = torch.empty(b, groups, per_group, length, dt_w.shape[-1], dtype=u.dtype)
+            ddt_w = torch.empty_like(dt_w)
         dD = torch.empty_like(D) if D is not None else None
         dbias = torch.empty_like(bias) if bias is not None else None
-        args, order = _args(u, delta, A, B, C, D, bias, orders, height, width, softplus, None, checkpoints, None)
+        args, order = _args(u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, None, checkpoints,
+                            None)
         args.grad_y, args.gy_s = grad_y.data_ptr(), grad_y.stride()
         grad_last = grad_last.contiguous() if grad_last is not None else None
         args.grad_last = _ptr(grad_last)
-        for name, t in (("du", du), ("ddelta", ddelta), ("dA", dA), ("dB", dB), ("dC", dC), ("dD", dD),
+        args.du, args.du_s = du.data_ptr(), du.stride()
+        for name, t in (("ddelta", ddelta), ("ddt_w", ddt_w), ("dA", dA), ("dB", dB), ("dC", dC), ("dD", dD),
                         ("dbias", dbias)):
             setattr(args, name, _ptr(t))
         _call("backward", u, args)
-        return (du, ddelta, dA, dB.transpose(2, 3), dC.transpose(2, 3), dD, dbias,
+        if dt_w is not None:
+            ddelta = ddelta.transpose(2, 3)
+        return (du, ddelta, ddt_w, dA, dB.transpose(2, 3), dC.transpose(2, 3), dD, dbias,
                 None, None, None, None, None)
 
 
 def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
          delta_bias: Tensor | None = None, delta_softplus: bool = False, orders: tuple[int, ...] | None = None,
-         height: int = 1, width: int | None = None, return_last_state: bool = False):
+         height: int = 1, width: int | None = None, return_last_state: bool = False, dt_proj: Tensor | None = None):
     """Selective scan of G groups of J directions each over views of any strides; differentiable.
 
     Args:
-        u: (b, G, L, d), one input map per group, read by each of its directions.
-        delta: (b, G, L, J, d), the pre-activation δ of direction j of group g at each position of the map.
-        B, C: (b, G, L, J, n).
-        A: (G·J, d, n); D, delta_bias: (G·J, d) or None. Direction k = g·J + j.
+        u: (b, G, L, d), one input map per group, read by each of its directions (the groups may share one map:
+            a group stride of 0, as ``expand`` makes).
+        delta: (b, G, L, J, d), the pre-activation δ of direction j of group g at each position of the map; with
+            ``dt_proj``, the low-rank (b, G, L, J, r) factor instead, and δ = dt_proj[k] @ delta per position.
+        B, C: (b, G, L, J, n), n <= :data:`MAX_STATE`.
+        A: (G·J, d, n); D, delta_bias: (G·J, d) or None; dt_proj: (G·J, d, r) or None. Direction k = g·J + j.
         orders: per direction, a value of :data:`ORDERS` (default: every direction walks positions 0..L-1);
             positions index a ``height`` x ``width`` map flattened row-major (``width`` defaults to L).
     Returns:
-        y shaped like u, each group's directions summed, and with ``return_last_state`` the state after each
+        y (b, G, L, d), each group's directions summed, and with ``return_last_state`` the state after each
         direction's last step (b, G·J, d, n), else None.
     """
     groups, length, per_group = delta.shape[1:4]
@@ -273,10 +302,17 @@ def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
     orders = tuple(orders) if orders is not None else (ORDERS["rows"],) * k
     width = length if width is None else width
     if len(orders) != k or height * width != length or u.shape[:3] != delta.shape[:3]:
-        raise ValueError(f"need u (b, G, L, d) with delta (b, G, L, J, d), one order per direction ({k}) and "
+        raise ValueError(f"need u (b, G, L, d) with delta (b, G, L, J, ·), one order per direction ({k}) and "
                          f"height x width = L ({length}); got u {tuple(u.shape)}, delta {tuple(delta.shape)}, "
                          f"{len(orders)} orders and {height} x {width}")
-    A, D, delta_bias = (t.contiguous() if t is not None else None for t in (A, D, delta_bias))
-    # The gradients of u and delta are written with their strides: views with gaps or overlaps are copied.
-    u, delta = (t if torch.empty_like(t).stride() == t.stride() else t.contiguous() for t in (u, delta))
-    return _Scan.apply(u, delta, A, B, C, D, delta_bias, orders, height, width, delta_softplus, return_last_state)
+    if A.shape[-1] > MAX_STATE:
+        raise ValueError(f"the compiled scan runs d_state <= {MAX_STATE}, got {A.shape[-1]}")
+    if dt_proj is not None and (dt_proj.shape != (k, u.shape[-1], delta.shape[-1])):
+        raise ValueError(f"dt_proj must be (G·J, d, r) = ({k}, {u.shape[-1]}, {delta.shape[-1]}), "
+                         f"got {tuple(dt_proj.shape)}")
+    A, D, delta_bias, dt_proj = (t.contiguous() if t is not None else None for t in (A, D, delta_bias, dt_proj))
+    # A full δ's gradient is written with δ's strides: views with gaps or overlaps are copied.
+    if dt_proj is None and torch.empty_like(delta).stride() != delta.stride():
+        delta = delta.contiguous()
+    return _Scan.apply(u, delta, dt_proj, A, B, C, D, delta_bias, orders, height, width, delta_softplus,
+                       return_last_state)
