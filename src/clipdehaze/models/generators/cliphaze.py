@@ -101,9 +101,10 @@ def _reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
 class WindowSelfAttention(nn.Module):
     """The local path: multi-head self-attention inside non-overlapping ``window_size``² windows.
 
-    (B, H, W, C) channel-last -> same; H and W must be multiples of ``window_size`` (:class:`CLIPHaze` pads).
-    :meth:`features` stops before the output projection and leaves the result in window order, where the block
-    fuses the projection with the aggregation's own.
+    (B, H, W, C) channel-last -> the attention output *before* the output projection ``proj``, window-major
+    (B, H/ws, W/ws, ws, ws, C): the block's aggregation applies ``proj`` fused with its own linear layer, and reads
+    the window-major result as a view of the map. H and W must be multiples of ``window_size`` (:class:`CLIPHaze`
+    pads).
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int = 1):
@@ -119,20 +120,14 @@ class WindowSelfAttention(nn.Module):
         _init_linear(self.qkv)
         _init_linear(self.proj)
 
-    def features(self, x: Tensor) -> Tensor:
-        """(B, H, W, C) -> the attention output before ``proj``, window-major: (B, H/ws, W/ws, ws, ws, C).
-
-        The one layout copy of the path: the normalised map (C channels) into window order before the QKV
-        projection, which then writes Q, K and V window-major; the attention reads them as strided views."""
+    def forward(self, x: Tensor) -> Tensor:
+        # The one layout copy of the path: the normalised map (C channels) into window order before the QKV
+        # projection, which then writes Q, K and V window-major; the attention reads them as strided views.
         B, H, W, C = x.shape
         ws = self.window_size
         windows = x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C)
         out = self.attn.attend_windows(self.qkv(windows))
         return out.view(B, H // ws, W // ws, ws, ws, C)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, H, W, C = x.shape
-        return _window_major_as_map(self.proj(self.features(x))).reshape(B, H, W, C)
 
 
 def _window_major_as_map(t: Tensor) -> Tensor:
@@ -194,7 +189,7 @@ class CLIPAggregation(nn.Module):
     adapted image embedding ``cond`` (only with ``cond_dim``): ``h · (1 + γ(cond)) + β(cond)``; then
     ``softmax(W' GELU(h))`` over the two paths gives the per-pixel weights.
 
-    :meth:`forward` computes exactly that from the two paths' outputs; :meth:`fused`, what the block runs, the
+    :meth:`reference` computes exactly that from the two paths' outputs; :meth:`forward`, what the block runs, the
     same from the paths' features before their output projections: ``W`` splits into its attention, SS2D and
     density columns, the first two fold into the projections (one matmul per path gives its output and its
     share of ``h``), the density column is a per-pixel multiply-add, and the softmax over two logits is the
@@ -222,14 +217,15 @@ class CLIPAggregation(nn.Module):
             h = h * (1 + gamma) + beta
         return softmax(self.logits(F.gelu(h)), dim=-1)
 
-    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
-                cond: Tensor | None = None) -> Tensor:
+    def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                  cond: Tensor | None = None) -> Tensor:
+        """The CAM's output from the two paths' (B, H, W, C) outputs, as defined above."""
         w = self.path_weights(attn, ssm, density, cond)
         return w[..., :1] * attn + w[..., 1:] * ssm
 
-    def fused(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
-              density: Tensor | None, cond: Tensor | None) -> Tensor:
-        """:meth:`forward` of ``attn_proj(attn_feats)`` and ``ssm_proj(ssm_feats)``: ``attn_feats`` window-major
+    def forward(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
+                density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        """:meth:`reference` of ``attn_proj(attn_feats)`` and ``ssm_proj(ssm_feats)``: ``attn_feats`` window-major
         (B, H/ws, W/ws, ws, ws, ·), ``ssm_feats`` and ``density`` row-major (B, H, W, ·); returns (B, H, W, C)."""
         C = self.dim
         w = self.reduce.weight
@@ -250,20 +246,20 @@ class CLIPAggregation(nn.Module):
 
 
 class SumAggregation(nn.Module):
-    """Ablation: ``attn + ssm``, no CLIP."""
+    """Ablation: ``attn + ssm``, no CLIP. Arguments as :meth:`CLIPAggregation.forward`."""
 
-    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
-                cond: Tensor | None = None) -> Tensor:
+    def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                  cond: Tensor | None = None) -> Tensor:
         return attn + ssm
 
-    def fused(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
-              density: Tensor | None, cond: Tensor | None) -> Tensor:
+    def forward(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
+                density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         attn, ssm = _as_split_maps(attn_proj(attn_feats), ssm_proj(ssm_feats))
         return _merged(ssm + attn)
 
 
 class ConcatAggregation(nn.Module):
-    """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP."""
+    """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP. Arguments as :meth:`CLIPAggregation.forward`."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -271,12 +267,12 @@ class ConcatAggregation(nn.Module):
         self.proj = nn.Linear(2 * dim, dim)
         _init_linear(self.proj)
 
-    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
-                cond: Tensor | None = None) -> Tensor:
+    def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                  cond: Tensor | None = None) -> Tensor:
         return self.proj(torch.cat([attn, ssm], dim=-1))
 
-    def fused(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
-              density: Tensor | None, cond: Tensor | None) -> Tensor:
+    def forward(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
+                density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         # proj [attn, ssm] = P_a attn + P_s ssm + b, each folded into its path's projection: no concatenation.
         C, w = self.dim, self.proj.weight
         ssm_part = F.linear(ssm_feats, w[:, C:] @ ssm_proj.weight,
@@ -296,7 +292,7 @@ class DualPathBlock(nn.Module):
     Layouts: the token map stays row-major (what the depthwise convolutions and the scan read in place); the
     attention path works window-major from one copy of the normalised map on; the two paths meet in the
     aggregation, which reads the window-major attention result as a view of the map and writes row-major. Each
-    path's output projection is fused with the aggregation's linear layer (:meth:`CLIPAggregation.fused`).
+    path's output projection is fused with the aggregation's linear layer (:meth:`CLIPAggregation.forward`).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, d_state: int,
@@ -319,10 +315,10 @@ class DualPathBlock(nn.Module):
         x = _to_tokens(x)
         y = self.norm1(x)
         # SS2D first: at inference its scan, the memory peak of the block, runs before the attention's buffers exist.
-        ssm = self.ssm.features(y)
-        attn = self.attn.features(y)
+        ssm = self.ssm(y, project=False)
+        attn = self.attn(y)
         del y
-        x = x + self.aggregate.fused(attn, self.attn.proj, ssm, self.ssm.out_proj, density, cond)
+        x = x + self.aggregate(attn, self.attn.proj, ssm, self.ssm.out_proj, density, cond)
         return _to_image(x + self.ffn(self.norm2(x)))
 
 

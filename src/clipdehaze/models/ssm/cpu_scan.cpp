@@ -175,61 +175,6 @@ inline void softplus(Vec<double> x, Vec<double>& value, Vec<double>& slope) {
     }
 }
 
-// Sums of up to kVL vectors' lanes, collected and then added in one transposed reduction: log2(kVL) levels of two
-// shuffles and an add, instead of a shuffle-add cascade per sum. Each sum is added to its destination.
-template <typename T>
-struct LaneSums {
-    static constexpr int VL = kVL<T>;
-    Vec<T> v[VL];
-    T* dst[VL];
-    int count = 0;
-
-    void add(Vec<T> x, T* d) {
-        v[count] = x;
-        dst[count] = d;
-        if (++count == VL) flush();
-    }
-
-    void flush() {
-        if (!count) return;
-        for (int e = count; e < VL; ++e) v[e] = Vec<T>{};
-        level<VL / 2>(v, VL);
-        bool consecutive = count == VL;
-        for (int e = 1; e < count && consecutive; ++e) consecutive = dst[e] == dst[0] + e;
-        if (consecutive) store(dst[0], load(dst[0]) + v[0]);
-        else for (int e = 0; e < count; ++e) *dst[e] += v[0][e];
-        count = 0;
-    }
-
-    // Lane q of the combined vector at the level that leaves blocks of H lanes: from the first input (q < VL / 2) or
-    // the second, its block (q mod VL/2) / H of 2H lanes, offset q mod H, in that block's lower or upper half.
-    static constexpr int lane(int q, int H, bool upper) {
-        return (q < VL / 2 ? 0 : VL) + ((q % (VL / 2)) / H) * 2 * H + (upper ? H : 0) + q % H;
-    }
-
-    template <int H, size_t... Q>
-    static Vec<T> combine(Vec<T> a, Vec<T> b, std::index_sequence<Q...>) {
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
-        return __builtin_shufflevector(a, b, lane(Q, H, false)...) + __builtin_shufflevector(a, b, lane(Q, H, true)...);
-#else
-        T ab[2 * VL];
-        std::memcpy(ab, &a, sizeof a);
-        std::memcpy(ab + VL, &b, sizeof b);
-        Vec<T> r;
-        for (int q = 0; q < VL; ++q) r[q] = ab[lane(q, H, false)] + ab[lane(q, H, true)];
-        return r;
-#endif
-    }
-
-    // Vectors 2m and 2m+1 (entries in blocks of 2H lanes) become vector m (blocks of H); at H = 1, lane e of
-    // vector 0 is the sum of the e-th vector pushed.
-    template <int H>
-    static void level(Vec<T>* w, int n) {
-        for (int m = 0; m < n / 2; ++m) w[m] = combine<H>(w[2 * m], w[2 * m + 1], std::make_index_sequence<VL>{});
-        if constexpr (H > 1) level<H / 2>(w, n / 2);
-    }
-};
-
 // Square tiles of VL x VL values: transposed in log2(VL) rounds of two-input shuffles (round h pairs rows c and c + h
 // and swaps their off-diagonal h x h blocks), and lanes reversed. The strided walks of (b, d, L) operands (one
 // stream per channel) are gathered and scattered a tile at a time instead of a value at a time.
@@ -280,6 +225,67 @@ struct Tile {
     }
     static Vec<T> reversed(Vec<T> v) { return reversed(v, std::make_index_sequence<VL>{}); }
 };
+
+// Sums of up to kVL vectors' lanes, collected and then added in one transposed reduction: log2(kVL) levels of two
+// shuffles and an add, instead of a shuffle-add cascade per sum. Each sum is added to its destination.
+template <typename T>
+struct LaneSums {
+    static constexpr int VL = kVL<T>;
+    Vec<T> v[VL];
+    T* dst[VL];
+    int count = 0;
+
+    void add(Vec<T> x, T* d) {
+        v[count] = x;
+        dst[count] = d;
+        if (++count == VL) flush();
+    }
+
+    void flush() {
+        if (!count) return;
+        for (int e = count; e < VL; ++e) v[e] = Vec<T>{};
+        level<VL / 2>(v, VL);
+        // Destinations one after another (a state's B, or the steps of a chunk walked backwards): one vector add.
+        bool up = count == VL, down = count == VL;
+        for (int e = 1; e < count && (up || down); ++e) {
+            up = up && dst[e] == dst[0] + e;
+            down = down && dst[e] == dst[0] - e;
+        }
+        if (up) store(dst[0], load(dst[0]) + v[0]);
+        else if (down) store(dst[VL - 1], load(dst[VL - 1]) + Tile<T>::reversed(v[0]));
+        else for (int e = 0; e < count; ++e) *dst[e] += v[0][e];
+        count = 0;
+    }
+
+    // Lane q of the combined vector at the level that leaves blocks of H lanes: from the first input (q < VL / 2) or
+    // the second, its block (q mod VL/2) / H of 2H lanes, offset q mod H, in that block's lower or upper half.
+    static constexpr int lane(int q, int H, bool upper) {
+        return (q < VL / 2 ? 0 : VL) + ((q % (VL / 2)) / H) * 2 * H + (upper ? H : 0) + q % H;
+    }
+
+    template <int H, size_t... Q>
+    static Vec<T> combine(Vec<T> a, Vec<T> b, std::index_sequence<Q...>) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+        return __builtin_shufflevector(a, b, lane(Q, H, false)...) + __builtin_shufflevector(a, b, lane(Q, H, true)...);
+#else
+        T ab[2 * VL];
+        std::memcpy(ab, &a, sizeof a);
+        std::memcpy(ab + VL, &b, sizeof b);
+        Vec<T> r;
+        for (int q = 0; q < VL; ++q) r[q] = ab[lane(q, H, false)] + ab[lane(q, H, true)];
+        return r;
+#endif
+    }
+
+    // Vectors 2m and 2m+1 (entries in blocks of 2H lanes) become vector m (blocks of H); at H = 1, lane e of
+    // vector 0 is the sum of the e-th vector pushed.
+    template <int H>
+    static void level(Vec<T>* w, int n) {
+        for (int m = 0; m < n / 2; ++m) w[m] = combine<H>(w[2 * m], w[2 * m + 1], std::make_index_sequence<VL>{});
+        if constexpr (H > 1) level<H / 2>(w, n / 2);
+    }
+};
+
 
 }  // namespace
 
@@ -682,7 +688,7 @@ struct Scan {
         }
     }
 
-    // dB, dC and (low-rank Δ) ddts: this thread's (batch, directions, length, ·) buffers.
+    // dB, dC and (low-rank Δ) ddts: this thread's (batch, directions, step, ·) buffers.
     static void backward_item(const ScanArgs& a, int64_t it, T* dB, T* dC, T* ddts, ItemGrads<T>& out) {
         int64_t b, g, c0;
         item_at(a, it, b, g, c0);
@@ -717,7 +723,7 @@ struct Scan {
                 }
             }
             T* ddt_w = &out.ddt_w[j * std::max<int64_t>(r, 1) * W];
-            LaneSums<T> sums;
+            LaneSums<T> sums_b, sums_c, sums_dt;
             for (int64_t q = num_chunks(a) - 1; q >= 0; --q) {
                 start_chunk(ch, a, b, g, j, c0, nc, q);
                 load_chunk<true>(a, ch, p, q - 1, static_cast<const T*>(a.grad_y));
@@ -752,8 +758,9 @@ struct Scan {
                         gys[v] = load(&gy[s * W + v * VL]);
                         gdu[v] = gdle[v] = V{};
                     }
-                    T* dBs = dB + ((b * K + k) * L + ch.pos[s]) * a.state;
-                    T* dCs = dC + ((b * K + k) * L + ch.pos[s]) * a.state;
+                    // Step-ordered (not position-ordered) rows: a chunk's sums land one after another.
+                    T* dBs = dB + ((b * K + k) * L + ch.t0 + s) * a.state;
+                    T* dCs = dC + ((b * K + k) * L + ch.t0 + s) * a.state;
                     CLIPDEHAZE_UNROLL
                     for (int i = 0; i < N; ++i) {
                         const V Bi = splat(ch.Bs[s * N + i]), Ci = splat(ch.Cs[s * N + i]);
@@ -771,11 +778,11 @@ struct Scan {
                             gst[i][v] = load(&ch.decay[(s * N + i) * W + v * VL]) * gt;
                         }
                         if (i < a.state) {
-                            sums.add(pb, dBs + i);
-                            sums.add(pc, dCs + i);
+                            sums_b.add(pb, dBs + i);
+                            sums_c.add(pc, dCs + i);
                         }
                     }
-                    T* ddts_s = r ? ddts + ((b * K + k) * L + ch.pos[s]) * r : nullptr;
+                    T* ddts_s = r ? ddts + ((b * K + k) * L + ch.t0 + s) * r : nullptr;
                     V graw[NV];
                     CLIPDEHAZE_UNROLL
                     for (int v = 0; v < NV; ++v) {
@@ -793,10 +800,12 @@ struct Scan {
                             acc += graw[v] * load(&p.dt_w[q2 * W + v * VL]);
                             store(&ddt_w[q2 * W + v * VL], load(&ddt_w[q2 * W + v * VL]) + graw[v] * dts);
                         }
-                        sums.add(acc, ddts_s + q2);
+                        sums_dt.add(acc, ddts_s + q2);
                     }
                 }
-                sums.flush();
+                sums_b.flush();
+                sums_c.flush();
+                sums_dt.flush();
                 Chunk<T>& cw = ch;
                 Rows<T> du_rows{static_cast<T*>(a.du) + cw.b * a.du_s[0] + cw.g * a.du_s[1] + cw.c0 * a.du_s[3],
                                 a.du_s[2], a.du_s[3]};
@@ -819,10 +828,36 @@ struct Scan {
         for (int64_t it = 0; it < items; ++it) forward_item(a, it);
     }
 
+    // out[b, k, position of step t, ·] = Σ over threads of buf[b, k, t, ·] (and the same for a second pair).
+    static void sum_threads(const ScanArgs& a, const T* buf, const T* buf2, T* out, T* out2, int64_t width,
+                            int64_t size, int nt) {
+        const int64_t K = directions(a), L = a.length, pairs = a.batch * K;
+#pragma omp parallel for num_threads(nt)
+        for (int64_t bk = 0; bk < pairs; ++bk) {
+            std::vector<int64_t> pos(a.chunk);
+            for (int64_t t0 = 0; t0 < L; t0 += a.chunk) {
+                const int64_t n = std::min(a.chunk, L - t0);
+                positions(a, a.order[bk % K], t0, n, pos.data());
+                for (int64_t j = 0; j < n; ++j) {
+                    const int64_t from = (bk * L + t0 + j) * width, to = (bk * L + pos[j]) * width;
+                    for (int64_t i = 0; i < width; ++i) {
+                        T s1 = 0, s2 = 0;
+                        for (int t = 0; t < nt; ++t) {
+                            s1 += buf[t * size + from + i];
+                            if (buf2) s2 += buf2[t * size + from + i];
+                        }
+                        out[to + i] = s1;
+                        if (out2) out2[to + i] = s2;
+                    }
+                }
+            }
+        }
+    }
+
     static void backward(const ScanArgs& a, int nt) {
         const int64_t items = item_count(a), K = directions(a), S = a.state, r = a.dt_rank, L = a.length;
-        // Each thread's own dB, dC and ddts (batch, directions, length, ·): items of other channel blocks add into
-        // the same entries. Summed over threads at the end.
+        // Each thread's own dB, dC and ddts (batch, directions, step, ·): items of other channel blocks add into the
+        // same entries. Summed over threads at the end, and each step's row moved to its position.
         const int64_t bc_size = a.batch * K * L * S, dt_size = a.batch * K * L * r;
         std::vector<T> dB(nt * bc_size), dC(nt * bc_size), ddts(nt * dt_size);
         std::vector<ItemGrads<T>> grads;
@@ -840,27 +875,8 @@ struct Scan {
                 backward_item(a, it, &dB[tid * bc_size], &dC[tid * bc_size], r ? &ddts[tid * dt_size] : nullptr,
                               grads[it]);
         }
-        T* dB_out = static_cast<T*>(a.dB);
-        T* dC_out = static_cast<T*>(a.dC);
-#pragma omp parallel for num_threads(nt)
-        for (int64_t e = 0; e < bc_size; ++e) {
-            T sb = 0, sc = 0;
-            for (int t = 0; t < nt; ++t) {
-                sb += dB[t * bc_size + e];
-                sc += dC[t * bc_size + e];
-            }
-            dB_out[e] = sb;
-            dC_out[e] = sc;
-        }
-        if (r) {
-            T* dd = static_cast<T*>(a.ddelta);
-#pragma omp parallel for num_threads(nt)
-            for (int64_t e = 0; e < dt_size; ++e) {
-                T sum = 0;
-                for (int t = 0; t < nt; ++t) sum += ddts[t * dt_size + e];
-                dd[e] = sum;
-            }
-        }
+        sum_threads(a, dB.data(), dC.data(), static_cast<T*>(a.dB), static_cast<T*>(a.dC), S, bc_size, nt);
+        if (r) sum_threads(a, ddts.data(), nullptr, static_cast<T*>(a.ddelta), nullptr, r, dt_size, nt);
         T* dA = static_cast<T*>(a.dA);
         T* dD = static_cast<T*>(a.dD);
         T* dbias = static_cast<T*>(a.dbias);

@@ -129,18 +129,16 @@ class SS2D(nn.Module):
         """in_proj's branch half, depthwise conv, SiLU: (B, H, W, C) -> (B, d_inner, H, W) in channels_last."""
         return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)))
 
-    def features(self, x: Tensor) -> Tensor:
-        """The layer up to ``out_proj``: (B, H, W, C) -> the gated (B, H, W, d_inner) features, for a caller that
-        fuses the output projection with a linear layer of its own."""
+    def forward(self, x: Tensor, project: bool = True) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C); with ``project=False`` the gated (B, H, W, d_inner) features before
+        ``out_proj`` (and dropout), for a caller that fuses the projection with a linear layer of its own."""
         b, h, w, _ = x.shape
         if self.scan_backend != "cuda" and self.d_state <= cpu_kernel.MAX_STATE and cpu_kernel.available(x):
             y = self.forward_core_channels_last(self._branch(x).permute(0, 2, 3, 1))
         else:
             y = self.forward_core(self._branch(x)).transpose(1, 2).reshape(b, h, w, self.d_inner)
-        return self.out_norm(y) * F.silu(self._in_proj(x, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.out_proj(self.features(x)))
+        y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
+        return self.dropout(self.out_proj(y)) if project else y
 
 
 def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tensor, dt_proj: Tensor,
