@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "WindowAttention", "get_relative_positions",
-           "softmax", "upstream_graph", "without_autocast"]
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "WindowAttention", "fused_linear",
+           "get_relative_positions", "softmax", "upstream_graph", "without_autocast"]
 
 
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -27,6 +27,21 @@ def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     normalising sum): this makes bf16-mixed training normalise in float32 on either device.
     """
     return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
+
+
+def fused_linear(x: torch.Tensor, layer: nn.Linear, extra_weight: torch.Tensor | None = None, extra_bias: torch.Tensor | None = None,
+                 keep: bool = True) -> torch.Tensor:
+    """``layer(x)`` with ``extra_weight @ layer(x) + extra_bias`` appended as more channels, in one matmul (a linear
+    map of a linear layer's output is a linear map of its input); with ``keep=False`` only the appended ones."""
+    if extra_weight is None:
+        return layer(x)
+    bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
+    weight, extra = extra_weight @ layer.weight, extra_weight @ bias
+    if extra_bias is not None:
+        extra = extra + extra_bias
+    if keep:
+        weight, extra = torch.cat([layer.weight, weight]), torch.cat([bias, extra])
+    return F.linear(x, weight, extra)
 
 
 def without_autocast(device_type: str):

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.init import trunc_normal_
 
-from clipdehaze.models.layers import WindowAttention, softmax
+from clipdehaze.models.layers import WindowAttention, fused_linear, softmax
 from clipdehaze.models.registry import register_generator
 from clipdehaze.models.ssm import SS2D
 from clipdehaze.models.unet import BasicLayer, UNet5, check_per_stage
@@ -101,10 +101,10 @@ def _reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
 class WindowSelfAttention(nn.Module):
     """The local path: multi-head self-attention inside non-overlapping ``window_size``² windows.
 
-    (B, H, W, C) channel-last -> the attention output *before* the output projection ``proj``, window-major
-    (B, H/ws, W/ws, ws, ws, C): the block's aggregation applies ``proj`` fused with its own linear layer, and reads
-    the window-major result as a view of the map. H and W must be multiples of ``window_size`` (:class:`CLIPHaze`
-    pads).
+    (B, H, W, C) channel-last -> the attention output, window-major: (B, H/ws, W/ws, ws, ws, C), which the block's
+    aggregation reads as a view of the map. H and W must be multiples of ``window_size`` (:class:`CLIPHaze` pads).
+    ``extra_weight`` (e, C) and ``extra_bias`` append ``extra_weight @ out + extra_bias`` as e more channels, in the
+    output projection's matmul (:func:`clipdehaze.models.layers.fused_linear`); with ``keep=False`` only those.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int = 1):
@@ -120,27 +120,24 @@ class WindowSelfAttention(nn.Module):
         _init_linear(self.qkv)
         _init_linear(self.proj)
 
-    def forward(self, x: Tensor) -> Tensor:
-        # The one layout copy of the path: the normalised map (C channels) into window order before the QKV
-        # projection, which then writes Q, K and V window-major; the attention reads them as strided views.
+    def forward(self, x: Tensor, extra_weight: Tensor | None = None, extra_bias: Tensor | None = None,
+                keep: bool = True) -> Tensor:
         B, H, W, C = x.shape
         ws = self.window_size
-        windows = x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C)
-        out = self.attn.attend_windows(self.qkv(windows))
-        return out.view(B, H // ws, W // ws, ws, ws, C)
-
-
-def _window_major_as_map(t: Tensor) -> Tensor:
-    """(B, nh, nw, ws, ws, ·) window-major -> (B, nh, ws, nw, ws, ·): the same values as a map split into windows, a
-    view. Elementwise operations read it beside a (B, H, W, ·) map viewed the same way (:func:`_as_split_maps`)."""
-    return t.transpose(2, 3)
+        # The one layout copy of the path: the normalised map (C channels) into window order, a temporary freed by
+        # the QKV projection, which then writes Q, K and V window-major for the attention to read as views.
+        qkv = self.qkv(x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C))
+        out = self.attn.attend_windows(qkv)
+        del qkv
+        return fused_linear(out, self.proj, extra_weight, extra_bias, keep).view(B, H // ws, W // ws, ws, ws, -1)
 
 
 def _as_split_maps(window_major: Tensor, *maps: Tensor | None) -> tuple[Tensor | None, ...]:
     """A window-major (B, nh, nw, ws, ws, ·) tensor and row-major (B, H, W, ·) maps, all as views shaped
-    (B, nh, ws, nw, ws, ·) that index the same pixel at the same position."""
+    (B, nh, ws, nw, ws, ·) that index the same pixel at the same position: elementwise operations combine them
+    without reordering either."""
     B, nh, nw, ws = window_major.shape[:4]
-    return (_window_major_as_map(window_major),
+    return (window_major.transpose(2, 3),
             *(m.view(B, nh, ws, nw, ws, *m.shape[3:]) if m is not None else None for m in maps))
 
 
@@ -149,19 +146,6 @@ def _merged(t: Tensor) -> Tensor:
     -> (B, H, W, ·), a view."""
     B, nh, ws, nw = t.shape[:4]
     return t.view(B, nh * ws, nw * ws, *t.shape[5:])
-
-
-def _fused_linear(x: Tensor, layer: nn.Linear, extra_weight: Tensor | None = None,
-                  extra_bias: Tensor | None = None) -> Tensor:
-    """``layer(x)`` with further outputs ``extra_weight @ layer(x) + extra_bias`` appended, in one matmul: a linear
-    map of a linear layer's output is a linear map of its input."""
-    weight, bias = layer.weight, layer.bias
-    if bias is None:
-        bias = weight.new_zeros(weight.shape[0])
-    if extra_weight is not None:
-        weight = torch.cat([weight, extra_weight @ layer.weight])
-        bias = torch.cat([bias, extra_weight @ bias + (extra_bias if extra_bias is not None else 0)])
-    return F.linear(x, weight, bias)
 
 
 class FeedForward(nn.Module):
@@ -179,7 +163,8 @@ class FeedForward(nn.Module):
         h = self.fc1(x)
         # The permutes are free views: (B, H, W, C) contiguous is NCHW in channels_last, which conv2d keeps.
         h = self.dwconv(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.fc2(F.gelu(h))
+        # Without autograd, GELU in place: the widest map of the block exists once, not twice.
+        return self.fc2(torch.ops.aten.gelu_(h) if not torch.is_grad_enabled() else F.gelu(h))
 
 
 class CLIPAggregation(nn.Module):
@@ -189,11 +174,12 @@ class CLIPAggregation(nn.Module):
     adapted image embedding ``cond`` (only with ``cond_dim``): ``h · (1 + γ(cond)) + β(cond)``; then
     ``softmax(W' GELU(h))`` over the two paths gives the per-pixel weights.
 
-    :meth:`reference` computes exactly that from the two paths' outputs; :meth:`forward`, what the block runs, the
-    same from the paths' features before their output projections: ``W`` splits into its attention, SS2D and
-    density columns, the first two fold into the projections (one matmul per path gives its output and its
-    share of ``h``), the density column is a per-pixel multiply-add, and the softmax over two logits is the
-    sigmoid of their difference, so ``out = lerp(ssm, attn, σ(l_attn - l_ssm))``. The parameters are the same.
+    :meth:`reference` computes exactly that from the two paths' outputs. What the block runs is the same, arranged
+    so that no concatenation is made: ``W`` splits into its attention, SS2D and density columns; the first two are
+    linear maps of the paths' outputs, so each path appends its share of ``h`` to its own output in its output
+    projection's matmul (:meth:`extra` names what to append); the density column is a per-pixel multiply-add; and
+    the softmax over two logits is the sigmoid of their difference: ``out = lerp(ssm, attn, σ(l_attn - l_ssm))``
+    (:meth:`forward`). The parameters are the same.
     """
 
     def __init__(self, dim: int, hidden: int, use_density: bool = True, cond_dim: int | None = None):
@@ -223,18 +209,20 @@ class CLIPAggregation(nn.Module):
         w = self.path_weights(attn, ssm, density, cond)
         return w[..., :1] * attn + w[..., 1:] * ssm
 
-    def forward(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
-                density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """:meth:`reference` of ``attn_proj(attn_feats)`` and ``ssm_proj(ssm_feats)``: ``attn_feats`` window-major
-        (B, H/ws, W/ws, ws, ws, ·), ``ssm_feats`` and ``density`` row-major (B, H, W, ·); returns (B, H, W, C)."""
+    def extra(self, path: str) -> tuple[Tensor | None, Tensor | None, bool]:
+        """(weight, bias, keep) that ``path`` ("attn" or "ssm") appends to its output: its share of ``h``."""
+        C, w = self.dim, self.reduce.weight
+        return (w[:, :C], None, True) if path == "attn" else (w[:, C:2 * C], self.reduce.bias, True)
+
+    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                cond: Tensor | None = None) -> Tensor:
+        """``attn`` window-major (B, H/ws, W/ws, ws, ws, C + hidden) and ``ssm`` row-major (B, H, W, C + hidden), each
+        a path's output with its :meth:`extra` appended; ``density`` (B, H, W, 1) -> (B, H, W, C)."""
         C = self.dim
-        w = self.reduce.weight
-        attn_h, ssm_h, density = _as_split_maps(_fused_linear(attn_feats, attn_proj, w[:, :C]),
-                                                _fused_linear(ssm_feats, ssm_proj, w[:, C:2 * C], self.reduce.bias),
-                                                density)
-        h = ssm_h[..., C:] + attn_h[..., C:]
+        attn, ssm, density = _as_split_maps(attn, ssm, density)
+        h = ssm[..., C:] + attn[..., C:]
         if self.use_density:
-            h = torch.addcmul(h, density, w[:, 2 * C])
+            h = torch.addcmul(h, density, self.reduce.weight[:, 2 * C])
         if self.film is not None:
             gamma, beta = self.film(cond)[:, None, None, None, None, :].chunk(2, dim=-1)
             h = torch.addcmul(beta, h, 1 + gamma)
@@ -242,24 +230,30 @@ class CLIPAggregation(nn.Module):
         z = F.linear(F.gelu(h), lw[:1] - lw[1:], lb[:1] - lb[1:])
         # σ in float32, as the softmax it replaces (layers.softmax): under bf16 autocast too.
         w_attn = torch.sigmoid(z.float()).to(z.dtype)
-        return _merged(torch.lerp(ssm_h[..., :C], attn_h[..., :C], w_attn))
+        return _merged(torch.lerp(ssm[..., :C], attn[..., :C], w_attn))
 
 
 class SumAggregation(nn.Module):
-    """Ablation: ``attn + ssm``, no CLIP. Arguments as :meth:`CLIPAggregation.forward`."""
+    """Ablation: ``attn + ssm``, no CLIP. Arguments as :class:`CLIPAggregation`'s."""
 
     def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
                   cond: Tensor | None = None) -> Tensor:
         return attn + ssm
 
-    def forward(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
-                density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        attn, ssm = _as_split_maps(attn_proj(attn_feats), ssm_proj(ssm_feats))
+    def extra(self, path: str) -> tuple[Tensor | None, Tensor | None, bool]:
+        return None, None, True
+
+    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                cond: Tensor | None = None) -> Tensor:
+        attn, ssm = _as_split_maps(attn, ssm)
         return _merged(ssm + attn)
 
 
 class ConcatAggregation(nn.Module):
-    """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP. Arguments as :meth:`CLIPAggregation.forward`."""
+    """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP. Arguments as :class:`CLIPAggregation`'s.
+
+    ``proj [attn, ssm] = P_a attn + P_s ssm + b``: each path outputs only its term (folded into its own output
+    projection), and the aggregation adds them."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -271,16 +265,14 @@ class ConcatAggregation(nn.Module):
                   cond: Tensor | None = None) -> Tensor:
         return self.proj(torch.cat([attn, ssm], dim=-1))
 
-    def forward(self, attn_feats: Tensor, attn_proj: nn.Linear, ssm_feats: Tensor, ssm_proj: nn.Linear,
-                density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        # proj [attn, ssm] = P_a attn + P_s ssm + b, each folded into its path's projection: no concatenation.
+    def extra(self, path: str) -> tuple[Tensor | None, Tensor | None, bool]:
         C, w = self.dim, self.proj.weight
-        ssm_part = F.linear(ssm_feats, w[:, C:] @ ssm_proj.weight,
-                            self.proj.bias + (w[:, C:] @ ssm_proj.bias if ssm_proj.bias is not None else 0))
-        attn_part = F.linear(attn_feats, w[:, :C] @ attn_proj.weight,
-                             w[:, :C] @ attn_proj.bias if attn_proj.bias is not None else None)
-        attn_part, ssm_part = _as_split_maps(attn_part, ssm_part)
-        return _merged(ssm_part + attn_part)
+        return (w[:, :C], None, False) if path == "attn" else (w[:, C:], self.proj.bias, False)
+
+    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                cond: Tensor | None = None) -> Tensor:
+        attn, ssm = _as_split_maps(attn, ssm)
+        return _merged(ssm + attn)
 
 
 class DualPathBlock(nn.Module):
@@ -291,8 +283,8 @@ class DualPathBlock(nn.Module):
 
     Layouts: the token map stays row-major (what the depthwise convolutions and the scan read in place); the
     attention path works window-major from one copy of the normalised map on; the two paths meet in the
-    aggregation, which reads the window-major attention result as a view of the map and writes row-major. Each
-    path's output projection is fused with the aggregation's linear layer (:meth:`CLIPAggregation.forward`).
+    aggregation, which reads the window-major attention output as a view of the map and writes row-major. Each
+    path's output projection also computes what the aggregation needs of its output (``aggregate.extra``).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, d_state: int,
@@ -314,11 +306,12 @@ class DualPathBlock(nn.Module):
     def forward(self, x: Tensor, density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         x = _to_tokens(x)
         y = self.norm1(x)
-        # SS2D first: at inference its scan, the memory peak of the block, runs before the attention's buffers exist.
-        ssm = self.ssm(y, project=False)
-        attn = self.attn(y)
+        # The attention first: at inference its Q, K and V, the block's largest buffers, are gone before the scan.
+        attn = self.attn(y, *self.aggregate.extra("attn"))
+        ssm = self.ssm(y, *self.aggregate.extra("ssm"))
         del y
-        x = x + self.aggregate(attn, self.attn.proj, ssm, self.ssm.out_proj, density, cond)
+        x = x + self.aggregate(attn, ssm, density, cond)
+        del attn, ssm
         return _to_image(x + self.ffn(self.norm2(x)))
 
 

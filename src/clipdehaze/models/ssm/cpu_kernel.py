@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ORDERS", "available", "scan", "unavailable_reason"]
 
 SOURCE = Path(__file__).with_name("cpu_scan.cpp")
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: Largest state size the kernel runs (padded to a power of two inside); larger ones take the chunked PyTorch scan.
 MAX_STATE = 16
 # Scan orders of a height x width map flattened row-major: bit 0 walks it column by column, bit 1 backwards.
@@ -100,7 +100,7 @@ class _ScanArgs(ctypes.Structure):
         ("B", ctypes.c_void_p), ("b_s", ctypes.c_int64 * 5),
         ("C", ctypes.c_void_p), ("c_s", ctypes.c_int64 * 5),
         ("D", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-        ("softplus", ctypes.c_int32), ("threads", ctypes.c_int32),
+        ("softplus", ctypes.c_int32), ("threads", ctypes.c_int32), ("merge_groups", ctypes.c_int32),
         ("y", ctypes.c_void_p), ("y_s", ctypes.c_int64 * 4),
         ("checkpoints", ctypes.c_void_p), ("last_state", ctypes.c_void_p),
         ("grad_y", ctypes.c_void_p), ("gy_s", ctypes.c_int64 * 4),
@@ -201,20 +201,28 @@ def _ptr(t: Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
 
+def _group_strides(t: Tensor) -> tuple[int, ...]:
+    """A (b, G, L, d) operand's strides; a map shared by the groups (G = 1) steps by 0 from group to group."""
+    return (t.stride(0), 0 if t.shape[1] == 1 else t.stride(1), *t.stride()[2:])
+
+
 def _args(u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, y, checkpoints, last):
     """The kernel's arguments, and the order tensor they point into (keep it alive for the call)."""
     b, groups, length, per_group = delta.shape[:4]
     d, n = A.shape[1:]
     threads = torch.get_num_threads()
-    lanes, chunk = _geometry(b, groups, d, n, threads, u.dtype)
+    merge = u.shape[1] == 1 < groups
+    # With merged groups only one group's items run at a time.
+    lanes, chunk = _geometry(b, 1 if merge else groups, d, n, threads, u.dtype)
     order = torch.tensor(orders, dtype=torch.int32)
     args = _ScanArgs(batch=b, groups=groups, dirs_per_group=per_group, length=length, channels=d, state=n,
                      height=height, width=width, chunk=chunk, lanes=lanes,
                      dt_rank=dt_w.shape[-1] if dt_w is not None else 0, order=order.data_ptr(),
-                     u=u.data_ptr(), u_s=u.stride(), delta=delta.data_ptr(), dl_s=delta.stride(), dt_w=_ptr(dt_w),
+                     u=u.data_ptr(), u_s=_group_strides(u), delta=delta.data_ptr(), dl_s=delta.stride(),
+                     dt_w=_ptr(dt_w), merge_groups=int(merge),
                      A=A.data_ptr(), B=B.data_ptr(), b_s=B.stride(), C=C.data_ptr(), c_s=C.stride(),
                      D=_ptr(D), bias=_ptr(bias), softplus=int(softplus), threads=threads,
-                     y=_ptr(y), y_s=y.stride() if y is not None else (0,) * 4,
+                     y=_ptr(y), y_s=_group_strides(y) if y is not None else (0,) * 4,
                      checkpoints=_ptr(checkpoints), last_state=_ptr(last))
     return args, order
 
@@ -232,7 +240,7 @@ class _Scan(torch.autograd.Function):
         b, groups, length, per_group = delta.shape[:4]
         k, (d, n) = groups * per_group, A.shape[1:]
         y = torch.empty(u.shape, dtype=u.dtype)
-        _, chunk = _geometry(b, groups, d, n, torch.get_num_threads(), u.dtype)
+        _, chunk = _geometry(b, 1 if u.shape[1] == 1 < groups else groups, d, n, torch.get_num_threads(), u.dtype)
         checkpoints = (torch.empty(b, k, -(-length // chunk), n, d, dtype=u.dtype)
                        if torch.is_grad_enabled() or any(ctx.needs_input_grad) else None)
         last = torch.empty(b, k, d, n, dtype=u.dtype) if want_last else None
@@ -265,10 +273,10 @@ class _Scan(torch.autograd.Function):
         dbias = torch.empty_like(bias) if bias is not None else None
         args, order = _args(u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, None, checkpoints,
                             None)
-        args.grad_y, args.gy_s = grad_y.data_ptr(), grad_y.stride()
+        args.grad_y, args.gy_s = grad_y.data_ptr(), _group_strides(grad_y)
         grad_last = grad_last.contiguous() if grad_last is not None else None
         args.grad_last = _ptr(grad_last)
-        args.du, args.du_s = du.data_ptr(), du.stride()
+        args.du, args.du_s = du.data_ptr(), _group_strides(du)
         for name, t in (("ddelta", ddelta), ("ddt_w", ddt_w), ("dA", dA), ("dB", dB), ("dC", dC), ("dD", dD),
                         ("dbias", dbias)):
             setattr(args, name, _ptr(t))
@@ -285,8 +293,8 @@ def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
     """Selective scan of G groups of J directions each over views of any strides; differentiable.
 
     Args:
-        u: (b, G, L, d), one input map per group, read by each of its directions (the groups may share one map:
-            a group stride of 0, as ``expand`` makes).
+        u: (b, G, L, d), one input map per group, read by each of its directions; or (b, 1, L, d), one map that
+            every group reads and that y sums all directions into (the groups then run one after another).
         delta: (b, G, L, J, d), the pre-activation δ of direction j of group g at each position of the map; with
             ``dt_proj``, the low-rank (b, G, L, J, r) factor instead, and δ = dt_proj[k] @ delta per position.
         B, C: (b, G, L, J, n), n <= :data:`MAX_STATE`.
@@ -294,14 +302,15 @@ def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
         orders: per direction, a value of :data:`ORDERS` (default: every direction walks positions 0..L-1);
             positions index a ``height`` x ``width`` map flattened row-major (``width`` defaults to L).
     Returns:
-        y (b, G, L, d), each group's directions summed, and with ``return_last_state`` the state after each
-        direction's last step (b, G·J, d, n), else None.
+        y shaped like u: each group's directions summed (all directions for one shared map), and with
+        ``return_last_state`` the state after each direction's last step (b, G·J, d, n), else None.
     """
     groups, length, per_group = delta.shape[1:4]
     k = groups * per_group
     orders = tuple(orders) if orders is not None else (ORDERS["rows"],) * k
     width = length if width is None else width
-    if len(orders) != k or height * width != length or u.shape[:3] != delta.shape[:3]:
+    if (len(orders) != k or height * width != length or u.shape[0] != delta.shape[0] or u.shape[2] != length
+            or u.shape[1] not in (1, groups)):
         raise ValueError(f"need u (b, G, L, d) with delta (b, G, L, J, ·), one order per direction ({k}) and "
                          f"height x width = L ({length}); got u {tuple(u.shape)}, delta {tuple(delta.shape)}, "
                          f"{len(orders)} orders and {height} x {width}")

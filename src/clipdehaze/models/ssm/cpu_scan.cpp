@@ -305,6 +305,7 @@ struct ScanArgs {
     const void* D;       // (directions, channels) contiguous or null
     const void* bias;    // (directions, channels) contiguous or null
     int32_t softplus, threads;
+    int32_t merge_groups;  // 1: every group reads and writes one map (group strides of u, y, du 0), one after another
     void* y;             int64_t y_s[4];
     void* checkpoints;   // (batch, directions, chunks, state, channels), null without backward
     void* last_state;    // (batch, directions, channels, state) or null
@@ -674,7 +675,7 @@ struct Scan {
                     CLIPDEHAZE_UNROLL
                     for (int v = 0; v < NV; ++v) store(&ybuf[s * W + v * VL], y[v]);
                 }
-                scatter<T, W>(rows4<T>(static_cast<T*>(a.y), a.y_s, ch), ch, ybuf.data(), j > 0);
+                scatter<T, W>(rows4<T>(static_cast<T*>(a.y), a.y_s, ch), ch, ybuf.data(), j > 0 || (a.merge_groups && g));
             }
             if (a.last_state) {
                 CLIPDEHAZE_UNROLL
@@ -809,7 +810,7 @@ struct Scan {
                 Chunk<T>& cw = ch;
                 Rows<T> du_rows{static_cast<T*>(a.du) + cw.b * a.du_s[0] + cw.g * a.du_s[1] + cw.c0 * a.du_s[3],
                                 a.du_s[2], a.du_s[3]};
-                scatter<T, W>(du_rows, ch, gu.data(), j > 0);
+                scatter<T, W>(du_rows, ch, gu.data(), j > 0 || (a.merge_groups && g));
                 if (!r) scatter<T, W>(rows5<T>(static_cast<T*>(a.ddelta), a.dl_s, ch), ch, gdl.data(), false);
             }
             CLIPDEHAZE_UNROLL
@@ -823,9 +824,28 @@ struct Scan {
     }
 
     static void forward(const ScanArgs& a, int nt) {
-        const int64_t items = item_count(a);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-        for (int64_t it = 0; it < items; ++it) forward_item(a, it);
+        for_items(a, nt, [&](int64_t it, int) { forward_item(a, it); });
+    }
+
+    // fn(item, thread) for every item in parallel; with merge_groups, group after group (their items write the
+    // same rows).
+    template <typename F>
+    static void for_items(const ScanArgs& a, int nt, F fn) {
+        const int64_t per_g = blocks_per_group(a), rounds = a.merge_groups ? a.groups : 1;
+        const int64_t items = item_count(a) / rounds;
+        for (int64_t g = 0; g < rounds; ++g) {
+#pragma omp parallel num_threads(nt)
+            {
+#ifdef _OPENMP
+                const int tid = omp_get_thread_num();
+#else
+                const int tid = 0;
+#endif
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t i = 0; i < items; ++i)
+                    fn(a.merge_groups ? ((i / per_g) * a.groups + g) * per_g + i % per_g : i, tid);
+            }
+        }
     }
 
     // out[b, k, position of step t, ·] = Σ over threads of buf[b, k, t, ·] (and the same for a second pair).
@@ -863,18 +883,10 @@ struct Scan {
         std::vector<ItemGrads<T>> grads;
         grads.reserve(items);
         for (int64_t it = 0; it < items; ++it) grads.emplace_back(a, N, W);
-#pragma omp parallel num_threads(nt)
-        {
-#ifdef _OPENMP
-            const int tid = omp_get_thread_num();
-#else
-            const int tid = 0;
-#endif
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t it = 0; it < items; ++it)
-                backward_item(a, it, &dB[tid * bc_size], &dC[tid * bc_size], r ? &ddts[tid * dt_size] : nullptr,
-                              grads[it]);
-        }
+        for_items(a, nt, [&](int64_t it, int tid) {
+            backward_item(a, it, &dB[tid * bc_size], &dC[tid * bc_size], r ? &ddts[tid * dt_size] : nullptr,
+                          grads[it]);
+        });
         sum_threads(a, dB.data(), dC.data(), static_cast<T*>(a.dB), static_cast<T*>(a.dC), S, bc_size, nt);
         if (r) sum_threads(a, ddts.data(), nullptr, static_cast<T*>(a.ddelta), nullptr, r, dt_size, nt);
         T* dA = static_cast<T*>(a.dA);
@@ -930,7 +942,7 @@ int run(const ScanArgs& a, bool backward) {
 
 extern "C" {
 
-int clipdehaze_scan_abi_version() { return 3; }
+int clipdehaze_scan_abi_version() { return 4; }
 int clipdehaze_scan_max_state() { return kMaxState; }
 
 int clipdehaze_scan_forward_f32(const ScanArgs* a) { return run<float>(*a, false); }

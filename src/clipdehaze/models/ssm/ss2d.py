@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipdehaze.models.layers import fused_linear
 from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.cpu_kernel import ORDERS
 from clipdehaze.models.ssm.selective_scan import BACKENDS, selective_scan
@@ -127,18 +128,27 @@ class SS2D(nn.Module):
 
     def _branch(self, x: Tensor) -> Tensor:
         """in_proj's branch half, depthwise conv, SiLU: (B, H, W, C) -> (B, d_inner, H, W) in channels_last."""
-        return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)))
+        return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
 
-    def forward(self, x: Tensor, project: bool = True) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C); with ``project=False`` the gated (B, H, W, d_inner) features before
-        ``out_proj`` (and dropout), for a caller that fuses the projection with a linear layer of its own."""
+    def forward(self, x: Tensor, extra_weight: Tensor | None = None, extra_bias: Tensor | None = None,
+                keep: bool = True) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C). ``extra_weight`` (e, C) and ``extra_bias`` append ``extra_weight @ out +
+        extra_bias`` as e more channels, computed in ``out_proj``'s matmul (with ``keep=False`` only those): a caller
+        that needs a linear map of the output gets it without another pass (no dropout then)."""
         b, h, w, _ = x.shape
         if self.scan_backend != "cuda" and self.d_state <= cpu_kernel.MAX_STATE and cpu_kernel.available(x):
             y = self.forward_core_channels_last(self._branch(x).permute(0, 2, 3, 1))
         else:
             y = self.forward_core(self._branch(x)).transpose(1, 2).reshape(b, h, w, self.d_inner)
-        y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
-        return self.dropout(self.out_proj(y)) if project else y
+        if torch.is_grad_enabled():
+            y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
+        else:  # in place: at inference the gate and its product need no buffers of their own
+            y = self.out_norm(y).mul_(F.silu(self._in_proj(x, 1), inplace=True))
+        if extra_weight is None:
+            return self.dropout(self.out_proj(y))
+        if self.training and not isinstance(self.dropout, nn.Identity):
+            raise ValueError("SS2D with dropout cannot append a linear map of its output to out_proj's matmul")
+        return fused_linear(y, self.out_proj, extra_weight, extra_bias, keep)
 
 
 def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tensor, dt_proj: Tensor,
@@ -149,8 +159,8 @@ def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tenso
     reverse), 1 and 3 column by column; the kernel visits each direction's positions in its order, so no reordered
     copy of the map, of Δ or of the outputs is made. Δ stays low-rank: per pixel and direction the ``dt_rank``
     values of ``dts`` and the direction's ``dt_proj`` (d, dt_rank) give the d values of δ inside the kernel, then
-    the Δ bias, softplus and the D skip. The row walks sum into one output and the column walks into another (two
-    groups, run in parallel), added here.
+    the Δ bias, softplus and the D skip. All four directions sum into one output (the row walks as one group of
+    directions, then the column walks).
 
     ``dts`` (B, L, 4, r), ``Bs`` and ``Cs`` (B, L, 4, n): per pixel and SS2D direction; A (4, d, n), D and
     ``delta_bias`` (4, d), ``dt_proj`` (4, d, r). Returns the merged (B, H, W, d).
@@ -164,9 +174,8 @@ def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tenso
     def params(t):  # (4, ...) -> kernel order 2 walk + j
         return t.unflatten(0, (2, 2)).transpose(0, 1).flatten(0, 1)
 
-    y, _ = cpu_kernel.scan(u.reshape(b, 1, length, d).expand(b, 2, length, d), per_walk(dts), params(A),
-                           per_walk(Bs), per_walk(Cs), params(D), delta_bias=params(delta_bias),
-                           delta_softplus=True, orders=(ORDERS["rows"], ORDERS["rows_reversed"], ORDERS["cols"],
-                                                        ORDERS["cols_reversed"]),
+    y, _ = cpu_kernel.scan(u.reshape(b, 1, length, d), per_walk(dts), params(A), per_walk(Bs), per_walk(Cs),
+                           params(D), delta_bias=params(delta_bias), delta_softplus=True,
+                           orders=(ORDERS["rows"], ORDERS["rows_reversed"], ORDERS["cols"], ORDERS["cols_reversed"]),
                            height=h, width=w, dt_proj=params(dt_proj))
-    return (y[:, 0] + y[:, 1]).view(b, h, w, d)
+    return y.view(b, h, w, d)
