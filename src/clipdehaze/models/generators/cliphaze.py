@@ -57,7 +57,8 @@ ignored). ``clip_inputs`` (an instance attribute) names exactly the CLIP inputs 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -103,8 +104,9 @@ class WindowSelfAttention(nn.Module):
 
     (B, H, W, C) channel-last -> the attention output, window-major: (B, H/ws, W/ws, ws, ws, C), which the block's
     aggregation reads as a view of the map. H and W must be multiples of ``window_size`` (:class:`CLIPHaze` pads).
-    ``extra_weight`` (e, C) and ``extra_bias`` append ``extra_weight @ out + extra_bias`` as e more channels, in the
-    output projection's matmul (:func:`clipdehaze.models.layers.fused_linear`); with ``keep=False`` only those.
+    ``extra`` (a function, called in the forward) gives ``(weight, bias, keep)``: ``weight @ out + bias`` is appended
+    as more channels in the output projection's matmul (:func:`clipdehaze.models.layers.fused_linear`; with
+    ``keep=False`` only those). A function, not tensors, so that hooks on the module see no parameter views as inputs.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int = 1):
@@ -120,8 +122,7 @@ class WindowSelfAttention(nn.Module):
         _init_linear(self.qkv)
         _init_linear(self.proj)
 
-    def forward(self, x: Tensor, extra_weight: Tensor | None = None, extra_bias: Tensor | None = None,
-                keep: bool = True) -> Tensor:
+    def forward(self, x: Tensor, extra: Callable[[], tuple[Tensor | None, Tensor | None, bool]] | None = None) -> Tensor:
         B, H, W, C = x.shape
         ws = self.window_size
         # The one layout copy of the path: the normalised map (C channels) into window order, a temporary freed by
@@ -129,7 +130,8 @@ class WindowSelfAttention(nn.Module):
         qkv = self.qkv(x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C))
         out = self.attn.attend_windows(qkv)
         del qkv
-        return fused_linear(out, self.proj, extra_weight, extra_bias, keep).view(B, H // ws, W // ws, ws, ws, -1)
+        out = fused_linear(out, self.proj, *(extra() if extra is not None else ()))
+        return out.view(B, H // ws, W // ws, ws, ws, -1)
 
 
 def _as_split_maps(window_major: Tensor, *maps: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -307,8 +309,8 @@ class DualPathBlock(nn.Module):
         x = _to_tokens(x)
         y = self.norm1(x)
         # The attention first: at inference its Q, K and V, the block's largest buffers, are gone before the scan.
-        attn = self.attn(y, *self.aggregate.extra("attn"))
-        ssm = self.ssm(y, *self.aggregate.extra("ssm"))
+        attn = self.attn(y, partial(self.aggregate.extra, "attn"))
+        ssm = self.ssm(y, partial(self.aggregate.extra, "ssm"))
         del y
         x = x + self.aggregate(attn, ssm, density, cond)
         del attn, ssm

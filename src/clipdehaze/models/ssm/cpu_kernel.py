@@ -168,8 +168,9 @@ def unavailable_reason() -> str | None:
 
 
 def available(*tensors: Tensor) -> bool:
-    """Whether :func:`scan` can take these tensors: on CPU, float32 or float64, and the kernel built."""
-    return (all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+    """Whether :func:`scan` can take these tensors: on CPU (or the meta device: shapes only, as MAC counting runs
+    networks), float32 or float64, and the kernel built."""
+    return (all(t.device.type in ("cpu", "meta") and t.dtype in (torch.float32, torch.float64) for t in tensors)
             and unavailable_reason() is None)
 
 
@@ -319,6 +320,9 @@ def scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | 
     if dt_proj is not None and (dt_proj.shape != (k, u.shape[-1], delta.shape[-1])):
         raise ValueError(f"dt_proj must be (G·J, d, r) = ({k}, {u.shape[-1]}, {delta.shape[-1]}), "
                          f"got {tuple(dt_proj.shape)}")
+    if u.device.type == "meta":  # shapes only
+        last = u.new_empty(u.shape[0], k, u.shape[-1], A.shape[-1]) if return_last_state else None
+        return torch.empty_like(u), last
     A, D, delta_bias, dt_proj = (t.contiguous() if t is not None else None for t in (A, D, delta_bias, dt_proj))
     # A full δ's gradient is written with δ's strides: views with gaps or overlaps are copied.
     if dt_proj is None and torch.empty_like(delta).stride() != delta.stride():

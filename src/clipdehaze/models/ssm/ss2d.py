@@ -12,12 +12,13 @@ The parameter names and shapes are MambaIR's, so its SS2D weights load with ``st
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clipdehaze.models.layers import fused_linear
+from clipdehaze.models.layers import UpstreamGraph, fused_linear
 from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.cpu_kernel import ORDERS
 from clipdehaze.models.ssm.selective_scan import BACKENDS, selective_scan
@@ -27,13 +28,17 @@ __all__ = ["SS2D", "scan_map"]
 _DIRECTIONS = 4  # row-major, column-major, and both reversed
 
 
-class SS2D(nn.Module):
+class SS2D(UpstreamGraph, nn.Module):
     """2-D selective scan over a channel-last feature map: (B, H, W, C) -> (B, H, W, C).
 
     in_proj splits into a branch x and a gate z; x goes through a depthwise conv + SiLU, is scanned in
     four orders by one batched selective scan (4 · d_inner channels, each direction with its own
     x_proj, dt_proj, A and D), the four outputs are mapped back to row-major and summed, then
     LayerNorm, gated by SiLU(z), and projected back to d_model.
+
+    On CPU the compiled kernel reads the map in place in all four orders and forms Δ from its low-rank factor
+    inside (:func:`scan_map`); elsewhere, or with ``upstream_graph`` (:class:`clipdehaze.models.layers.UpstreamGraph`:
+    MAC counts of the published graph), the four reordered copies of MambaIR's ``forward_core`` run.
 
     Args:
         d_model: input/output channels.
@@ -130,13 +135,14 @@ class SS2D(nn.Module):
         """in_proj's branch half, depthwise conv, SiLU: (B, H, W, C) -> (B, d_inner, H, W) in channels_last."""
         return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
 
-    def forward(self, x: Tensor, extra_weight: Tensor | None = None, extra_bias: Tensor | None = None,
-                keep: bool = True) -> Tensor:
-        """(B, H, W, C) -> (B, H, W, C). ``extra_weight`` (e, C) and ``extra_bias`` append ``extra_weight @ out +
-        extra_bias`` as e more channels, computed in ``out_proj``'s matmul (with ``keep=False`` only those): a caller
-        that needs a linear map of the output gets it without another pass (no dropout then)."""
+    def forward(self, x: Tensor, extra: Callable[[], tuple[Tensor | None, Tensor | None, bool]] | None = None) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C). ``extra`` (a function, called here) gives ``(weight, bias, keep)``:
+        ``weight @ out + bias`` is appended as more channels in ``out_proj``'s matmul (with ``keep=False`` only those;
+        :func:`clipdehaze.models.layers.fused_linear`): a caller that needs a linear map of the output gets it
+        without another pass (no dropout then)."""
         b, h, w, _ = x.shape
-        if self.scan_backend != "cuda" and self.d_state <= cpu_kernel.MAX_STATE and cpu_kernel.available(x):
+        if (self.scan_backend != "cuda" and not self.upstream_graph and self.d_state <= cpu_kernel.MAX_STATE
+                and cpu_kernel.available(x)):
             y = self.forward_core_channels_last(self._branch(x).permute(0, 2, 3, 1))
         else:
             y = self.forward_core(self._branch(x)).transpose(1, 2).reshape(b, h, w, self.d_inner)
@@ -144,11 +150,11 @@ class SS2D(nn.Module):
             y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
         else:  # in place: at inference the gate and its product need no buffers of their own
             y = self.out_norm(y).mul_(F.silu(self._in_proj(x, 1), inplace=True))
-        if extra_weight is None:
+        if extra is None:
             return self.dropout(self.out_proj(y))
         if self.training and not isinstance(self.dropout, nn.Identity):
             raise ValueError("SS2D with dropout cannot append a linear map of its output to out_proj's matmul")
-        return fused_linear(y, self.out_proj, extra_weight, extra_bias, keep)
+        return fused_linear(y, self.out_proj, *extra())
 
 
 def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tensor, dt_proj: Tensor,
