@@ -21,12 +21,13 @@ __all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "WindowAtt
 
 
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax computed in float32, returned in ``x``'s dtype (float32 input: exactly ``x.softmax(dim)``).
+    """Softmax computed in at least float32, returned in ``x``'s dtype (float32 or float64 input: exactly
+    ``x.softmax(dim)``).
 
     Under bf16 autocast, CUDA already runs softmax in float32 but CPU keeps bfloat16 (8 mantissa bits for the
     normalising sum): this makes bf16-mixed training normalise in float32 on either device.
     """
-    return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
+    return torch.softmax(x, dim, dtype=torch.promote_types(x.dtype, torch.float32)).to(x.dtype)
 
 
 def fused_linear(x: torch.Tensor, layer: nn.Linear, extra_weight: torch.Tensor | None = None, extra_bias: torch.Tensor | None = None,

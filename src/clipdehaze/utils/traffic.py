@@ -48,6 +48,7 @@ class _Counter(TorchDispatchMode):
         super().__init__()
         self.layout: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
+        self.records: list[tuple[str, tuple[int, ...], int]] = []
         self.activation = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -57,8 +58,10 @@ class _Counter(TorchDispatchMode):
             name = packet.__name__
             written = _tensors(out)
             read = _tensors(args[1:2] if packet is aten.copy_ else args)
-            self.layout[name] += sum(map(_nbytes, read)) + sum(map(_nbytes, written))
+            moved = sum(map(_nbytes, read)) + sum(map(_nbytes, written))
+            self.layout[name] += moved
             self.calls[name] += 1
+            self.records.append((name, tuple(written[0].shape), moved))
         # New storages only: a view or an in-place result shares an input's storage, counted when it was made.
         inputs = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
         for t in _tensors(out):
@@ -71,11 +74,12 @@ class _Counter(TorchDispatchMode):
 
 def layout_traffic(fn: Callable[[], Any]) -> dict[str, Any]:
     """Layout bytes, activation bytes and their ratio (see the module docstring) of running ``fn`` once, with the
-    layout bytes and call counts per operation (``by_op``, ``calls``)."""
+    layout bytes and call counts per operation (``by_op``, ``calls``) and every layout call as (operation, output
+    shape, bytes) in order (``records``)."""
     counter = _Counter()
     with counter:
         fn()
     layout = sum(counter.layout.values())
     return {"layout_bytes": layout, "activation_bytes": counter.activation,
             "share": layout / counter.activation if counter.activation else 0.0,
-            "by_op": dict(counter.layout), "calls": dict(counter.calls)}
+            "by_op": dict(counter.layout), "calls": dict(counter.calls), "records": counter.records}

@@ -230,8 +230,8 @@ class CLIPAggregation(nn.Module):
             h = torch.addcmul(beta, h, 1 + gamma)
         lw, lb = self.logits.weight, self.logits.bias
         z = F.linear(F.gelu(h), lw[:1] - lw[1:], lb[:1] - lb[1:])
-        # σ in float32, as the softmax it replaces (layers.softmax): under bf16 autocast too.
-        w_attn = torch.sigmoid(z.float()).to(z.dtype)
+        # σ in at least float32, as the softmax it replaces (layers.softmax): under bf16 autocast too.
+        w_attn = torch.sigmoid(z.to(torch.promote_types(z.dtype, torch.float32))).to(z.dtype)
         return _merged(torch.lerp(ssm[..., :C], attn[..., :C], w_attn))
 
 

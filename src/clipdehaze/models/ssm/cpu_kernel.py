@@ -240,7 +240,7 @@ class _Scan(torch.autograd.Function):
     def forward(ctx, u, delta, dt_w, A, B, C, D, bias, orders, height, width, softplus, want_last):
         b, groups, length, per_group = delta.shape[:4]
         k, (d, n) = groups * per_group, A.shape[1:]
-        y = torch.empty(u.shape, dtype=u.dtype)
+        y = torch.empty_like(u)  # u's layout: a (b, d, L) caller's view of y is then contiguous
         _, chunk = _geometry(b, 1 if u.shape[1] == 1 < groups else groups, d, n, torch.get_num_threads(), u.dtype)
         checkpoints = (torch.empty(b, k, -(-length // chunk), n, d, dtype=u.dtype)
                        if torch.is_grad_enabled() or any(ctx.needs_input_grad) else None)
@@ -260,8 +260,8 @@ class _Scan(torch.autograd.Function):
         b, groups, length, per_group = delta.shape[:4]
         k, n = groups * per_group, A.shape[-1]
         grad_y = grad_y if grad_y is not None else torch.zeros_like(u)
-        # du has u's shape with its own dense strides: u may be one map read by every group (a group stride of 0).
-        du, dA = torch.empty(u.shape, dtype=u.dtype), torch.empty_like(A)
+        # du is written with its own strides (u's layout where u is dense, as y).
+        du, dA = torch.empty_like(u), torch.empty_like(A)
         # dB and dC (and a low-rank Δ's gradient) come out direction-major (b, k, L, ·); viewed back to the
         # operands' (b, G, L, J, ·).
         dB, dC = (torch.empty(b, groups, per_group, length, n, dtype=u.dtype) for _ in range(2))
