@@ -571,3 +571,36 @@ def test_compiled_scan_of_channel_strided_operands_walked_both_ways(dtype, d_sta
     assert_close(y, y_ref.detach(), rtol)
     for name, a, e in zip(leaves, g_act, g_ref):
         assert_close(a, e, rtol, name)
+
+
+@pytest.mark.slow
+def test_portable_build_without_native_instructions_is_exact(monkeypatch, tmp_path):
+    """The kernel built without -march=native (the fallback flags: generic vector code instead of the AVX-512
+    exponent, logarithm and shuffles) gives the same scan: SS2D's shared-map low-rank case against the build in use,
+    float64 exactly and float32 to rounding."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(5)
+    b, h, w, d, r = 1, 7, 6, 20, 2
+    L = h * w
+    args = dict(u=torch.randn(b, 1, L, d, generator=g), delta=torch.randn(b, 2, L, 2, r, generator=g),
+                A=-torch.rand(4, d, 1, generator=g) - 0.2, B=torch.randn(b, 2, L, 2, 1, generator=g),
+                C=torch.randn(b, 2, L, 2, 1, generator=g), D=torch.randn(4, d, generator=g),
+                delta_bias=torch.randn(4, d, generator=g) * 0.1 - 2, dt_proj=torch.randn(4, d, r, generator=g))
+    kw = dict(delta_softplus=True, orders=(0, 2, 1, 3), height=h, width=w)
+
+    def run(dtype):
+        leaves = {k: v.to(dtype).requires_grad_() for k, v in args.items()}
+        y, _ = cpu_kernel.scan(**leaves, **kw)
+        return [y, *torch.autograd.grad(y.square().sum(), list(leaves.values()))]
+
+    native = {dtype: run(dtype) for dtype in (torch.float64, torch.float32)}
+    monkeypatch.setenv("CLIPDEHAZE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_FLAG_SETS", ([*cpu_kernel._COMMON_FLAGS, "-fopenmp"],))
+    cpu_kernel._library.cache_clear()
+    try:
+        assert cpu_kernel.unavailable_reason() is None
+        for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            for a, e in zip(run(dtype), native[dtype]):
+                assert_close(a, e.double(), rtol)
+    finally:
+        cpu_kernel._library.cache_clear()

@@ -183,18 +183,25 @@ def _geometry(batch: int, groups: int, channels: int, state: int, threads: int,
 
     An item reads each position's row once for all its channels, so items are as wide as the state allows (its
     state x lanes values stay in vector registers: up to 4 blocks at state 1, 2 at state 2, 1 from 4 on; float64,
-    for tests, one block) but narrow enough that there are items for every thread. A chunk keeps the backward's
+    for tests, one block) without leaving a thread more work than a narrower split would. A chunk keeps the backward's
     per-step decays and decayed states, 2 x chunk x state x lanes values, near 32 kB, in cache; longer chunks
     would only save the small per-chunk checkpoints."""
     padded = 1 << max(0, state - 1).bit_length()
     blocks = -(-channels // _LANES)
     limit = 1 if dtype == torch.float64 else max(1, 4 // padded)
+    # The widest item (fewest per-step overheads) among those that load the busiest thread least (items handed to
+    # the least loaded thread, largest first, as the dynamic schedule about does).
+    options = []
     per_item = 1
-    while per_item * 2 <= min(blocks, limit):
+    while per_item <= min(blocks, limit):
+        sizes = sorted([per_item] * (blocks // per_item) + [blocks % per_item] * bool(blocks % per_item),
+                       reverse=True) * (batch * groups)
+        loads = [0] * max(1, threads)
+        for size in sorted(sizes, reverse=True):
+            loads[loads.index(min(loads))] += size
+        options.append((max(loads), -per_item))
         per_item *= 2
-    while per_item > 1 and batch * groups * -(-blocks // per_item) < threads:
-        per_item //= 2
-    lanes = per_item * _LANES
+    lanes = -min(options)[1] * _LANES
     return lanes, max(8, min(256, 4096 // (padded * lanes)))
 
 

@@ -117,6 +117,15 @@ inline Vec<double> vexp(Vec<double> x) {
 // Cephes' logf polynomial (relative error about one unit in the last place); no division.
 inline Vec<float> vlog(Vec<float> y) {
     typedef Vec<float> V;
+#if defined(__AVX512F__)
+    // The exponent and the significand in [1, 2) in one instruction each, then m / 2 and e + 1 above sqrt(2).
+    const __m512 yv = (__m512)y;
+    const __m512 m1 = _mm512_getmant_ps(yv, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    const __mmask16 high = _mm512_cmp_ps_mask(m1, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+    const V m = (V)_mm512_mask_mul_ps(m1, high, m1, _mm512_set1_ps(0.5f));
+    const __m512 e1 = _mm512_getexp_ps(yv);
+    const V ef = (V)_mm512_mask_add_ps(e1, high, e1, _mm512_set1_ps(1.0f));
+#else
     typedef IVec<float> I;
     I bits = (I)y;
     I e = ((bits >> 23) & 0xff) - 127;
@@ -124,6 +133,8 @@ inline Vec<float> vlog(Vec<float> y) {
     I high = m > splat(1.41421356f);
     m = select<float>(high, m * splat(0.5f), m);
     e = e - high;  // high is -1 where true
+    const V ef = __builtin_convertvector(e, V);
+#endif
     const V f = m - splat(1.0f), z = f * f;
     V p = splat(7.0376836292e-2f);
     p = p * f + splat(-1.1514610310e-1f);
@@ -134,7 +145,6 @@ inline Vec<float> vlog(Vec<float> y) {
     p = p * f + splat(2.0000714765e-1f);
     p = p * f + splat(-2.4999993993e-1f);
     p = p * f + splat(3.3333331174e-1f);
-    const V ef = __builtin_convertvector(e, V);
     const V y2 = (f * z * p + ef * splat(-2.12194440e-4f)) - splat(0.5f) * z;  // Cephes' order of additions
     return (f + y2) + ef * splat(0.693359375f);
 }
