@@ -338,11 +338,14 @@ def test_ss2d_shapes_and_backward(shape):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d_state,shape", [(1, (2, 7, 9, 16)), (16, (1, 5, 3, 24))])
-def test_ss2d_channel_last_path_equals_the_four_copy_path(monkeypatch, d_state, shape):
+def test_ss2d_channel_last_path_equals_the_four_copy_path(monkeypatch, d_state, shape, threads):
     """The compiled channel-last SS2D against the pre-kernel path (four reordered copies through the
-    chunked scan), same weights: outputs and every gradient."""
+    chunked scan), same weights: outputs and every gradient. With two threads and these widths (24 and 36 inner
+    channels) the row and column walks run side by side into two outputs; with one, into one."""
     compiled_kernel_or_skip()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what scan_map decides by
     torch.manual_seed(0)
     layer = SS2D(d_model=shape[-1], d_state=d_state, expand=1.5)
     x = torch.randn(*shape, requires_grad=True)

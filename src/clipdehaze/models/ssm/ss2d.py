@@ -165,8 +165,8 @@ def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tenso
     reverse), 1 and 3 column by column; the kernel visits each direction's positions in its order, so no reordered
     copy of the map, of Δ or of the outputs is made. Δ stays low-rank: per pixel and direction the ``dt_rank``
     values of ``dts`` and the direction's ``dt_proj`` (d, dt_rank) give the d values of δ inside the kernel, then
-    the Δ bias, softplus and the D skip. All four directions sum into one output (the row walks as one group of
-    directions, then the column walks).
+    the Δ bias, softplus and the D skip. The row walks form one group of directions and the column walks another;
+    they sum into one output, or, when the threads would otherwise share cache lines or idle, into one each.
 
     ``dts`` (B, L, 4, r), ``Bs`` and ``Cs`` (B, L, 4, n): per pixel and SS2D direction; A (4, d, n), D and
     ``delta_bias`` (4, d), ``dt_proj`` (4, d, r). Returns the merged (B, H, W, d).
@@ -180,8 +180,15 @@ def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tenso
     def params(t):  # (4, ...) -> kernel order 2 walk + j
         return t.unflatten(0, (2, 2)).transpose(0, 1).flatten(0, 1)
 
-    y, _ = cpu_kernel.scan(u.reshape(b, 1, length, d), per_walk(dts), params(A), per_walk(Bs), per_walk(Cs),
-                           params(D), delta_bias=params(delta_bias), delta_softplus=True,
+    # One output for all four directions (the groups one after another) where the channel blocks give every thread
+    # work of its own; else the two groups run side by side into two outputs, added here: items that split a map's
+    # rows between threads off cache-line boundaries (channels not a multiple of 16) would write the same lines.
+    threads = torch.get_num_threads()
+    blocks = -(-d // 16)
+    shared = threads == 1 or (d % 16 == 0 and b * blocks >= threads)
+    u = u.reshape(b, 1, length, d)
+    y, _ = cpu_kernel.scan(u if shared else u.expand(b, 2, length, d), per_walk(dts), params(A), per_walk(Bs),
+                           per_walk(Cs), params(D), delta_bias=params(delta_bias), delta_softplus=True,
                            orders=(ORDERS["rows"], ORDERS["rows_reversed"], ORDERS["cols"], ORDERS["cols_reversed"]),
                            height=h, width=w, dt_proj=params(dt_proj))
-    return y.view(b, h, w, d)
+    return (y[:, 0] if shared else y[:, 0] + y[:, 1]).view(b, h, w, d)
