@@ -3,14 +3,16 @@
 The kernel computes, for every batch element b, scan direction k, channel c and state index n, along the
 positions p_k(0), ..., p_k(L-1) that direction k visits:
 
+    δ_t = given, or dt_proj[k] @ dts_t (a low-rank Δ, as SS2D's projection makes it)
     Δ_t = softplus(δ_t + bias)  (bias, softplus optional)
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,   y_t = <C_t, h_t> + D u_t   (D optional)
 
-with the gradients of u, δ, A, B, C, D and bias from a hand-written adjoint. Directions come in groups that
-read one input map u and sum their outputs into one y (:func:`scan`), so the same code serves
+with the gradients of u, δ (or dts and dt_proj), A, B, C, D and bias from a hand-written adjoint. Directions come
+in groups that read one input map u and sum their outputs into one y (:func:`scan`), so the same code serves
 ``selective_scan_torch``'s (b, d, L) tensors (a group of one direction per channel group of B and C) and SS2D's
-channel-last map and its transpose, each walked forwards and backwards, without reordered copies. Operands are
-read through views of any strides.
+channel-last map walked row by row and column by column, forwards and backwards, in place (one map read by every
+group, and summed into one output or one per group). Operands are read through views of any strides. d_state is at
+most :data:`MAX_STATE`.
 
 Why compiled: the recurrence is sequential in L, so an eager PyTorch scan issues a few dozen small ops per
 step and writes intermediates to memory; here each step is a few vector instructions on data in cache,
@@ -18,8 +20,9 @@ one exponential per state element and pass, and every operand is read once per p
 
 Building: a C++ compiler (``$CXX``, else g++, c++ or clang++) compiles the source into
 ``$CLIPDEHAZE_CACHE/kernels`` (else ``~/.cache/clipdehaze/kernels``), keyed by the source, the flags, the
-compiler and the CPU, and takes about a second. Without a compiler, or when the build fails,
-:func:`unavailable_reason` says why and ``selective_scan_torch`` runs its chunked PyTorch scan instead.
+compiler and the CPU; it takes 10-20 s of CPU time (an instance per state size and item width, float32 and float64).
+Without a compiler, or when the build fails, :func:`unavailable_reason` says why and ``selective_scan_torch`` runs
+its chunked PyTorch scan instead.
 """
 
 from __future__ import annotations

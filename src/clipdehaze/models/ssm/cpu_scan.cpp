@@ -42,7 +42,6 @@ namespace {
 #endif
 
 constexpr int kLanes = 16;     // channels per block
-constexpr int kMaxState = 16;  // largest state size
 
 // ------------------------------------------------------------------------------------------------ vectors
 template <typename T> struct VecTraits;
@@ -817,10 +816,7 @@ struct Scan {
                 sums_b.flush();
                 sums_c.flush();
                 sums_dt.flush();
-                Chunk<T>& cw = ch;
-                Rows<T> du_rows{static_cast<T*>(a.du) + cw.b * a.du_s[0] + cw.g * a.du_s[1] + cw.c0 * a.du_s[3],
-                                a.du_s[2], a.du_s[3]};
-                scatter<T, W>(du_rows, ch, gu.data(), j > 0 || (a.merge_groups && g));
+                scatter<T, W>(rows4<T>(static_cast<T*>(a.du), a.du_s, ch), ch, gu.data(), j > 0 || (a.merge_groups && g));
                 if (!r) scatter<T, W>(rows5<T>(static_cast<T*>(a.ddelta), a.dl_s, ch), ch, gdl.data(), false);
             }
             CLIPDEHAZE_UNROLL
@@ -953,7 +949,6 @@ int run(const ScanArgs& a, bool backward) {
 extern "C" {
 
 int clipdehaze_scan_abi_version() { return 4; }
-int clipdehaze_scan_max_state() { return kMaxState; }
 
 int clipdehaze_scan_forward_f32(const ScanArgs* a) { return run<float>(*a, false); }
 int clipdehaze_scan_forward_f64(const ScanArgs* a) { return run<double>(*a, false); }
