@@ -663,8 +663,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                     help="also time the train step with the generator torch.compiled (compile.enabled=true; MODE: "
                          "default | reduce-overhead | max-autotune)")
-    ap.add_argument("--goal-repeats", type=int, default=3,
-                    help="models: rounds of the side-by-side goal ratios of the listed models (0: skip them)")
+    ap.add_argument("--goal-repeats", type=int, default=None,
+                    help="models: rounds of the side-by-side goal ratios of the listed models (default: --repeats; "
+                         "0: skip them)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default="outputs/bench")
     args = ap.parse_args(argv)
@@ -675,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("models", "all"):
         run_models(args.models or default_model_list(), out, sizes=tuple(args.sizes), mac_size=args.mac_size,
                    repeats=args.repeats, memory=not args.no_memory, max_untiled_gmacs=args.max_untiled_gmacs,
-                   compile_mode=args.compile, goal_repeats=args.goal_repeats,
+                   compile_mode=args.compile,
+                   goal_repeats=args.repeats if args.goal_repeats is None else args.goal_repeats,
                    clip_cfg={"model_name": args.clip_model, "pretrained": None, "warn_random": False})
     if args.what in ("clip", "all"):
         from clipdehaze.models.clip import bench as clip_bench
