@@ -137,7 +137,7 @@ def test_cam_weights_are_a_per_pixel_softmax():
     w = cam.path_weights(a, s, torch.rand(2, 5, 7, 1), torch.randn(2, 6))
     assert w.shape == (2, 5, 7, 2)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 5, 7))
-    out = cam(a, s, torch.rand(2, 5, 7, 1), torch.randn(2, 6))
+    out = cam.reference(a, s, torch.rand(2, 5, 7, 1), torch.randn(2, 6))
     assert out.shape == a.shape
 
 
@@ -269,3 +269,48 @@ def test_first_pass_runs_with_the_clip_prior(compose_cfg):
     image = torch.rand(1, 3, 48, 40)
     tiled = restore(module.eval(), image, tile=32, overlap=8)  # the encoder passes to every tile uncropped
     assert tiled.shape == image.shape and torch.isfinite(tiled).all()
+
+
+@pytest.mark.parametrize("aggregation", ["cam", "sum", "concat"])
+def test_fused_aggregation_equals_the_reference_formulation(aggregation):
+    """The block's aggregation (each path's output projection carrying the aggregation's share, the attention
+    output read window-major as a view of the map, sigmoid and lerp for the two-way softmax) against the
+    aggregation written out plainly on the two paths' (B, H, W, C) outputs, float64."""
+    from clipdehaze.models.generators.cliphaze import DualPathBlock, fused_linear
+
+    torch.manual_seed(0)
+    block = DualPathBlock(8, num_heads=1, window_size=4, mlp_ratio=2.0, d_state=1, ssm_expand=1.0,
+                          aggregation=aggregation, cam_density=True, cond_dim=6, cam_ratio=0.5).double()
+    agg, B, H, W, ws, C = block.aggregate, 2, 8, 12, 4, 8
+    attn_feats = torch.randn(B, H // ws, W // ws, ws, ws, C, dtype=torch.float64)  # window-major
+    ssm_feats = torch.randn(B, H, W, C, dtype=torch.float64)                       # row-major
+    density, cond = torch.rand(B, H, W, 1, dtype=torch.float64), torch.randn(B, 6, dtype=torch.float64)
+    kw = {"density": density, "cond": cond} if aggregation == "cam" else {}
+    fused = agg(fused_linear(attn_feats, block.attn.proj, *agg.extra("attn")),
+                fused_linear(ssm_feats, block.ssm.out_proj, *agg.extra("ssm")), **kw)
+    attn_map = block.attn.proj(attn_feats).transpose(2, 3).reshape(B, H, W, C)  # window-major -> map, by hand
+    expected = agg.reference(attn_map, block.ssm.out_proj(ssm_feats), **kw)
+    torch.testing.assert_close(fused, expected, rtol=1e-12, atol=1e-12)
+    # The check can fail: the attention output read in window order as if it were row-major is another result.
+    wrong = agg.reference(block.attn.proj(attn_feats).reshape(B, H, W, C), block.ssm.out_proj(ssm_feats), **kw)
+    assert (fused - wrong).abs().max() > 1e-3
+
+
+def test_layout_copies_are_the_input_and_one_window_copy_per_block():
+    """Counted layout traffic of one forward (clipdehaze.utils.traffic): apart from parameter-sized reorders, the
+    input's channels_last copy and, per block, one copy of its normalised map into window order; nothing else
+    (no concatenation of the paths, no transposed grids for the scan, no copy of the attention output)."""
+    from clipdehaze.utils.traffic import layout_traffic
+
+    model = create_generator("cliphaze_test").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        records = layout_traffic(lambda: model(x, **clip_kwargs(model, x)))["records"]
+    # Feature maps (the smallest: 2 x 8 x 8 x 32 values), not weights (fused projections: at most 48 x 32).
+    maps = sorted(shape for _, shape, _ in records if torch.Size(shape).numel() >= 4096)
+    # Blocks per stage 1, 1, 2, 1, 1 at 32², 16², 8², 16², 32² with 8, 16, 32, 16, 8 channels, windows of 4.
+    expected = sorted([(2, 3, 32, 32)] + [(2, 8, 8, 4, 4, 8)] * 2 + [(2, 4, 4, 4, 4, 16)] * 2
+                      + [(2, 2, 2, 4, 4, 32)] * 2)
+    assert maps == expected
+    moved = sum(b for _, shape, b in records if torch.Size(shape).numel() >= 4096)
+    assert moved == 2 * 4 * sum(torch.Size(s).numel() for s in expected)  # read + written, float32

@@ -90,3 +90,23 @@ def test_registry():
     assert names <= set(list_generators())
     model = create_generator("dehazeformer_t")
     assert isinstance(model, DehazeFormer) and model.generator_name == "dehazeformer_t"
+
+
+def test_window_attention_fused_kernel_equals_the_explicit_form():
+    """Without a gradient for the position bias, window attention runs PyTorch's fused attention (no N x N scores
+    in memory); with one on CPU, the explicit softmax(q kᵀ s + bias) v whose bias gradient it needs. Both agree, per
+    head, with a plain computation."""
+    from clipdehaze.models.layers import WindowAttention
+
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=12, window_size=4, num_heads=3)
+    q, k, v = (torch.randn(5, 3, 16, 4) for _ in range(3))
+    bias = attn.relative_position_bias().detach()
+    plain = torch.softmax(q @ k.transpose(-2, -1) * 4 ** -0.5 + bias, -1) @ v  # head_dim 12 / 3 heads
+    with torch.no_grad():
+        fused = attn(q, k, v)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    explicit = attn(q, k, v)  # grad enabled, the bias MLP trains: the explicit form
+    torch.testing.assert_close(explicit, plain, rtol=1e-5, atol=1e-5)
+    explicit.sum().backward()
+    assert attn.meta[0].weight.grad.abs().sum() > 0

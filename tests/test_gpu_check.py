@@ -53,8 +53,10 @@ def test_markdown_report_of_a_gpu_run():
         "scan": [{"batch": 16, "channels": 96, "d_state": 1, "length": 65536, "triton_s": 0.004, "torch_s": 0.2,
                   "torch_over_triton": 50.0}],
         "models": [{"model": "cliphaze_t (triton scan)", "params_m": 1.28, "train_images_per_s": 210.4,
-                    "train_peak_gib": 9.1, "infer_1024_s": 0.052, "infer_1024_peak_gib": 2.2},
+                    "train_peak_gib": 9.1, "infer_256_s": 0.0061, "infer_1024_s": 0.052, "infer_1024_peak_gib": 2.2},
                    {"model": "sar_weather_s", "error": "OutOfMemoryError: ..."}],
+        "goals": [{"model": "cliphaze_t", "reference": "dehazeformer_s", "what": "inference 1024", "model_s": 0.052,
+                   "reference_s": 0.065, "ratio": 0.8, "goal": 0.8, "met": True}],
         "skipped": ["cliphaze_s (torch)"],
     }
     text = markdown(report)
@@ -63,6 +65,25 @@ def test_markdown_report_of_a_gpu_run():
     assert "| bc=grouped, n=1 | 2.0e-07 | 1.0e-07 |" in text
     assert "## CUDA-marked tests: 13 passed in 95.2s (96.0 s)" in text
     assert "| 16 | 96 | 1 | 65536 | 0.0040 | 0.2000 | 50.0x |" in text
-    assert "| cliphaze_t (triton scan) | 1.28 | 210.4 | 9.10 | 0.052 | 2.20 |" in text
-    assert "| sar_weather_s | error: OutOfMemoryError: ... | | | | |" in text
+    assert "| cliphaze_t (triton scan) | 1.28 | 210.4 | 9.10 | 0.0061 | 0.052 | 2.20 |" in text
+    assert "| sar_weather_s | error: OutOfMemoryError: ... | | | | | |" in text
+    assert "| cliphaze_t | dehazeformer_s | inference 1024 | 0.0520 | 0.0650 | 0.80x | <= 0.8x | yes |" in text
     assert text.rstrip().endswith("Skipped (time budget): cliphaze_s (torch)")
+
+
+def test_goal_ratios_from_the_gpu_timings():
+    """The bench's goals from a GPU run's rows: CLIPHaze with the Triton scan (the PyTorch-scan row is not used),
+    goals whose models were not both timed left out, ratios as computed by hand."""
+    from clipdehaze.gpu_check import goal_ratios
+
+    def row(name, backend=None, train=1.0, i256=0.1, i1024=1.0):
+        return {"name": name, "scan_backend": backend, "train_step_s": train, "infer_256_s": i256,
+                "infer_1024_s": i1024}
+
+    rows = goal_ratios([row("cliphaze_t", "triton", train=0.6, i256=0.07, i1024=0.9),
+                        row("cliphaze_t", "torch", train=9.0, i256=9.0, i1024=9.0),
+                        row("dehazeformer_s", i256=0.1, i1024=1.0), row("dehazeformer_t", train=0.5),
+                        {"name": "dehazeformer_b", "error": "OutOfMemoryError"}])
+    got = {(r["reference"], r["what"]): (round(r["ratio"], 6), r["met"]) for r in rows}
+    assert got == {("dehazeformer_s", "inference 256"): (0.7, True), ("dehazeformer_s", "inference 1024"): (0.9, False),
+                   ("dehazeformer_t", "train step"): (1.2, True)}

@@ -338,11 +338,14 @@ def test_ss2d_shapes_and_backward(shape):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d_state,shape", [(1, (2, 7, 9, 16)), (16, (1, 5, 3, 24))])
-def test_ss2d_channel_last_path_equals_the_four_copy_path(monkeypatch, d_state, shape):
+def test_ss2d_channel_last_path_equals_the_four_copy_path(monkeypatch, d_state, shape, threads):
     """The compiled channel-last SS2D against the pre-kernel path (four reordered copies through the
-    chunked scan), same weights: outputs and every gradient."""
+    chunked scan), same weights: outputs and every gradient. With two threads and these widths (24 and 36 inner
+    channels) the row and column walks run side by side into two outputs; with one, into one."""
     compiled_kernel_or_skip()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)  # what scan_map decides by
     torch.manual_seed(0)
     layer = SS2D(d_model=shape[-1], d_state=d_state, expand=1.5)
     x = torch.randn(*shape, requires_grad=True)
@@ -471,3 +474,136 @@ def test_compiled_grouped_scan_takes_views_with_gaps():
         results.append((y, *torch.autograd.grad((y * y).sum(), (u, delta))))
     for a, e in zip(*results):
         assert_close(a, e, 1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_scan_of_one_shared_map_with_low_rank_delta(threads):
+    """SS2D's use since the kernel reads the map in place: one (b, 1, L, d) map read by two groups of two directions
+    (all four orders), every direction summed into one output, and Δ given low-rank (δ = dt_proj[k] @ dts per
+    position) and formed inside the kernel. Against the reference per direction, float64, output and every
+    gradient (the low-rank factor's and the projection's included)."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(3)
+    b, h, w, d, n, r, G, J = 2, 6, 5, 20, 1, 3, 2, 2
+    L = h * w
+    orders = [cpu_kernel.ORDERS[o] for o in ("rows", "rows_reversed", "cols", "cols_reversed")]
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    leaves = dict(u=rnd(b, 1, L, d), dts=rnd(b, G, L, J, r) * 0.5, dt_proj=rnd(G * J, d, r) * 0.5,
+                  A=-torch.rand(G * J, d, n, generator=g, dtype=torch.float64) - 0.2, B=rnd(b, G, L, J, n),
+                  C=rnd(b, G, L, J, n), D=rnd(G * J, d), bias=rnd(G * J, d) * 0.1 - 1)
+    gy = rnd(b, 1, L, d)
+
+    def reference(u, dts, dt_proj, A, B, C, D, bias):
+        y = 0
+        for k in range(G * J):
+            grp, j = divmod(k, J)
+            idx = scan_order(orders[k], h, w)
+            delta = torch.einsum("blr,dr->bld", dts[:, grp, :, j], dt_proj[k])
+
+            def seq(t):  # (b, L, c) at the map's pixels -> direction k's sequence (b, c, L)
+                return t[:, idx].transpose(1, 2)
+
+            yk, _ = reference_scan(seq(u[:, 0]), seq(delta), A[k], seq(B[:, grp, :, j]), seq(C[:, grp, :, j]), D[k],
+                                   delta_bias=bias[k], delta_softplus=True)
+            y = y + torch.empty_like(yk).index_copy_(2, idx, yk)
+        return y.transpose(1, 2).unsqueeze(1)
+
+    expected = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    y_ref = reference(*expected)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), expected)
+    actual = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    u, dts, dt_proj, A, B, C, D, bias = actual
+    torch.set_num_threads(threads)
+    try:
+        y, _ = cpu_kernel.scan(u, dts, A, B, C, D, bias, delta_softplus=True, orders=orders, height=h, width=w,
+                               dt_proj=dt_proj)
+        g_act = torch.autograd.grad((y * gy).sum(), actual)
+    finally:
+        torch.set_num_threads(1)
+    assert y.shape == (b, 1, L, d)
+    assert_close(y, y_ref.detach(), 1e-10)
+    for name, a, e in zip(leaves, g_act, g_ref):
+        assert a.shape == e.shape, name
+        assert_close(a, e, 1e-10, name)
+
+
+@pytest.mark.parametrize("dtype,d_state,rtol", [(torch.float64, 8, 1e-10), (torch.float32, 16, 1e-4)])
+def test_compiled_scan_of_channel_strided_operands_walked_both_ways(dtype, d_state, rtol):
+    """(b, d, L)-style operands (a channel stride of L, B and C with a state stride of L), walked forwards and
+    backwards: the kernel gathers and scatters them a square tile at a time (as many channels and steps as a vector
+    holds; d_state = that size takes the tiled path for B and C too), with partial tiles at the end. Against the
+    reference per direction."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(4)
+    b, d, L, J = 2, 21, 53, 2
+    orders = [cpu_kernel.ORDERS["rows"], cpu_kernel.ORDERS["rows_reversed"]]
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    # Stored (b, 1, d, L) / (b, 1, J, n, L) and viewed (b, 1, L, d) / (b, 1, L, J, n): strided channels and states.
+    leaves = dict(u=rnd(b, 1, d, L), delta=rnd(b, 1, J, d, L) - 1, A=-torch.rand(J, d, d_state, generator=g,
+                  dtype=torch.float64) - 0.2, B=rnd(b, 1, J, d_state, L), C=rnd(b, 1, J, d_state, L), D=rnd(J, d),
+                  bias=rnd(J, d) * 0.1)
+    gy = rnd(b, 1, L, d)
+
+    def views(u, delta, A, B, C, D, bias):
+        return (u.transpose(2, 3), delta.permute(0, 1, 4, 2, 3), A, B.permute(0, 1, 4, 2, 3), C.permute(0, 1, 4, 2, 3),
+                D, bias)
+
+    def reference(u, delta, A, B, C, D, bias):
+        y = 0
+        for j in range(J):
+            flip = (lambda t: t.flip(-1)) if j else (lambda t: t)
+            yk, _ = reference_scan(flip(u[:, 0]), flip(delta[:, 0, j]), A[j], flip(B[:, 0, j]), flip(C[:, 0, j]), D[j],
+                                   delta_bias=bias[j], delta_softplus=True)
+            y = y + flip(yk)
+        return y.transpose(1, 2).unsqueeze(1)
+
+    expected = [t.detach().clone().requires_grad_() for t in leaves.values()]
+    y_ref = reference(*expected)
+    g_ref = torch.autograd.grad((y_ref * gy).sum(), expected)
+    actual = [t.detach().to(dtype).requires_grad_() for t in leaves.values()]
+    u, delta, A, B, C, D, bias = views(*actual)
+    assert u.stride(3) == L and B.stride(4) == L
+    y, _ = cpu_kernel.scan(u, delta, A, B, C, D, bias, delta_softplus=True, orders=orders)
+    g_act = torch.autograd.grad((y * gy.to(dtype)).sum(), actual)
+    assert_close(y, y_ref.detach(), rtol)
+    for name, a, e in zip(leaves, g_act, g_ref):
+        assert_close(a, e, rtol, name)
+
+
+@pytest.mark.slow
+def test_portable_build_without_native_instructions_is_exact(monkeypatch, tmp_path):
+    """The kernel built without -march=native (the fallback flags: generic vector code instead of the AVX-512
+    exponent, logarithm and shuffles) gives the same scan: SS2D's shared-map low-rank case against the build in use,
+    float64 exactly and float32 to rounding."""
+    compiled_kernel_or_skip()
+    g = torch.Generator().manual_seed(5)
+    b, h, w, d, r = 1, 7, 6, 20, 2
+    L = h * w
+    args = dict(u=torch.randn(b, 1, L, d, generator=g), delta=torch.randn(b, 2, L, 2, r, generator=g),
+                A=-torch.rand(4, d, 1, generator=g) - 0.2, B=torch.randn(b, 2, L, 2, 1, generator=g),
+                C=torch.randn(b, 2, L, 2, 1, generator=g), D=torch.randn(4, d, generator=g),
+                delta_bias=torch.randn(4, d, generator=g) * 0.1 - 2, dt_proj=torch.randn(4, d, r, generator=g))
+    kw = dict(delta_softplus=True, orders=(0, 2, 1, 3), height=h, width=w)
+
+    def run(dtype):
+        leaves = {k: v.to(dtype).requires_grad_() for k, v in args.items()}
+        y, _ = cpu_kernel.scan(**leaves, **kw)
+        return [y, *torch.autograd.grad(y.square().sum(), list(leaves.values()))]
+
+    native = {dtype: run(dtype) for dtype in (torch.float64, torch.float32)}
+    monkeypatch.setenv("CLIPDEHAZE_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_FLAG_SETS", ([*cpu_kernel._COMMON_FLAGS, "-fopenmp"],))
+    cpu_kernel._library.cache_clear()
+    try:
+        assert cpu_kernel.unavailable_reason() is None
+        for dtype, rtol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            for a, e in zip(run(dtype), native[dtype]):
+                assert_close(a, e.double(), rtol)
+    finally:
+        cpu_kernel._library.cache_clear()

@@ -20,7 +20,7 @@ def test_bench_json_schema(tmp_path):
     common = ("params", "macs_g", "exec_macs_g", "latency_s_64", "images_per_s_64", "latency_s_96",
               "images_per_s_96", "latency_s_96_tiled", "images_per_s_96_tiled", "train_step_s", "train_loss",
               "latency_s_64_tta_flip", "tta_flip_cost", "latency_s_64_tta_x8", "tta_x8_cost", "train_step_s_ema",
-              "ema_cost")
+              "ema_cost", "copy_mb", "activation_mb", "copy_pct")
     for name in ("dehazeformer_test", "cliphaze_test", "sar_weather_test"):
         row = rows[name]
         for key in common:
@@ -35,7 +35,8 @@ def test_bench_json_schema(tmp_path):
     assert rows["identity"]["tta_x8_cost"] > 0  # tta= is timed for every generator, EMA only where there are weights
     md = (tmp_path / "bench.md").read_text()
     assert "| dehazeformer_test |" in md and "| cliphaze_test |" in md and "64² img/s" in md and "| l1 + srd |" in md
-    assert "tta=x8 × latency" in md and "ema × step" in md
+    assert "tta=x8 × latency" in md and "ema × step" in md and "copies %" in md
+    assert 0 < rows["cliphaze_test"]["copy_pct"] < 100 and rows["cliphaze_test"]["activation_mb"] > 0
     assert result["rows"] == saved["rows"]
 
 
@@ -149,11 +150,16 @@ def test_cliphaze_profile_shares_and_goal_ratios():
         for name in ("scan", "SS2D other", "window attention", "CAM"):
             assert part["seconds"][name] > 0, (kind, name)
     assert "window attention" in bench.format_profile(prof)
-    rows = bench.goal_ratios(repeats=1, goals=(("cliphaze_test", "dehazeformer_test", "inference", 9.0),
+    rows = bench.goal_ratios(repeats=1, goals=(("cliphaze_test", "dehazeformer_test", "inference 64", 9.0),
                                                ("cliphaze_test", "dehazeformer_test", "train step", 9.0)))
     for r in rows:
         assert r["ratio"] == pytest.approx(r["model_s"] / r["reference_s"]) and r["met"] == (r["ratio"] <= 9.0)
-    assert "side by side" in bench.format_goals(rows)
+    assert "side by side" in bench.format_goals(rows) and "inference 64²" in bench.format_goals(rows)
+    # The goals of the issue: CLIPHaze-T against DehazeFormer-S / -T, CLIPHaze-S against DehazeFormer-B (equal
+    # parameters); only those whose two models are listed.
+    assert [g[1:3] for g in bench.goals_for(["cliphaze_t", "dehazeformer_s", "dehazeformer_t"])] == [
+        ("dehazeformer_s", "inference 256"), ("dehazeformer_s", "inference 1024"), ("dehazeformer_t", "train step")]
+    assert {g[1] for g in bench.goals_for(["cliphaze_s", "dehazeformer_b", "dehazeformer_s"])} == {"dehazeformer_b"}
 
 
 def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):

@@ -17,8 +17,10 @@ GPU part, within ``--budget-s`` seconds (default 8 minutes; what does not fit is
     every ``*_t`` generator, eval on CPU = eval on GPU for dehazeformer_t, the CLIP prior and cache on the GPU, DDP);
   * selective scan forward + backward: Triton vs the PyTorch scan at SS2D sizes;
   * training throughput (images/s, batch 16 at 256², bf16 autocast, AdamW, L1; CLIP inputs as the cache serves
-    them) of dehazeformer_t/s, mixdehazenet_s, mixcldehazenet_s, cliphaze_t/s (Triton and PyTorch scan) and
-    sar_weather_s, with the training peak memory; 1024² inference latency (bf16 autocast) and its peak memory.
+    them) of dehazeformer_t/s/b, mixdehazenet_s, mixcldehazenet_s, cliphaze_t/s (Triton and PyTorch scan) and
+    sar_weather_s, with the training peak memory; 256² and 1024² inference latency (bf16 autocast) and peak memory;
+  * the goal ratios of ``clipdehaze-bench`` (CLIPHaze-T against DehazeFormer-S at 256² and 1024² inference and
+    DehazeFormer-T for the train step, CLIPHaze-S against DehazeFormer-B) from those timings.
 Writes ``gpu-check.json`` and ``gpu-check.md`` (Markdown tables) to ``--out``.
 """
 
@@ -42,10 +44,10 @@ import torch
 # and MambaIR's (d_state 16), in float32 and bfloat16.
 COMPILE_CASES = [("d_state 1, group 24", 1, 24, "fp32"), ("d_state 1, group 24", 1, 24, "bf16"),
                  ("d_state 16, group 192", 16, 192, "fp32"), ("d_state 16, group 192", 16, 192, "bf16")]
-THROUGHPUT_MODELS = [("dehazeformer_t", {}), ("dehazeformer_s", {}), ("mixdehazenet_s", {}), ("mixcldehazenet_s", {}),
-                     ("cliphaze_t", {"scan_backend": "triton"}), ("cliphaze_t", {"scan_backend": "torch"}),
-                     ("cliphaze_s", {"scan_backend": "triton"}), ("cliphaze_s", {"scan_backend": "torch"}),
-                     ("sar_weather_s", {})]
+THROUGHPUT_MODELS = [("dehazeformer_t", {}), ("dehazeformer_s", {}), ("dehazeformer_b", {}), ("mixdehazenet_s", {}),
+                     ("mixcldehazenet_s", {}), ("cliphaze_t", {"scan_backend": "triton"}),
+                     ("cliphaze_t", {"scan_backend": "torch"}), ("cliphaze_s", {"scan_backend": "triton"}),
+                     ("cliphaze_s", {"scan_backend": "torch"}), ("sar_weather_s", {})]
 # (batch, channels, d_state, L): SS2D calls of cliphaze_t at 256² batch 16 (full and 1/4 scale), and MambaIR's size.
 SCAN_CASES = [(16, 96, 1, 65536), (16, 384, 1, 4096), (4, 768, 16, 4096)]
 _TENSOR_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -220,25 +222,44 @@ def model_throughput(name: str, kwargs: dict[str, Any], batch: int = 16, crop: i
     model.train()
     torch.cuda.reset_peak_memory_stats()
     step_s = _cuda_time(train_step)
-    row = {"model": name + (f" ({kwargs['scan_backend']} scan)" if "scan_backend" in kwargs else ""),
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    row = {"model": name + (f" ({kwargs['scan_backend']} scan)" if "scan_backend" in kwargs else ""), "name": name,
+           "scan_backend": kwargs.get("scan_backend"), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
            "train_images_per_s": batch / step_s, "train_step_s": step_s,
            "train_peak_gib": torch.cuda.max_memory_allocated() / 2**30}
     del opt
     model.eval()
-    xi = torch.rand(1, 3, infer_size, infer_size, device=device)
-    infer_inputs = dummy_clip_inputs(model, xi)
+    for size in (256, infer_size):
+        xi = torch.rand(1, 3, size, size, device=device)
+        infer_inputs = dummy_clip_inputs(model, xi)
 
-    def infer():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            model(xi, **infer_inputs)
+        def infer(xi=xi, infer_inputs=infer_inputs):
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                model(xi, **infer_inputs)
 
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    row[f"infer_{infer_size}_s"] = _cuda_time(infer, max_runs=5, max_s=10.0)
-    row[f"infer_{infer_size}_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        row[f"infer_{size}_s"] = _cuda_time(infer, max_runs=5, max_s=10.0)
+        row[f"infer_{size}_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
     return row
+
+
+def goal_ratios(models: list[dict[str, Any]], infer_size: int = 1024) -> list[dict[str, Any]]:
+    """The CPU bench's goals (:data:`clipdehaze.bench.GOALS`: CLIPHaze against the DehazeFormer it competes with)
+    from this run's GPU timings: inference at 256² and ``infer_size``² (batch 1, bf16 autocast) and the train step
+    (batch 16 at 256², bf16 autocast: the GPU's own step, not the CPU bench's 4 x 128²). CLIPHaze with the Triton
+    scan; goals whose models were not both timed are left out."""
+    from clipdehaze.bench import GOALS
+
+    timed = {r["name"]: r for r in models if "error" not in r and r.get("scan_backend") in (None, "triton")}
+    rows = []
+    for ours, ref, what, goal in GOALS:
+        key = "train_step_s" if what == "train step" else f"infer_{what.split()[1]}_s"
+        if ours in timed and ref in timed and key in timed[ours] and key in timed[ref]:
+            ratio = timed[ours][key] / timed[ref][key]
+            rows.append({"model": ours, "reference": ref, "what": what, "model_s": timed[ours][key],
+                         "reference_s": timed[ref][key], "ratio": ratio, "goal": goal, "met": ratio <= goal})
+    return rows
 
 
 def run_cuda_tests(timeout_s: float) -> dict[str, Any]:
@@ -297,15 +318,23 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"| {r['batch']} | {r['channels']} | {r['d_state']} | {r['length']} | {r['triton_s']:.4f} | "
                   f"{r['torch_s']:.4f} | {r['torch_over_triton']:.1f}x |" for r in report["scan"]]
     if report.get("models"):
-        lines += ["", "## Training (batch 16 at 256², bf16 autocast, AdamW, L1) and 1024² inference (bf16 autocast)",
-                  "", "| model | params (M) | train images/s | train peak (GiB) | 1024² inference (s) | "
-                  "1024² peak (GiB) |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Training (batch 16 at 256², bf16 autocast, AdamW, L1) and inference (batch 1, bf16 autocast)",
+                  "", "| model | params (M) | train images/s | train peak (GiB) | 256² inference (s) | "
+                  "1024² inference (s) | 1024² peak (GiB) |", "|---|---|---|---|---|---|---|"]
         for r in report["models"]:
             if "error" in r:
-                lines.append(f"| {r['model']} | error: {r['error']} | | | | |")
+                lines.append(f"| {r['model']} | error: {r['error']} | | | | | |")
                 continue
+            infer_256 = f"{r['infer_256_s']:.4f}" if "infer_256_s" in r else "-"
             lines.append(f"| {r['model']} | {r['params_m']:.2f} | {r['train_images_per_s']:.1f} | "
-                         f"{r['train_peak_gib']:.2f} | {r['infer_1024_s']:.3f} | {r['infer_1024_peak_gib']:.2f} |")
+                         f"{r['train_peak_gib']:.2f} | {infer_256} | {r['infer_1024_s']:.3f} | "
+                         f"{r['infer_1024_peak_gib']:.2f} |")
+    if report.get("goals"):
+        lines += ["", "## Goals: CLIPHaze against DehazeFormer (time ratios; CLIPHaze with the Triton scan)", "",
+                  "| model | reference | what | model (s) | reference (s) | ratio | goal | met |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['reference']} | {r['what']} | {r['model_s']:.4f} | {r['reference_s']:.4f} | "
+                  f"{r['ratio']:.2f}x | <= {r['goal']}x | {'yes' if r['met'] else 'no'} |" for r in report["goals"]]
     if report.get("skipped"):
         lines += ["", "Skipped (time budget): " + ", ".join(report["skipped"])]
     return "\n".join(lines) + "\n"
@@ -334,6 +363,7 @@ def run(out: Path, budget_s: float = 480.0, tests: bool = True) -> dict[str, Any
             except Exception as err:  # noqa: BLE001 - one model's failure is reported, the others still run
                 report["models"].append({"model": label, "error": f"{type(err).__name__}: {err}"[:200]})
             torch.cuda.empty_cache()
+        report["goals"] = goal_ratios(report["models"])
     report["seconds"] = round(time.perf_counter() - start, 1)
     (out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "gpu-check.md").write_text(markdown(report))

@@ -16,17 +16,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "WindowAttention", "get_relative_positions",
-           "softmax", "upstream_graph", "without_autocast"]
+__all__ = ["PatchEmbed", "PatchUnEmbed", "SKFusion", "UpstreamGraph", "WindowAttention", "fused_linear",
+           "get_relative_positions", "softmax", "upstream_graph", "without_autocast"]
 
 
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """Softmax computed in float32, returned in ``x``'s dtype (float32 input: exactly ``x.softmax(dim)``).
+    """Softmax computed in at least float32, returned in ``x``'s dtype (float32 or float64 input: exactly
+    ``x.softmax(dim)``).
 
     Under bf16 autocast, CUDA already runs softmax in float32 but CPU keeps bfloat16 (8 mantissa bits for the
     normalising sum): this makes bf16-mixed training normalise in float32 on either device.
     """
-    return torch.softmax(x, dim, dtype=torch.float32).to(x.dtype)
+    return torch.softmax(x, dim, dtype=torch.promote_types(x.dtype, torch.float32)).to(x.dtype)
+
+
+def fused_linear(x: torch.Tensor, layer: nn.Linear, extra_weight: torch.Tensor | None = None, extra_bias: torch.Tensor | None = None,
+                 keep: bool = True) -> torch.Tensor:
+    """``layer(x)`` with ``extra_weight @ layer(x) + extra_bias`` appended as more channels, in one matmul (a linear
+    map of a linear layer's output is a linear map of its input); with ``keep=False`` only the appended ones."""
+    if extra_weight is None:
+        return layer(x)
+    bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
+    weight, extra = extra_weight @ layer.weight, extra_weight @ bias
+    if extra_bias is not None:
+        extra = extra + extra_bias
+    if keep:
+        weight, extra = torch.cat([layer.weight, weight]), torch.cat([bias, extra])
+    return F.linear(x, weight, extra)
 
 
 def without_autocast(device_type: str):
@@ -184,12 +200,26 @@ class WindowAttention(UpstreamGraph, nn.Module):
         return table[self._offset_index].view(n, n, self.num_heads).permute(2, 0, 1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """(windows, heads, N, head_dim) each -> same shape."""
-        # Explicit rather than F.scaled_dot_product_attention: on CPU a float mask sends SDPA to its math path,
-        # which adds masked-row checks (all/where) that cost more than they save here.
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        attn += self.relative_position_bias()
-        return softmax(attn, dim=-1) @ v
+        """(windows, heads, N, head_dim) each, any strides with a contiguous last axis -> (windows, heads, N,
+        head_dim), with a (windows, N, heads, head_dim) memory layout where the fused kernel runs."""
+        bias = self.relative_position_bias()
+        if q.device.type == "cpu" and torch.is_grad_enabled() and bias.requires_grad:
+            # CPU's fused attention has no gradient for a float mask: it would fall back to its slower math path.
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn += bias
+            return softmax(attn, dim=-1) @ v
+        # One fused kernel (CPU flash attention, CUDA efficient attention): the N x N scores never reach memory.
+        # The mask is 4-D: a 3-D one sends CPU dispatch to the math path.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), scale=self.scale)
+
+    def attend_windows(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(windows, N, 3C) ``[Q | K | V]`` per token of each window -> (windows, N, C): every window attends within
+        itself. Q, K and V are read as strided views; the result is a view of the attention's output where the
+        fused kernel runs (a copy on the CPU training path with several heads)."""
+        nw, n = qkv.shape[:2]
+        heads, hd = self.num_heads, self.dim // self.num_heads
+        q, k, v = qkv.view(nw, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        return self(q, k, v).transpose(1, 2).reshape(nw, n, self.dim)
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3C) channel-last ``[Q | K | V]``, H and W whole windows -> (B, H, W, C): every window attends

@@ -57,7 +57,8 @@ ignored). ``clip_inputs`` (an instance attribute) names exactly the CLIP inputs 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -66,7 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.init import trunc_normal_
 
-from clipdehaze.models.layers import WindowAttention, softmax
+from clipdehaze.models.layers import WindowAttention, fused_linear, softmax
 from clipdehaze.models.registry import register_generator
 from clipdehaze.models.ssm import SS2D
 from clipdehaze.models.unet import BasicLayer, UNet5, check_per_stage
@@ -101,7 +102,11 @@ def _reflect_pad(x: Tensor, pad_h: int, pad_w: int) -> Tensor:
 class WindowSelfAttention(nn.Module):
     """The local path: multi-head self-attention inside non-overlapping ``window_size``² windows.
 
-    (B, H, W, C) channel-last -> same; H and W must be multiples of ``window_size`` (:class:`CLIPHaze` pads).
+    (B, H, W, C) channel-last -> the attention output, window-major: (B, H/ws, W/ws, ws, ws, C), which the block's
+    aggregation reads as a view of the map. H and W must be multiples of ``window_size`` (:class:`CLIPHaze` pads).
+    ``extra`` (a function, called in the forward) gives ``(weight, bias, keep)``: ``weight @ out + bias`` is appended
+    as more channels in the output projection's matmul (:func:`clipdehaze.models.layers.fused_linear`; with
+    ``keep=False`` only those). A function, not tensors, so that hooks on the module see no parameter views as inputs.
     """
 
     def __init__(self, dim: int, window_size: int, num_heads: int = 1):
@@ -117,8 +122,32 @@ class WindowSelfAttention(nn.Module):
         _init_linear(self.qkv)
         _init_linear(self.proj)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.attn.attend(self.qkv(x)))
+    def forward(self, x: Tensor, extra: Callable[[], tuple[Tensor | None, Tensor | None, bool]] | None = None) -> Tensor:
+        B, H, W, C = x.shape
+        ws = self.window_size
+        # The one layout copy of the path: the normalised map (C channels) into window order, a temporary freed by
+        # the QKV projection, which then writes Q, K and V window-major for the attention to read as views.
+        qkv = self.qkv(x.reshape(B, H // ws, ws, W // ws, ws, C).transpose(2, 3).reshape(-1, ws * ws, C))
+        out = self.attn.attend_windows(qkv)
+        del qkv
+        out = fused_linear(out, self.proj, *(extra() if extra is not None else ()))
+        return out.view(B, H // ws, W // ws, ws, ws, -1)
+
+
+def _as_split_maps(window_major: Tensor, *maps: Tensor | None) -> tuple[Tensor | None, ...]:
+    """A window-major (B, nh, nw, ws, ws, ·) tensor and row-major (B, H, W, ·) maps, all as views shaped
+    (B, nh, ws, nw, ws, ·) that index the same pixel at the same position: elementwise operations combine them
+    without reordering either."""
+    B, nh, nw, ws = window_major.shape[:4]
+    return (window_major.transpose(2, 3),
+            *(m.view(B, nh, ws, nw, ws, *m.shape[3:]) if m is not None else None for m in maps))
+
+
+def _merged(t: Tensor) -> Tensor:
+    """(B, nh, ws, nw, ws, ·) laid out row-major (an elementwise result whose first operand was a row-major map)
+    -> (B, H, W, ·), a view."""
+    B, nh, ws, nw = t.shape[:4]
+    return t.view(B, nh * ws, nw * ws, *t.shape[5:])
 
 
 class FeedForward(nn.Module):
@@ -136,7 +165,8 @@ class FeedForward(nn.Module):
         h = self.fc1(x)
         # The permutes are free views: (B, H, W, C) contiguous is NCHW in channels_last, which conv2d keeps.
         h = self.dwconv(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.fc2(F.gelu(h))
+        # Without autograd, GELU in place: the widest map of the block exists once, not twice.
+        return self.fc2(torch.ops.aten.gelu_(h) if not torch.is_grad_enabled() else F.gelu(h))
 
 
 class CLIPAggregation(nn.Module):
@@ -145,10 +175,18 @@ class CLIPAggregation(nn.Module):
     Hidden units ``h = W [attn, ssm, density]`` (density only with ``use_density``), FiLM-modulated by the
     adapted image embedding ``cond`` (only with ``cond_dim``): ``h · (1 + γ(cond)) + β(cond)``; then
     ``softmax(W' GELU(h))`` over the two paths gives the per-pixel weights.
+
+    :meth:`reference` computes exactly that from the two paths' outputs. What the block runs is the same, arranged
+    so that no concatenation is made: ``W`` splits into its attention, SS2D and density columns; the first two are
+    linear maps of the paths' outputs, so each path appends its share of ``h`` to its own output in its output
+    projection's matmul (:meth:`extra` names what to append); the density column is a per-pixel multiply-add; and
+    the softmax over two logits is the sigmoid of their difference: ``out = lerp(ssm, attn, σ(l_attn - l_ssm))``
+    (:meth:`forward`). The parameters are the same.
     """
 
     def __init__(self, dim: int, hidden: int, use_density: bool = True, cond_dim: int | None = None):
         super().__init__()
+        self.dim = dim
         self.use_density = use_density
         self.reduce = nn.Linear(2 * dim + int(use_density), hidden)
         self.film = nn.Linear(cond_dim, 2 * hidden) if cond_dim else None
@@ -167,31 +205,76 @@ class CLIPAggregation(nn.Module):
             h = h * (1 + gamma) + beta
         return softmax(self.logits(F.gelu(h)), dim=-1)
 
-    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
-                cond: Tensor | None = None) -> Tensor:
+    def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                  cond: Tensor | None = None) -> Tensor:
+        """The CAM's output from the two paths' (B, H, W, C) outputs, as defined above."""
         w = self.path_weights(attn, ssm, density, cond)
         return w[..., :1] * attn + w[..., 1:] * ssm
 
-
-class SumAggregation(nn.Module):
-    """Ablation: ``attn + ssm``, no CLIP."""
+    def extra(self, path: str) -> tuple[Tensor | None, Tensor | None, bool]:
+        """(weight, bias, keep) that ``path`` ("attn" or "ssm") appends to its output: its share of ``h``."""
+        C, w = self.dim, self.reduce.weight
+        return (w[:, :C], None, True) if path == "attn" else (w[:, C:2 * C], self.reduce.bias, True)
 
     def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
                 cond: Tensor | None = None) -> Tensor:
+        """``attn`` window-major (B, H/ws, W/ws, ws, ws, C + hidden) and ``ssm`` row-major (B, H, W, C + hidden), each
+        a path's output with its :meth:`extra` appended; ``density`` (B, H, W, 1) -> (B, H, W, C)."""
+        C = self.dim
+        attn, ssm, density = _as_split_maps(attn, ssm, density)
+        h = ssm[..., C:] + attn[..., C:]
+        if self.use_density:
+            h = torch.addcmul(h, density, self.reduce.weight[:, 2 * C])
+        if self.film is not None:
+            gamma, beta = self.film(cond)[:, None, None, None, None, :].chunk(2, dim=-1)
+            h = torch.addcmul(beta, h, 1 + gamma)
+        lw, lb = self.logits.weight, self.logits.bias
+        z = F.linear(F.gelu(h), lw[:1] - lw[1:], lb[:1] - lb[1:])
+        # σ in at least float32, as the softmax it replaces (layers.softmax): under bf16 autocast too.
+        w_attn = torch.sigmoid(z.to(torch.promote_types(z.dtype, torch.float32))).to(z.dtype)
+        return _merged(torch.lerp(ssm[..., :C], attn[..., :C], w_attn))
+
+
+class SumAggregation(nn.Module):
+    """Ablation: ``attn + ssm``, no CLIP. Arguments as :class:`CLIPAggregation`'s."""
+
+    def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                  cond: Tensor | None = None) -> Tensor:
         return attn + ssm
+
+    def extra(self, path: str) -> tuple[Tensor | None, Tensor | None, bool]:
+        return None, None, True
+
+    def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                cond: Tensor | None = None) -> Tensor:
+        attn, ssm = _as_split_maps(attn, ssm)
+        return _merged(ssm + attn)
 
 
 class ConcatAggregation(nn.Module):
-    """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP."""
+    """Ablation: pointwise projection of ``[attn, ssm]``, no CLIP. Arguments as :class:`CLIPAggregation`'s.
+
+    ``proj [attn, ssm] = P_a attn + P_s ssm + b``: each path outputs only its term (folded into its own output
+    projection), and the aggregation adds them."""
 
     def __init__(self, dim: int):
         super().__init__()
+        self.dim = dim
         self.proj = nn.Linear(2 * dim, dim)
         _init_linear(self.proj)
 
+    def reference(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
+                  cond: Tensor | None = None) -> Tensor:
+        return self.proj(torch.cat([attn, ssm], dim=-1))
+
+    def extra(self, path: str) -> tuple[Tensor | None, Tensor | None, bool]:
+        C, w = self.dim, self.proj.weight
+        return (w[:, :C], None, False) if path == "attn" else (w[:, C:], self.proj.bias, False)
+
     def forward(self, attn: Tensor, ssm: Tensor, density: Tensor | None = None,
                 cond: Tensor | None = None) -> Tensor:
-        return self.proj(torch.cat([attn, ssm], dim=-1))
+        attn, ssm = _as_split_maps(attn, ssm)
+        return _merged(ssm + attn)
 
 
 class DualPathBlock(nn.Module):
@@ -199,6 +282,11 @@ class DualPathBlock(nn.Module):
 
     Takes and returns the skeleton's (B, C, H, W) channels_last maps and works on their (B, H, W, C) token views
     (free permutes both ways); ``density`` is the (B, H, W, 1) map at the block's scale.
+
+    Layouts: the token map stays row-major (what the depthwise convolutions and the scan read in place); the
+    attention path works window-major from one copy of the normalised map on; the two paths meet in the
+    aggregation, which reads the window-major attention output as a view of the map and writes row-major. Each
+    path's output projection also computes what the aggregation needs of its output (``aggregate.extra``).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, d_state: int,
@@ -220,7 +308,12 @@ class DualPathBlock(nn.Module):
     def forward(self, x: Tensor, density: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         x = _to_tokens(x)
         y = self.norm1(x)
-        x = x + self.aggregate(self.attn(y), self.ssm(y), density, cond)
+        # The attention first: at inference its Q, K and V, the block's largest buffers, are gone before the scan.
+        attn = self.attn(y, partial(self.aggregate.extra, "attn"))
+        ssm = self.ssm(y, partial(self.aggregate.extra, "ssm"))
+        del y
+        x = x + self.aggregate(attn, ssm, density, cond)
+        del attn, ssm
         return _to_image(x + self.ffn(self.norm2(x)))
 
 

@@ -158,7 +158,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     dtype_in = u.dtype
     compute = torch.promote_types(u.dtype, torch.float32)
     if implementation != "chunked":
-        reason = _compiled_unavailable_reason(u, B, C)
+        reason = _compiled_unavailable_reason(u, A, B, C)
         if reason is None:
             y, last_state = _compiled_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, compute)
             if z is not None:
@@ -182,11 +182,13 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     return (y, last_state) if return_last_state else y
 
 
-def _compiled_unavailable_reason(u: Tensor, B: Tensor, C: Tensor) -> str | None:
+def _compiled_unavailable_reason(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> str | None:
     if u.device.type != "cpu":
         return f"the tensors are on {u.device}; the compiled scan runs on CPU tensors"
     if B.dim() == 2 or C.dim() == 2:
         return "time-invariant B or C (d, n) is not supported by the compiled scan"
+    if A.shape[-1] > cpu_kernel.MAX_STATE:
+        return f"d_state {A.shape[-1]} is above the compiled scan's {cpu_kernel.MAX_STATE}"
     return cpu_kernel.unavailable_reason()
 
 

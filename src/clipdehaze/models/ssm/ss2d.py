@@ -12,27 +12,33 @@ The parameter names and shapes are MambaIR's, so its SS2D weights load with ``st
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from clipdehaze.models.layers import UpstreamGraph, fused_linear
 from clipdehaze.models.ssm import cpu_kernel
 from clipdehaze.models.ssm.cpu_kernel import ORDERS
 from clipdehaze.models.ssm.selective_scan import BACKENDS, selective_scan
 
-__all__ = ["SS2D", "row_and_column_maps", "scan_row_pairs"]
+__all__ = ["SS2D", "scan_map"]
 
 _DIRECTIONS = 4  # row-major, column-major, and both reversed
 
 
-class SS2D(nn.Module):
+class SS2D(UpstreamGraph, nn.Module):
     """2-D selective scan over a channel-last feature map: (B, H, W, C) -> (B, H, W, C).
 
     in_proj splits into a branch x and a gate z; x goes through a depthwise conv + SiLU, is scanned in
     four orders by one batched selective scan (4 · d_inner channels, each direction with its own
     x_proj, dt_proj, A and D), the four outputs are mapped back to row-major and summed, then
     LayerNorm, gated by SiLU(z), and projected back to d_model.
+
+    On CPU the compiled kernel reads the map in place in all four orders and forms Δ from its low-rank factor
+    inside (:func:`scan_map`); elsewhere, or with ``upstream_graph`` (:class:`clipdehaze.models.layers.UpstreamGraph`:
+    MAC counts of the published graph), the four reordered copies of MambaIR's ``forward_core`` run.
 
     Args:
         d_model: input/output channels.
@@ -110,18 +116,14 @@ class SS2D(nn.Module):
 
     def forward_core_channels_last(self, x: Tensor) -> Tensor:
         """:meth:`forward_core` on a channel-last (B, H, W, d_inner) map, returning the same layout, with the
-        compiled CPU scan (:func:`scan_row_pairs`)."""
+        compiled CPU scan (:func:`scan_map`)."""
         b, h, w, d = x.shape
         n, r = self.d_state, self.dt_rank
-        grids = row_and_column_maps(x)
-        del x   # at inference the last reference: the map lives on in the grids only
-        # Per pixel of each grid, its two directions' (Δ low-rank, B, C): one batched matmul in pixel order.
-        x_proj = _by_grid(self.x_proj_weight).flatten(1, 2)                        # (2, 2 (r + 2n), d)
-        x_dbl = torch.matmul(grids, x_proj.transpose(1, 2)).unflatten(3, (2, r + 2 * n))
-        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=4)
-        delta = torch.einsum("bgljr,gjdr->bgljd", dts, _by_grid(self.dt_projs_weight))
-        return scan_row_pairs(grids, delta, Bs, Cs, -torch.exp(self.A_logs.float()).view(_DIRECTIONS, d, n),
-                              self.Ds.float().view(_DIRECTIONS, d), self.dt_projs_bias.float(), h, w)
+        # Per pixel, the four directions' (Δ low-rank, B, C): one matmul in pixel order, (B, L, 4, r + 2n).
+        x_dbl = torch.matmul(x.reshape(b, h * w, d), self.x_proj_weight.flatten(0, 1).t()).unflatten(2, (4, -1))
+        dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=3)
+        return scan_map(x, dts, Bs, Cs, -torch.exp(self.A_logs.float()).view(_DIRECTIONS, d, n),
+                        self.Ds.float().view(_DIRECTIONS, d), self.dt_projs_weight.float(), self.dt_projs_bias.float())
 
     def _in_proj(self, x: Tensor, part: int) -> Tensor:
         """The branch (0) or the gate (1) half of in_proj: computed apart, so that at inference the gate does not
@@ -131,52 +133,62 @@ class SS2D(nn.Module):
 
     def _branch(self, x: Tensor) -> Tensor:
         """in_proj's branch half, depthwise conv, SiLU: (B, H, W, C) -> (B, d_inner, H, W) in channels_last."""
-        return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)))
+        return F.silu(self.conv2d(self._in_proj(x, 0).permute(0, 3, 1, 2)), inplace=not torch.is_grad_enabled())
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, extra: Callable[[], tuple[Tensor | None, Tensor | None, bool]] | None = None) -> Tensor:
+        """(B, H, W, C) -> (B, H, W, C). ``extra`` (a function, called here) gives ``(weight, bias, keep)``:
+        ``weight @ out + bias`` is appended as more channels in ``out_proj``'s matmul (with ``keep=False`` only those;
+        :func:`clipdehaze.models.layers.fused_linear`): a caller that needs a linear map of the output gets it
+        without another pass (no dropout then)."""
         b, h, w, _ = x.shape
-        if self.scan_backend != "cuda" and cpu_kernel.available(x):
-            # The branch is passed on without a name here, so the scan can free it once it has copied it.
+        if (self.scan_backend != "cuda" and not self.upstream_graph and self.d_state <= cpu_kernel.MAX_STATE
+                and cpu_kernel.available(x)):
             y = self.forward_core_channels_last(self._branch(x).permute(0, 2, 3, 1))
         else:
             y = self.forward_core(self._branch(x)).transpose(1, 2).reshape(b, h, w, self.d_inner)
-        y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
-        return self.dropout(self.out_proj(y))
+        if torch.is_grad_enabled():
+            y = self.out_norm(y) * F.silu(self._in_proj(x, 1))
+        else:  # in place: at inference the gate and its product need no buffers of their own
+            y = self.out_norm(y).mul_(F.silu(self._in_proj(x, 1), inplace=True))
+        if extra is None:
+            return self.dropout(self.out_proj(y))
+        if self.training and not isinstance(self.dropout, nn.Identity):
+            raise ValueError("SS2D with dropout cannot append a linear map of its output to out_proj's matmul")
+        return fused_linear(y, self.out_proj, *extra())
 
 
-def _by_grid(t: Tensor) -> Tensor:
-    """Per-direction parameters (4, ...), direction k = grid + 2 j, as (grid, j, ...): grid 0 walks the map's
-    rows forwards (j = 0) and backwards (j = 1), grid 1 its transpose's."""
-    return t.view(2, 2, *t.shape[1:]).transpose(0, 1)
+def scan_map(u: Tensor, dts: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tensor, dt_proj: Tensor,
+             delta_bias: Tensor) -> Tensor:
+    """SS2D's four scans of a channel-last map with the compiled CPU kernel, reading the map in place.
 
+    Directions 0 and 2 walk the (B, H, W, d) map ``u`` row by row forwards and backwards (row-major order and its
+    reverse), 1 and 3 column by column; the kernel visits each direction's positions in its order, so no reordered
+    copy of the map, of Δ or of the outputs is made. Δ stays low-rank: per pixel and direction the ``dt_rank``
+    values of ``dts`` and the direction's ``dt_proj`` (d, dt_rank) give the d values of δ inside the kernel, then
+    the Δ bias, softplus and the D skip. The row walks form one group of directions and the column walks another;
+    they sum into one output, or, when the threads would otherwise share cache lines or idle, into one each.
 
-def row_and_column_maps(x: Tensor) -> Tensor:
-    """(B, H, W, d) -> (B, 2, H·W, d): the map and its transpose, each flattened row-major, so that every scan
-    order of SS2D is a walk along the rows of one of them, forwards or backwards."""
-    b, h, w, d = x.shape
-    grids = x.new_empty(b, 2, h * w, d)
-    grids[:, 0].view(b, h, w, d).copy_(x)
-    grids[:, 1].view(b, w, h, d).copy_(x.transpose(1, 2))
-    return grids
-
-
-def scan_row_pairs(grids: Tensor, delta: Tensor, Bs: Tensor, Cs: Tensor, A: Tensor, D: Tensor, delta_bias: Tensor,
-                   height: int, width: int) -> Tensor:
-    """SS2D's four scans with the compiled CPU kernel, every one streaming through memory in order.
-
-    ``grids`` (:func:`row_and_column_maps`): directions 0 and 2 walk the rows of the map forwards and backwards
-    (row-major order and its reverse), 1 and 3 the rows of its transpose (column-major order). A column walk of
-    a channel-last map would jump a whole row per step, and the scan measured bound by those cache and TLB
-    misses; the price is the transposed copy and one transposed sum of the outputs, not four reordered copies
-    of the inputs, Δ and outputs. One kernel call runs both grids in parallel; each reads its grid once per
-    direction and sums its two directions' outputs; the Δ bias, softplus and D skip run inside it.
-
-    ``delta`` (B, 2, L, 2, d), ``Bs`` and ``Cs`` (B, 2, L, 2, n): per grid and pixel of that grid, the Δ
-    pre-activation, B and C of its forward and backward direction; A (4, d, n), D and ``delta_bias`` (4, d)
-    per SS2D direction. Returns the merged (B, H, W, d).
+    ``dts`` (B, L, 4, r), ``Bs`` and ``Cs`` (B, L, 4, n): per pixel and SS2D direction; A (4, d, n), D and
+    ``delta_bias`` (4, d), ``dt_proj`` (4, d, r). Returns the merged (B, H, W, d).
     """
-    b, _, _, d = grids.shape
-    A, D, delta_bias = (_by_grid(t).flatten(0, 1) for t in (A, D, delta_bias))   # kernel order: 2 grid + j
-    y, _ = cpu_kernel.scan(grids, delta, A, Bs, Cs, D, delta_bias=delta_bias, delta_softplus=True,
-                           orders=(ORDERS["rows"], ORDERS["rows_reversed"]) * 2)
-    return y[:, 0].view(b, height, width, d) + y[:, 1].view(b, width, height, d).transpose(1, 2)
+    b, h, w, d = u.shape
+    length = h * w
+
+    def per_walk(t):  # (B, L, 4, c) -> (B, 2 walks, L, 2, c), direction k = walk + 2 j
+        return t.unflatten(2, (2, 2)).permute(0, 3, 1, 2, 4)
+
+    def params(t):  # (4, ...) -> kernel order 2 walk + j
+        return t.unflatten(0, (2, 2)).transpose(0, 1).flatten(0, 1)
+
+    # One output for all four directions (the groups one after another) where the channel blocks give every thread
+    # work of its own; else the two groups run side by side into two outputs, added here: items that split a map's
+    # rows between threads off cache-line boundaries (channels not a multiple of 16) would write the same lines.
+    threads = torch.get_num_threads()
+    blocks = -(-d // 16)
+    shared = threads == 1 or (d % 16 == 0 and b * blocks >= threads)
+    u = u.reshape(b, 1, length, d)
+    y, _ = cpu_kernel.scan(u if shared else u.expand(b, 2, length, d), per_walk(dts), params(A), per_walk(Bs),
+                           per_walk(Cs), params(D), delta_bias=params(delta_bias), delta_softplus=True,
+                           orders=(ORDERS["rows"], ORDERS["rows_reversed"], ORDERS["cols"], ORDERS["cols_reversed"]),
+                           height=h, width=w, dt_proj=params(dt_proj))
+    return (y[:, 0] if shared else y[:, 0] + y[:, 1]).view(b, h, w, d)
