@@ -44,6 +44,8 @@ from typing import Mapping, Sequence
 #: Prefixes of environment variables read outside Python code, at interpreter or native library start-up.
 NATIVE_ENV_PREFIXES = ("PYTHON", "LD_", "LC_", "LANG", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "MALLOC_",
                        "CUDA", "NVIDIA_", "TORCH", "TRITON_", "TMPDIR", "PATH")
+#: Imported lazily by the console scripts when they run (every command that builds a CLIP, or resolves clip_dim).
+WARM = ("open_clip",)
 _HEADER = struct.Struct("!I")
 _READY = "cli-server-ready "
 
@@ -143,7 +145,7 @@ def _warm(modules: Sequence[str]) -> set[str]:
     os._Environ.__getitem__ = recording
     try:
         scripts = [e.module for e in metadata.distribution("clipdehaze").entry_points if e.group == "console_scripts"]
-        for name in [*scripts, *modules]:
+        for name in [*scripts, *WARM, *modules]:
             importlib.import_module(name)
     finally:
         os._Environ.__getitem__ = getitem

@@ -57,15 +57,66 @@ def require_or_skip(name: str, reason: str, *, allow_module_level: bool = False)
     pytest.skip(reason, allow_module_level=allow_module_level)
 
 
+_DURATIONS = "clipdehaze/durations"
+_measured: dict[str, float] = {}
+
+
 def pytest_configure(config):
     required()
+
+
+def pytest_runtest_logreport(report):
+    """Each test's time (setup + call + teardown); with xdist the controller sees every worker's reports."""
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """The controller (or a run without workers) keeps the durations in pytest's cache, for the next run's order."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(session.config, "cache", None) is None:
+        return
+    known = session.config.cache.get(_DURATIONS, {})
+    known.update({k: round(v, 2) for k, v in _measured.items()})
+    session.config.cache.set(_DURATIONS, known)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test marked ``exclusive`` (it asserts a wall-clock time) runs while no other test worker runs a test: every
+    test holds a shared lock for its setup, call and teardown, an exclusive test waits for the others to finish
+    theirs, and a turnstile keeps new ones from starting meanwhile."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    root = Path(os.environ["CLIPDEHAZE_TEST_ROOT"])
+    exclusive = item.get_closest_marker("exclusive") is not None
+    with open(root / "turnstile.lock", "a") as turnstile, open(root / "running.lock", "a") as running:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not exclusive:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        fcntl.flock(running, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(running, fcntl.LOCK_UN)
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
 def pytest_unconfigure(config):
     isolation.end_session()
 
 
+def _longest_first(config, items) -> None:
+    """Start the longest tests first, so parallel workers finish together: by the time each took last run (pytest's
+    cache), else slow-marked tests first. Every worker sorts alike (xdist needs one order)."""
+    known = config.cache.get(_DURATIONS, {}) if getattr(config, "cache", None) is not None else {}
+    default = {True: 30.0, False: 0.5}
+    items.sort(key=lambda item: -known.get(item.nodeid, default["slow" in item.keywords]))
+
+
 def pytest_collection_modifyitems(config, items):
+    _longest_first(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; `make gpu-check` runs these on one")
@@ -241,9 +292,9 @@ def tiny_paired_root(tmp_path_factory) -> Path:
 CONF_DIR = REPO / "conf"
 
 
-@pytest.fixture
-def compose_cfg(tmp_path):
-    """``compose_cfg(config_name, overrides)`` -> a composed config with the Hydra runtime set, writing under tmp."""
+def compose_in(tmp: Path, config_name: str = "train", overrides: list[str] | None = None, out: Path | None = None):
+    """A composed config with the Hydra runtime set as a command's: output dir ``out`` (default ``tmp/run``), working
+    directory and logs in ``tmp``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -252,23 +303,47 @@ def compose_cfg(tmp_path):
     from clipdehaze.utils.hydra_utils import register_with_hydra
 
     register_with_hydra()
-
-    def make(config_name: str = "train", overrides: list[str] | None = None, out: Path | None = None):
-        GlobalHydra.instance().clear()
-        out = Path(out or tmp_path / "run")
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(out)
-            cfg.hydra.runtime.cwd = str(tmp_path)
-            cfg.hydra.job.num = 0
-            cfg.paths.log_dir = str(tmp_path / "logs")
-        out.mkdir(parents=True, exist_ok=True)
-        HydraConfig.instance().set_config(cfg)
-        return cfg
-
-    yield make
     GlobalHydra.instance().clear()
+    out = Path(out or tmp / "run")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.hydra.runtime.cwd = str(tmp)
+        cfg.hydra.job.num = 0
+        cfg.paths.log_dir = str(tmp / "logs")
+    out.mkdir(parents=True, exist_ok=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """``compose_cfg(config_name, overrides, out=None)`` -> :func:`compose_in` under the test's tmp_path."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    yield lambda config_name="train", overrides=None, out=None: compose_in(tmp_path, config_name, overrides, out)
+    GlobalHydra.instance().clear()
+
+
+TINY_TRAINING = ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=2", "seed=5", "data=paired",
+                 "data.crop_size=48", "data.batch_size=2", "data.num_workers=0", "data.name=tiny"]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory, tiny_paired_root):
+    """(run folder, train()'s summary) of one short training of dehazeformer_test on :func:`tiny_paired_root`
+    (:data:`TINY_TRAINING`: debug=quick, 2 epochs, seed 5), made once per test worker: checkpoints/last.ckpt and the
+    best one, metrics.json, per_image.csv. Read it; a test that changes it works on a copy."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clipdehaze.train import train
+
+    tmp = tmp_path_factory.mktemp("trained_tiny")
+    run = tmp / "train_run"
+    summary = train(compose_in(tmp, "train", [*TINY_TRAINING, f"data.root={tiny_paired_root}"], out=run))
+    GlobalHydra.instance().clear()
+    return run, summary
 
 
 IQA_CALIBRATION_SDIST = "pyiqa==0.1.16"

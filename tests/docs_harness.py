@@ -1,8 +1,9 @@
 """Run the commands the docs show, the way they show them (used by tests/test_docs_commands.py).
 
 Every fenced ``bash`` block of README.md and experiments/**/README.md runs as a bash script, unchanged except for
-the conventions below, in a fresh working directory outside the checkout, with HOME and every cache directory
-inside the test's temporary directory:
+the conventions below, in a fresh working directory outside the checkout (one per doc; a command named in prose
+runs in one of its own, once even when several docs name it), with HOME and every cache directory inside the
+test's temporary directory:
 
 * ``clipdehaze-*`` are shell functions that run the installed console script (``.venv/bin/clipdehaze-*``, through
   tests/cli_server.py: a warm process forks per command, same argv, directory, environment and streams) in two
@@ -18,7 +19,8 @@ inside the test's temporary directory:
   the stand-ins of the others and must stop naming that need; then, when every need has a stand-in (a local
   random-weight ResNet-152 file for ``resnet152``, ``trainer=cpu`` for ``gpu``), it runs with all of them and
   must succeed, so the rest of the command is checked too.
-* What the comments promise is checked (:data:`PROMISES`): a row count, a run count, the files after ``->``.
+* What the comments promise is checked (:data:`PROMISES`): a row count, a run count, the labels, the files after
+  ``->``; and every training sweep, whatever its launcher, makes one multirun folder with one run dir per job.
 * ``make`` lines are skipped: a make target runs in the checkout, and each has its own test.
 
 The working directory holds what a user would have there: tiny paired datasets in every paper dataset's layout
@@ -73,7 +75,7 @@ SHORTENING: dict[str, Shortening] = {
     "predict": Shortening(("clip=tiny_random",), shows_config="predict"),
     "data clip-cache": Shortening(("clip=tiny_random",), shows_config="train"),   # composes the train config
     "bench": Shortening(options={"--sizes": ("64",), "--mac-size": ("64",), "--repeats": ("1",), "--no-memory": (),
-                                 "--no-profile": ()}),
+                                 "--no-profile": (), "--clip-model": ("clipdehaze_tiny",)}),
 }
 #: More shortening when a command selects an Optuna search (its trial count).
 SHORTENING_OPTUNA = ("hydra.sweeper.n_trials=2",)
@@ -345,6 +347,10 @@ def shortened(tool: str, args: list[str], extra: list[str] = ()) -> list[str]:
     return [a for a in args if _key(a) not in keys] + added
 
 
+#: Hydra options with which a command prints something (help, a config) instead of running: it runs as written.
+_SHOWS_SOMETHING_ELSE = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+
+
 def as_written_runs(tool: str, args: list[str]) -> list[tuple[str, list[str], bool]]:
     """The commands that check ``args`` as written: (console script, arguments, parse only). A Hydra tool shows its
     config once per sweep value (``-m`` dropped: ``--cfg`` composes one job); an argparse tool with shortened
@@ -352,7 +358,7 @@ def as_written_runs(tool: str, args: list[str]) -> list[tuple[str, list[str], bo
     short = shortening_of(tool, args)
     if short.options:
         return [(tool, args, True)]
-    if not short.shows_config:
+    if not short.shows_config or set(args) & _SHOWS_SOMETHING_ELSE:
         return []
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -502,6 +508,7 @@ def run(tool: str, args: list[str]) -> int:
                                 f"\n{step.output[-4000:]}")
         if not problems and all(n in NEEDS and NEEDS[n].standin for n in needs):
             standins = [x for n in needs for x in NEEDS[n].standin(tmp)]
+            before = _runs_and_sweeps(cwd)   # what this run makes, not a stopped run's folders
             final = runner(tool, shortened(tool, args, standins))
             if final.returncode:
                 hint = [n for n, need in NEEDS.items() if n not in needs and need.says in final.output]
@@ -514,6 +521,11 @@ def run(tool: str, args: list[str]) -> int:
     new_runs, new_sweeps = sorted(after[0] - before[0]), sorted(after[1] - before[1])
     if final is not None and not problems:
         context = Context(tool, args, cwd, final.output, _written_since(cwd, start), new_runs, new_sweeps, runner)
+        if tool == "train" and ("-m" in args or "--multirun" in args):
+            try:
+                _one_dir_per_job(context)
+            except AssertionError as e:
+                problems.append(f"a multirun as documented: {e}")
         for line in says.splitlines():
             for pattern, applies_to, check in PROMISES:
                 if (m := re.search(pattern, line)) and (not applies_to or tool in applies_to):
@@ -566,7 +578,8 @@ class Context:
     runner: Runner
 
     def table_rows(self) -> list[dict]:
-        """The rows of the table this command wrote, or (a training sweep) of ``clipdehaze-table`` on its sweep."""
+        """The rows of runs in the table this command wrote, or (a training sweep) of ``clipdehaze-table`` on its
+        sweep."""
         if self.tool == "table":
             tables = [p for p in self.written if p.name == "table.csv"]
             assert len(tables) == 1, f"it wrote {len(tables)} table.csv files"
@@ -578,7 +591,7 @@ class Context:
             assert step.returncode == 0, f"clipdehaze-table on its sweep failed:\n{step.output[-3000:]}"
             path = out / "table.csv"
         with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+            return [r for r in csv.DictReader(f) if r.get("n")]   # our rows (--paper adds published ones, n empty)
 
     def jobs(self) -> list[Path]:
         assert len(self.sweeps) == 1, f"it made {len(self.sweeps)} multirun folders"
@@ -634,6 +647,40 @@ def _every_combination(ctx: Context, m: re.Match) -> None:
     assert len(jobs) == combos, f"{len(jobs)} jobs for {combos} combinations"
 
 
+def _one_dir_per_job(ctx: Context) -> None:
+    """Every documented training sweep, whatever its launcher: one multirun folder under ./outputs, one run dir and
+    metrics.json per job, each job's output_dir its own, and the jobs' swept values all different."""
+    import yaml
+
+    jobs = ctx.jobs()
+    assert jobs, "no job wrote metrics.json"
+    summaries = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert [s["config"]["paths"]["output_dir"] for s in summaries] == [str(j) for j in jobs], \
+        "jobs did not each write into their own run dir"
+    overrides = [tuple(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())) for job in jobs]
+    if any(a.startswith("hparams_search=") for a in ctx.args):   # the sweeper picks the values: they must vary
+        swept = [json.dumps(s["config"]["optimizer"], sort_keys=True) for s in summaries]
+        assert len(set(swept)) == len(jobs), f"{len(jobs)} trials, {len(set(swept))} distinct optimizer settings"
+    else:
+        assert len(set(overrides)) == len(jobs), f"two jobs ran the same overrides: {overrides}"
+
+
+def _labelled_by_the_switches(ctx: Context, m: re.Match) -> None:
+    """Each row's label names every key in which the sweep's jobs differ (the seed aside), and no two are alike."""
+    import yaml
+
+    rows = ctx.table_rows()
+    values: dict[str, set] = {}
+    for metrics in (ctx.cwd / ctx.args[0]).glob("*/metrics.json"):
+        for override in yaml.safe_load((metrics.parent / ".hydra" / "overrides.yaml").read_text()):
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    switches = sorted(k.rsplit(".", 1)[-1] for k, v in values.items() if len(v) > 1 and k != "seed")
+    labels = [r["variant"] for r in rows]
+    assert switches and len(set(labels)) == len(labels), f"labels {labels}"
+    assert all(all(f"{k}=" in label for k in switches) for label in labels), f"labels {labels}, switches {switches}"
+
+
 def _file_names(listing: str) -> list[str]:
     """``table.md, .csv, dir/t.md/.tex, runs/{0,1}`` -> the names, up to the first item that is prose."""
     names, stem = [], ""
@@ -675,6 +722,7 @@ PROMISES: list[tuple[str, tuple[str, ...], Callable[[Context, re.Match], None]]]
     (r"\b(one|two|three|\d+) seeds\b", ("train", "table"), _seeds),
     (r"\b(one|two|three|four|five|six|\d+) (?:runs|variants, one run each)\b", ("train",), _runs),
     (r"\bevery combination\b", ("train",), _every_combination),
+    (r"\blabelled by the switches\b", ("table",), _labelled_by_the_switches),
     (r"->\s*(.+)", (), _files),
 ]
 
@@ -695,20 +743,21 @@ class DocRun:
 
 
 def run_doc(text: str, tmp: Path, env: Mapping[str, str], *, data: Path | None = None, cache: Path | None = None,
-            standins: Path | None = None, timeout: float = 3600) -> DocRun:
-    """Run every command of a Markdown text as the docs test does: in ``tmp/work`` (``data`` linked in as ./data),
-    HOME and caches in ``tmp`` (``cache``'s datasets and kernels linked into CLIPDEHAZE_CACHE), ``env`` otherwise,
-    one command server for the doc. ``standins``: where stand-in files are made (shared across docs)."""
+            standins: Path | None = None, once: Path | None = None, timeout: float = 3600) -> DocRun:
+    """Run every command of a Markdown text as the docs test does: the fenced blocks in order in ``tmp/work`` (the
+    user's working directory: ``data`` linked in as ./data), each command named in prose in a fresh working
+    directory of its own; HOME and caches in ``tmp`` (``cache``'s datasets and kernels linked into
+    CLIPDEHAZE_CACHE), ``env`` otherwise; one command server for the doc. ``standins``: where stand-in files are
+    made (shared by the docs). ``once``: a folder shared by the docs in which a prose command claims its text, so
+    a command several docs name runs once (the first doc to reach it runs it; a failure fails that doc)."""
+    import hashlib
+
     import isolation
 
     blocks = [b for b in code_blocks(text) if commands_in(b)]
     shown_in_blocks = {c for b in blocks for c in commands_in(b)}
     # Prose names some commands again (and again): each distinct one runs once.
     inline = [c for c in dict.fromkeys(inline_commands(text)) if c not in shown_in_blocks]
-    work = tmp / "work"  # the user's working directory: outside the checkout
-    work.mkdir(parents=True)
-    if data is not None:
-        link_tree(data, work / "data")
     if cache is not None:
         link_tree(cache, tmp / "cache")
     log = tmp / "commands.jsonl"
@@ -717,9 +766,23 @@ def run_doc(text: str, tmp: Path, env: Mapping[str, str], *, data: Path | None =
     server = cli_server.start_server(env, tmp / "cli-server.log")
     script_env = {**env, "CLIPDEHAZE_DOCS_LOG": str(log), "CLIPDEHAZE_DOCS_TMP": str(standins or tmp),
                   "CLIPDEHAZE_DOCS_SERVER": server.address if server else ""}
+    scripts = [(tmp / "work", to_script(b)) for b in blocks]
+    for i, command in enumerate(inline):
+        if once is not None:
+            try:
+                os.close(os.open(once / hashlib.sha256(command.encode()).hexdigest(), os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                with open(log, "a") as f:
+                    f.write(json.dumps({"tool": command.split()[0], "args": command.split()[1:], "status": "ok",
+                                        "seconds": 0, "steps": [], "ran": "for another doc"}) + "\n")
+                continue
+        scripts.append((tmp / f"inline-{i}" / "work", to_script(command)))
     failures = []
     try:
-        for script in [to_script(b) for b in blocks] + [to_script(c) for c in inline]:
+        for work, script in scripts:   # outside the checkout, as a user's working directory
+            work.mkdir(parents=True)
+            if data is not None:
+                link_tree(data, work / "data")
             res = subprocess.run(["bash", "-c", preamble() + script], cwd=work, env=script_env, capture_output=True,
                                  text=True, timeout=timeout)
             if res.returncode != 0:

@@ -272,9 +272,11 @@ def test_compare_reads_the_per_image_file_train_and_eval_write():
 def chromium():
     from browser import find_chromium
 
+    from conftest import require_or_skip
+
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no headless Chromium on this machine (.ci/run installs Debian's `chromium` with apt-get where it "
+        require_or_skip("chromium", "no headless Chromium on this machine (.ci/run installs Debian's `chromium` with apt-get where it "
                     "can; elsewhere install chromium to run this test)")
     return binary
 

@@ -47,17 +47,25 @@ def standins(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("standins")
 
 
-def _run(text: str, tmp_path: Path, paper_data: Path, warm_cache: Path, standins: Path) -> H.DocRun:
-    return H.run_doc(text, tmp_path, Cli.env(), data=paper_data, cache=warm_cache, standins=standins)
+@pytest.fixture(scope="session")
+def once() -> Path:
+    """Shared by the test workers: a prose command several docs name runs for one of them."""
+    path = Path(os.environ["CLIPDEHAZE_TEST_ROOT"]) / "docs-once"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _run(text: str, tmp_path: Path, paper_data: Path, warm_cache: Path, standins: Path, once: Path | None = None):
+    return H.run_doc(text, tmp_path, Cli.env(), data=paper_data, cache=warm_cache, standins=standins, once=once)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", H.DOCS, ids=_doc_id)
-def test_documented_commands_run_as_written(doc: Path, tmp_path: Path, paper_data, warm_cache, standins):
+def test_documented_commands_run_as_written(doc: Path, tmp_path: Path, paper_data, warm_cache, standins, once):
     text = doc.read_text()
     if not H.commands_in(text) and not H.inline_commands(text):
         pytest.skip(f"{_doc_id(doc)} shows no clipdehaze command")
-    result = _run(text, tmp_path, paper_data, warm_cache, standins)
+    result = _run(text, tmp_path, paper_data, warm_cache, standins, once)
     if report := os.environ.get("CLIPDEHAZE_DOCS_REPORT"):
         with open(report, "a") as f:
             for r in result.records:
@@ -108,7 +116,7 @@ def test_shortening_replaces_a_key_the_command_sets_and_appends_the_rest():
     assert not any(a.startswith(("hydra.run", "hydra.sweep", "paths.")) for a in out)
     assert H.shortened("bench", ["models", "--models", "a", "b", "--sizes", "256", "--no-memory"]) == [
         "models", "--models", "a", "b", "--sizes", "64", "--mac-size", "64", "--repeats", "1", "--no-memory",
-        "--no-profile"]
+        "--no-profile", "--clip-model", "clipdehaze_tiny"]
     assert "hydra.sweeper.n_trials=2" in H.shortened("train", ["-m", "hparams_search=dehazeformer_optuna"])
     assert H.shortened("train", ["model=x"], ["trainer=cpu"])[-1] == "trainer=cpu"
 
@@ -122,6 +130,7 @@ def test_as_written_composes_each_sweep_value_with_the_original_arguments():
         ("train", ["data=x", "clip=y", "--cfg", "job", "--resolve"], False)]
     assert H.as_written_runs("bench", ["models", "--sizes", "256"]) == [("bench", ["models", "--sizes", "256"], True)]
     assert H.as_written_runs("table", ["outputs/x"]) == []
+    assert H.as_written_runs("train", ["--help"]) == H.as_written_runs("train", ["--cfg", "job", "model=x"]) == []
     composed = {"data": {"crop_size": "25x6", "batch_size": 4}, "trainer": {"max_epochs": 3.0}}
     problems = H.shortened_key_problems("train", ["data.crop_size=25x6", "data.batch_size=4", "trainer.max_epochs=3.0",
                                                   "clip=vit_b32_openai"], composed)

@@ -209,13 +209,16 @@ def test_crafted_checkpoint_commands_refuse_and_write_nothing(crafted, tiny_pair
 
 @pytest.mark.slow
 def test_resumed_run_never_builds_a_best_checkpoint_named_by_its_state(crafted, compose_cfg, tiny_paired_root,
-                                                                       tmp_path):
+                                                                       trained_tiny_run, tmp_path):
     """A run folder from elsewhere: its last.ckpt is clean, but the checkpoint callback's state names a crafted
     file as the best checkpoint, which train tests after fitting."""
+    import shutil
+
+    from conftest import TINY_TRAINING
+
     cases, side = crafted
-    quick = ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-             "trainer.limit_val_batches=1", "callbacks.rich_progress_bar=null", *_data(tiny_paired_root)]
-    train(compose_cfg("train", quick, out=tmp_path / "run"))
+    shutil.copytree(trained_tiny_run[0], tmp_path / "run")   # a finished run; resuming it tests its best checkpoint
+    quick = [*TINY_TRAINING, f"data.root={tiny_paired_root}", "callbacks.rich_progress_bar=null"]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
     key = next(k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint"))
