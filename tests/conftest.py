@@ -198,6 +198,20 @@ def cli(tmp_path_factory):
     runner.close()
 
 
+def built_once(name: str, build) -> Path:
+    """``<session root>/shared/<name>``: made by ``build(path)`` once per session, by the first test worker that
+    needs it (the others wait for it, then reuse it): read-only inputs several workers use."""
+    from filelock import FileLock
+
+    path = Path(os.environ["CLIPDEHAZE_TEST_ROOT"]) / "shared" / name
+    path.parent.mkdir(exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not (done := path.parent / f"{name}.done").exists():
+            build(path)
+            done.touch()
+    return path
+
+
 def _shared_dir() -> Path | None:
     candidates = [os.environ.get("CLIPDEHAZE_SHARED"), REPO.parent / "shared", REPO / "shared"]
     for c in candidates:

@@ -1,9 +1,10 @@
 """Run the commands the docs show, the way they show them (used by tests/test_docs_commands.py).
 
-Every fenced ``bash`` block of README.md and experiments/**/README.md runs as a bash script, unchanged except for
-the conventions below, in a fresh working directory outside the checkout (one per doc; a command named in prose
-runs in one of its own, once even when several docs name it), with HOME and every cache directory inside the
-test's temporary directory:
+Every fenced ``bash`` block of README.md and experiments/**/README.md runs as bash, unchanged except for the
+conventions below, in a fresh working directory outside the checkout, with HOME and every cache directory inside
+the test's temporary directory. A doc runs in independent parts (:func:`parts`: a block's sections that read no
+earlier run run apart, in parallel test workers); a command named in prose runs in a working directory of its
+own, once even when several docs name it.
 
 * ``clipdehaze-*`` are shell functions that run the installed console script (``.venv/bin/clipdehaze-*``, through
   tests/cli_server.py: a warm process forks per command, same argv, directory, environment and streams) in two
@@ -61,6 +62,10 @@ class Shortening:
     overrides: tuple[str, ...] = ()
     options: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     shows_config: str | None = None
+
+    def __iter__(self):
+        """The Hydra overrides, so a test can pass ``*SHORTENING["train"]`` to a command of its own."""
+        return iter(self.overrides)
 
 
 _TRAIN = ("trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.limit_train_batches=2",
@@ -735,54 +740,123 @@ def link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=os.link, dirs_exist_ok=True)
 
 
+#: Neighbouring parts of a doc join while they hold at most this many commands together.
+MAX_PART_COMMANDS = 8
+
+
+@dataclass
+class Part:
+    """Commands of one doc that run together, in one working directory, independently of the doc's other parts.
+
+    A fenced block splits at its blank lines into sections; a section whose first ``<run>`` / ``<stamp>`` comes
+    before its own first ``clipdehaze-train`` reads an earlier section's run, so it joins the part before it;
+    neighbours join while small (:data:`MAX_PART_COMMANDS`). The commands named in prose form one part of their
+    own, each in a fresh directory."""
+
+    doc: str                  # the doc's name (its path in the checkout)
+    line: int                 # where the part starts in the doc (0: the prose commands)
+    scripts: list[str]        # bash snippets (as written), run in order
+    commands: list[str]       # the clipdehaze commands it shows: each must run
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}:{self.line}" if self.line else f"{self.doc}:prose"
+
+    @property
+    def prose(self) -> bool:
+        return self.line == 0
+
+
+def parts(text: str, doc: str) -> list[Part]:
+    """The independent parts of a Markdown text, in order (see :class:`Part`)."""
+    found: list[Part] = []
+    for m in re.finditer(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        line = text.count("\n", 0, m.start(1)) + 1
+        sections, current, start = [], [], line
+        for i, raw in enumerate(m.group(1).splitlines()):
+            if raw.strip() or not current:
+                if not current:
+                    start = line + i
+                current.append(raw)
+            else:
+                sections.append((start, "\n".join(current) + "\n"))
+                current = []
+        if current:
+            sections.append((start, "\n".join(current) + "\n"))
+        for start, section in sections:
+            if not commands_in(section):
+                continue
+            code = "\n".join(ln.split(" #", 1)[0] for ln in logical_lines(section) if not ln.lstrip().startswith("#"))
+            first_use = min((code.find(p) for p in ("<run>", "<stamp>") if p in code), default=-1)
+            first_train = code.find("clipdehaze-train")
+            reads_earlier = first_use >= 0 and (first_train < 0 or first_use < first_train)
+            if reads_earlier and found:
+                found[-1].scripts.append(section)
+                found[-1].commands += commands_in(section)
+            else:
+                found.append(Part(doc, start, [section], commands_in(section)))
+    # Neighbours join while small: each part pays a command server's start-up (seconds), parts only need to be
+    # small enough for the test workers to share the docs evenly.
+    merged: list[Part] = []
+    for part in found:
+        if merged and len(merged[-1].commands) + len(part.commands) <= MAX_PART_COMMANDS:
+            merged[-1].scripts += part.scripts
+            merged[-1].commands += part.commands
+        else:
+            merged.append(part)
+    found = merged
+    shown = {c for p in found for c in p.commands}
+    # Prose names some commands again (and again): each distinct one runs once.
+    inline = [c for c in dict.fromkeys(inline_commands(text)) if c not in shown]
+    if inline:
+        found.append(Part(doc, 0, inline, inline))
+    return found
+
+
 @dataclass
 class DocRun:
     failures: list[str]      # a script that exited non-zero, with its output
     records: list[dict]      # one per documented command run
-    expected: list[str]      # the commands the doc shows (each must have run)
 
 
-def run_doc(text: str, tmp: Path, env: Mapping[str, str], *, data: Path | None = None, cache: Path | None = None,
-            standins: Path | None = None, once: Path | None = None, timeout: float = 3600) -> DocRun:
-    """Run every command of a Markdown text as the docs test does: the fenced blocks in order in ``tmp/work`` (the
-    user's working directory: ``data`` linked in as ./data), each command named in prose in a fresh working
-    directory of its own; HOME and caches in ``tmp`` (``cache``'s datasets and kernels linked into
-    CLIPDEHAZE_CACHE), ``env`` otherwise; one command server for the doc. ``standins``: where stand-in files are
-    made (shared by the docs). ``once``: a folder shared by the docs in which a prose command claims its text, so
-    a command several docs name runs once (the first doc to reach it runs it; a failure fails that doc)."""
+def run_part(part: Part, tmp: Path, env: Mapping[str, str], *, data: Path | None = None, cache: Path | None = None,
+             standins: Path | None = None, once: Path | None = None, timeout: float = 3600) -> DocRun:
+    """Run a part as the docs test does: its scripts in order in ``tmp/work`` (the user's working directory:
+    ``data`` linked in as ./data; a prose part: each command in a fresh one), HOME and caches in ``tmp``
+    (``cache``'s datasets and kernels linked into CLIPDEHAZE_CACHE), ``env`` otherwise, with one command server.
+    ``standins``: where stand-in files are made (shared by the docs). ``once``: a folder shared by the docs in
+    which a prose command claims its text, so a command several docs name runs once (the first doc to reach it
+    runs it; a failure fails that doc)."""
     import hashlib
 
     import isolation
 
-    blocks = [b for b in code_blocks(text) if commands_in(b)]
-    shown_in_blocks = {c for b in blocks for c in commands_in(b)}
-    # Prose names some commands again (and again): each distinct one runs once.
-    inline = [c for c in dict.fromkeys(inline_commands(text)) if c not in shown_in_blocks]
     if cache is not None:
         link_tree(cache, tmp / "cache")
     log = tmp / "commands.jsonl"
     env = {k: v for k, v in env.items() if k not in ("CLIPDEHAZE_DATA_DIR", "CLIPDEHAZE_LOG_DIR")}
     env.update(isolation.cache_environ(tmp / "home", tmp / "cache"))
-    server = cli_server.start_server(env, tmp / "cli-server.log")
-    script_env = {**env, "CLIPDEHAZE_DOCS_LOG": str(log), "CLIPDEHAZE_DOCS_TMP": str(standins or tmp),
-                  "CLIPDEHAZE_DOCS_SERVER": server.address if server else ""}
-    scripts = [(tmp / "work", to_script(b)) for b in blocks]
-    for i, command in enumerate(inline):
-        if once is not None:
+    scripts = []
+    for i, snippet in enumerate(part.scripts):
+        if part.prose and once is not None:
             try:
-                os.close(os.open(once / hashlib.sha256(command.encode()).hexdigest(), os.O_CREAT | os.O_EXCL))
+                os.close(os.open(once / hashlib.sha256(snippet.encode()).hexdigest(), os.O_CREAT | os.O_EXCL))
             except FileExistsError:
                 with open(log, "a") as f:
-                    f.write(json.dumps({"tool": command.split()[0], "args": command.split()[1:], "status": "ok",
+                    f.write(json.dumps({"tool": snippet.split()[0], "args": snippet.split()[1:], "status": "ok",
                                         "seconds": 0, "steps": [], "ran": "for another doc"}) + "\n")
                 continue
-        scripts.append((tmp / f"inline-{i}" / "work", to_script(command)))
+        scripts.append((tmp / (f"work-{i}" if part.prose else "work"), to_script(snippet)))
     failures = []
+    server = cli_server.start_server(env, tmp / "cli-server.log") if scripts else None
+    script_env = {**env, "CLIPDEHAZE_DOCS_LOG": str(log), "CLIPDEHAZE_DOCS_TMP": str(standins or tmp),
+                  "CLIPDEHAZE_DOCS_SERVER": server.address if server else ""}
     try:
         for work, script in scripts:   # outside the checkout, as a user's working directory
-            work.mkdir(parents=True)
-            if data is not None:
-                link_tree(data, work / "data")
+            if not work.exists():
+                work.mkdir(parents=True)
+                if data is not None:
+                    link_tree(data, work / "data")
             res = subprocess.run(["bash", "-c", preamble() + script], cwd=work, env=script_env, capture_output=True,
                                  text=True, timeout=timeout)
             if res.returncode != 0:
@@ -791,7 +865,7 @@ def run_doc(text: str, tmp: Path, env: Mapping[str, str], *, data: Path | None =
         if server:
             server.close()
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return DocRun(failures, records, [c for b in blocks for c in commands_in(b)] + inline)
+    return DocRun(failures, records)
 
 
 # ----------------------------------------------------------------------------------------------------- driver

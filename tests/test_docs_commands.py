@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import docs_harness as H
-from conftest import Cli
+from conftest import Cli, built_once
 
 
 def _doc_id(path: Path) -> str:
@@ -22,24 +22,25 @@ def _doc_id(path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def paper_data(tmp_path_factory) -> Path:
-    """Tiny pairs in every paper dataset's layout, made once and linked into each doc's working directory."""
-    data = tmp_path_factory.mktemp("paper-data") / "data"
-    H.make_paper_datasets(data)
-    return data
+def paper_data() -> Path:
+    """Tiny pairs in every paper dataset's layout, made once per session and linked into each working directory."""
+    return built_once("paper-data", lambda path: H.make_paper_datasets(path / "data")) / "data"
 
 
 @pytest.fixture(scope="session")
 def warm_cache() -> Path:
-    """The session's CLIPDEHAZE_CACHE with the embedded default datasets and the compiled CPU scan, made once and
-    linked into each doc's own cache."""
+    """A CLIPDEHAZE_CACHE with the embedded default datasets and the compiled CPU scan, made once per session and
+    linked into each doc part's own cache."""
     from clipdehaze.data.synth import ensure_default_dataset
     from clipdehaze.models.ssm import cpu_kernel
 
-    for kind in ("haze", "allweather"):
-        ensure_default_dataset(kind=kind)
-    cpu_kernel.unavailable_reason()   # builds the kernel where a compiler exists
-    return Path(os.environ["CLIPDEHAZE_CACHE"])
+    def build(path: Path) -> None:
+        for kind in ("haze", "allweather"):
+            ensure_default_dataset(path / "datasets", kind=kind)
+        if cpu_kernel.unavailable_reason() is None:   # built (into the session's cache) where a compiler exists
+            H.link_tree(Path(os.environ["CLIPDEHAZE_CACHE"]) / "kernels", path / "kernels")
+
+    return built_once("clipdehaze-cache", build)
 
 
 @pytest.fixture(scope="session")
@@ -55,28 +56,54 @@ def once() -> Path:
     return path
 
 
-def _run(text: str, tmp_path: Path, paper_data: Path, warm_cache: Path, standins: Path, once: Path | None = None):
-    return H.run_doc(text, tmp_path, Cli.env(), data=paper_data, cache=warm_cache, standins=standins, once=once)
+def _run(part: H.Part, tmp_path: Path, paper_data: Path, warm_cache: Path, standins: Path, once: Path | None = None):
+    return H.run_part(part, tmp_path, Cli.env(), data=paper_data, cache=warm_cache, standins=standins, once=once)
+
+
+PARTS = [part for doc in H.DOCS for part in H.parts(doc.read_text(), _doc_id(doc))]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("doc", H.DOCS, ids=_doc_id)
-def test_documented_commands_run_as_written(doc: Path, tmp_path: Path, paper_data, warm_cache, standins, once):
-    text = doc.read_text()
-    if not H.commands_in(text) and not H.inline_commands(text):
-        pytest.skip(f"{_doc_id(doc)} shows no clipdehaze command")
-    result = _run(text, tmp_path, paper_data, warm_cache, standins, once)
+@pytest.mark.parametrize("part", PARTS, ids=[p.id for p in PARTS])
+def test_documented_commands_run_as_written(part: H.Part, tmp_path: Path, paper_data, warm_cache, standins, once):
+    result = _run(part, tmp_path, paper_data, warm_cache, standins, once)
     if report := os.environ.get("CLIPDEHAZE_DOCS_REPORT"):
         with open(report, "a") as f:
             for r in result.records:
                 needs = f" (needs {', '.join(r['needs'])}: stopped naming each, then ran with stand-ins)" \
                     if r.get("needs") else ""
-                f.write(f"| {_doc_id(doc)} | `{r['tool']} {' '.join(r['args'])}` | {r['status']}{needs} | "
+                f.write(f"| {part.doc} | `{r['tool']} {' '.join(r['args'])}` | {r['status']}{needs} | "
                         f"{r['seconds']} s |\n")
     assert not result.failures, "\n".join(result.failures)
     assert all(r["status"] == "ok" for r in result.records)
     # Every command shown ran at least once (loops run theirs several times).
-    assert len(result.records) >= len(result.expected), (len(result.records), result.expected)
+    assert len(result.records) >= len(part.commands), (len(result.records), part.commands)
+
+
+def test_every_doc_with_commands_is_tested():
+    """Each doc's parts together hold every command it shows, in a block or in prose."""
+    for doc in H.DOCS:
+        text = doc.read_text()
+        shown = [c for b in H.code_blocks(text) for c in H.commands_in(b)] + H.inline_commands(text)
+        held = [c for p in H.parts(text, _doc_id(doc)) for c in p.commands]
+        assert set(shown) == set(held), (doc, set(shown) ^ set(held))
+
+
+def test_a_doc_splits_where_no_command_reads_an_earlier_run(monkeypatch):
+    text = ("```bash\n# train\nclipdehaze-train a=1\n\n# evaluate it\nclipdehaze-eval ckpt_path=<run>/x\n\n"
+            "clipdehaze-train -m b=1,2\nclipdehaze-table outputs/train/multiruns/<stamp>\n```\n\n"
+            "Prose: `clipdehaze-bench scan` and again `clipdehaze-bench scan`.\n\n```bash\nRUN=<run>\n"
+            "clipdehaze-eval ckpt_path=$RUN/y\n```\n")
+    monkeypatch.setattr(H, "MAX_PART_COMMANDS", 1)
+    found = H.parts(text, "DOC.md")
+    assert [(p.id, p.commands) for p in found] == [
+        ("DOC.md:2", ["clipdehaze-train a=1", "clipdehaze-eval ckpt_path=<run>/x"]),
+        ("DOC.md:8", ["clipdehaze-train -m b=1,2", "clipdehaze-table outputs/train/multiruns/<stamp>",
+                      "clipdehaze-eval ckpt_path=$RUN/y"]),   # the next block reads the sweep's run
+        ("DOC.md:prose", ["clipdehaze-bench scan"])]
+    assert found[0].scripts == ["# train\nclipdehaze-train a=1\n", "# evaluate it\nclipdehaze-eval ckpt_path=<run>/x\n"]
+    monkeypatch.setattr(H, "MAX_PART_COMMANDS", 4)
+    assert [p.id for p in H.parts(text, "DOC.md")] == ["DOC.md:2", "DOC.md:8", "DOC.md:prose"]
 
 
 @pytest.mark.slow
@@ -93,10 +120,14 @@ def test_a_broken_documented_command_fails_the_harness(tmp_path, paper_data, war
         "clipdehaze-eval model=dcp data=reside6k   # (needs: gpu)",
         "clipdehaze-eval model=dcp data=reside6k   # -> metrics.json, per_image.csv, nowhere.png",
     ])
-    result = _run(doc, tmp_path, paper_data, warm_cache, standins)
-    assert [r["status"] for r in result.records] == ["FAILED"] * 4, result.records
-    assert len(result.failures) == 4
-    typo_failure, type_failure, needs_failure, promise_failure = result.failures
+    failures, records = [], []
+    for i, part in enumerate(H.parts(doc, "BROKEN.md")):
+        result = _run(part, tmp_path / str(i), paper_data, warm_cache, standins)
+        failures += result.failures
+        records += result.records
+    assert [r["status"] for r in records] == ["FAILED"] * 4, records
+    assert len(failures) == 4
+    typo_failure, type_failure, needs_failure, promise_failure = failures
     assert "as written, `clipdehaze-train data=reside6k clip=vit_b32_opneai" in typo_failure
     assert "vit_b32_opneai" in typo_failure and "Could not find" in typo_failure
     assert re.search(r"trainer.max_epochs=1O as written composes trainer.max_epochs to '1O' \(str\), where the "
@@ -105,7 +136,7 @@ def test_a_broken_documented_command_fails_the_harness(tmp_path, paper_data, war
     assert "the docs say '-> metrics.json, per_image.csv, nowhere.png': not written: ['nowhere.png']" \
         in promise_failure
     # The shortened run of the first two would have passed: only the as-written step ran for them.
-    assert [len(r["steps"]) for r in result.records[:2]] == [2, 2]
+    assert [len(r["steps"]) for r in records[:2]] == [1, 1]
 
 
 def test_shortening_replaces_a_key_the_command_sets_and_appends_the_rest():

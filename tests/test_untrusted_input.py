@@ -26,7 +26,6 @@ from clipdehaze.train import train
 from clipdehaze.utils.checkpoint import CheckpointError, load_generator_weights
 from clipdehaze.utils.trust import UntrustedConfigError
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
 
 def _script(name: str) -> str:
@@ -37,8 +36,18 @@ def _script(name: str) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _commands(cli):
+    """The session's warm console-script runner, for :func:`_run` (its server starts on the first command)."""
+    _CLI[:] = [cli]
+
+
+_CLI: list = []
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    """A console script run as typed (through the session's command server: conftest's ``cli``)."""
+    return _CLI[0].script(cmd[0], cmd[1:], cwd, timeout=300)
 
 
 def _data(root: Path) -> list[str]:
