@@ -13,6 +13,9 @@ import isolation
 isolation.isolate_session()
 # Before torch loads (libgomp reads it once): spin-waiting threads collapse on a shared CPU. See clipdehaze/__init__.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Test workers already use every core: torch.compile compiles its kernels in the worker instead of starting a pool
+# of compile processes (each importing torch) beside it.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -157,7 +160,8 @@ class Cli:
         """The session's isolated environment, offline, with ``extra``."""
         return {**_SESSION_ENV, **CLI_ENV, **extra}
 
-    def _address(self) -> str | None:
+    def address(self) -> str | None:
+        """The warm server's address (started now if not yet), None where commands run fresh."""
         import cli_server
 
         if self._server is None:
@@ -179,7 +183,7 @@ class Cli:
         argv = [str(script), *map(str, args)]
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err, \
                 open(os.devnull) as stdin:
-            code, _ = cli_server.run(argv, cwd=cwd, env=self.env() if env is None else env, server=self._address(),
+            code, _ = cli_server.run(argv, cwd=cwd, env=self.env() if env is None else env, server=self.address(),
                                      stdin=stdin.fileno(), stdout=out.fileno(), stderr=err.fileno(), timeout=timeout)
             out.seek(0)
             err.seek(0)
