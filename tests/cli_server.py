@@ -12,10 +12,11 @@ A forked process differs from a fresh one only in what the server's imports fixe
 
 * Environment variables read at import time (``HF_HOME`` by huggingface_hub, ``OMP_*`` by libgomp, ``PYTHON*`` by
   the interpreter): the server records every variable Python code reads while it imports, and adds the prefixes
-  that native libraries and the interpreter read with ``getenv``. Some libraries read the whole environment
-  (fsspec copies it to look for FSSPEC_*), so in practice any difference but the shell's own bookkeeping
-  (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``) makes the command run fresh. A command whose environment differs from the
-  server's in one of them runs as a fresh process instead (:func:`run` says so in ``fresh``).
+  that native libraries and the interpreter read with ``getenv``. A command whose environment differs from the
+  server's in one of them runs as a fresh process instead (:func:`run` says so in ``fresh``). Some libraries read
+  the whole environment (fsspec copies it to look for FSSPEC_*), so in practice a command that changes or removes
+  any variable the server had, other than the shell's own bookkeeping (``PWD``, ``OLDPWD``, ``SHLVL``, ``_``),
+  runs fresh; one that only adds variables is forked.
 * Thread pools: the server runs no tensor operation, so torch's OpenMP pool does not exist yet when it forks
   (OpenBLAS shuts its threads down around a fork itself); with a CUDA device the caller uses no server at all
   (a CUDA driver initialised before a fork is unusable in the child).
@@ -63,7 +64,8 @@ class CommandServer:
         self.proc.wait()
 
 
-def start_server(env: Mapping[str, str], log: Path, warm: Sequence[str] = (), timeout: float = 600) -> CommandServer | None:
+def start_server(env: Mapping[str, str], log: Path, warm: Sequence[str] = (),
+                 timeout: float = 600) -> CommandServer | None:
     """Start a server that imports every console script's module of the installed clipdehaze (and ``warm``), with
     ``env`` as its environment; None where forking cannot stand in for a fresh process (not Linux, or a CUDA GPU)."""
     if sys.platform != "linux":

@@ -111,11 +111,15 @@ def pytest_unconfigure(config):
 
 
 def _longest_first(config, items) -> None:
-    """Start the longest tests first, so parallel workers finish together: by the time each took last run (pytest's
-    cache), else slow-marked tests first. Every worker sorts alike (xdist needs one order)."""
+    """Start the longest test files first, so parallel workers finish together: by the time their tests took last
+    run (pytest's cache), else counting slow-marked tests. A file's tests stay together and in order (its
+    module-scoped fixtures are made once per worker); every worker sorts alike (xdist needs one order)."""
     known = config.cache.get(_DURATIONS, {}) if getattr(config, "cache", None) is not None else {}
-    default = {True: 30.0, False: 0.5}
-    items.sort(key=lambda item: -known.get(item.nodeid, default["slow" in item.keywords]))
+    total: dict[str, float] = {}
+    for item in items:
+        guess = 30.0 if "slow" in item.keywords else 0.5
+        total[item.fspath] = total.get(item.fspath, 0.0) + known.get(item.nodeid, guess)
+    items.sort(key=lambda item: -total[item.fspath])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -401,7 +405,8 @@ def iqa_calibration() -> Path:
                         tar.extract(m, Path(tmp) / "ResultsCalibra", filter="data")
                 os.replace(Path(tmp) / "ResultsCalibra", cache / "ResultsCalibra")
             except (subprocess.SubprocessError, OSError, StopIteration, tarfile.TarError) as e:
-                require_or_skip("iqa-reference", f"NIQE/BRISQUE calibration images unavailable ({type(e).__name__}): put "
-                                "pyiqa 0.1.16's ResultsCalibra folder at $CLIPDEHAZE_IQA_CALIBRATION, or allow `pip "
-                                f"download --no-binary :all: {IQA_CALIBRATION_SDIST}`")
+                require_or_skip("iqa-reference", f"NIQE/BRISQUE calibration images unavailable "
+                                f"({type(e).__name__}): put pyiqa 0.1.16's ResultsCalibra folder at "
+                                "$CLIPDEHAZE_IQA_CALIBRATION, or allow `pip download --no-binary :all: "
+                                f"{IQA_CALIBRATION_SDIST}`")
     return cache / "ResultsCalibra"

@@ -564,7 +564,8 @@ def latest(kind: str) -> int:
             newest = max(r[key], key=lambda p: os.stat(p).st_mtime)
             print(Path(newest).relative_to(r["cwd"]) if kind == "run" else Path(newest).name)
             return 0
-    sys.stderr.write(f"no command that succeeded made a training {'run with checkpoints/last.ckpt' if kind == 'run' else 'multirun'} yet\n")
+    what = "training run with checkpoints/last.ckpt" if kind == "run" else "training multirun"
+    sys.stderr.write(f"no command that succeeded made a {what} yet\n")
     return 1
 
 
@@ -703,9 +704,9 @@ def _file_names(listing: str) -> list[str]:
 
 def _files(ctx: Context, m: re.Match) -> None:
     """``-> a.md, .csv, dir/{0,1}, other.png``: the files (or folders) a command says it writes. A bare name must be
-    among the files it wrote, a path must exist (``<stamp>``: the multirun it made)."""
-    names = _file_names(m.group(1))
-    assert names, f"no file names in {m.group(1)!r}"
+    among the files it wrote, a path must exist (``<stamp>``: the multirun it made). An arrow followed by prose
+    promises no file."""
+    names = _file_names(m.group(1))   # none: the arrow points at prose ("ITS -> SOTS-indoor")
     written = {p.name for p in ctx.written}
     missing = []
     for name in names:

@@ -43,17 +43,22 @@ def warm_cache() -> Path:
     return built_once("clipdehaze-cache", build)
 
 
+def _session_folder(name: str) -> Path:
+    path = Path(os.environ["CLIPDEHAZE_TEST_ROOT"]) / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
-def standins(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("standins")
+def standins() -> Path:
+    """Shared by the test workers: the stand-in files of needs (each written under a temporary name, then renamed)."""
+    return _session_folder("docs-standins")
 
 
 @pytest.fixture(scope="session")
 def once() -> Path:
     """Shared by the test workers: a prose command several docs name runs for one of them."""
-    path = Path(os.environ["CLIPDEHAZE_TEST_ROOT"]) / "docs-once"
-    path.mkdir(exist_ok=True)
-    return path
+    return _session_folder("docs-once")
 
 
 def _run(part: H.Part, tmp_path: Path, paper_data: Path, warm_cache: Path, standins: Path, once: Path | None = None):
@@ -170,7 +175,8 @@ def test_as_written_composes_each_sweep_value_with_the_original_arguments():
 
 def test_doc_scripts_resolve_placeholders_needs_markers_and_what_comments_say():
     script = H.to_script("# evaluate -> metrics.json\nclipdehaze-eval ckpt_path=<run>/checkpoints/last.ckpt\n"
-                         "clipdehaze-train -m x=1 \\\n    hydra.launcher.partition=<partition>   # (needs: slurm, gpu)\n"
+                         "clipdehaze-train -m x=1 \\\n    hydra.launcher.partition=<partition>"
+                         "   # (needs: slurm, gpu)\n"
                          "\nclipdehaze-table outputs/train/multiruns/<stamp>   # four rows\n")
     assert "ckpt_path=$(__latest run)/checkpoints/last.ckpt" in script
     assert "CLIPDEHAZE_DOCS_NEEDS=slurm,gpu CLIPDEHAZE_DOCS_SAYS=" in script and "PLACEHOLDER-partition" in script
