@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# One test worker per core (pytest-xdist); TEST_WORKERS=0 runs in this process.
-TEST_WORKERS ?= auto
+# One test worker per CPU the process may use (pytest-xdist; "logical": every vCPU, where "auto" may count
+# physical cores only); TEST_WORKERS=0 runs the tests in this process.
+TEST_WORKERS ?= logical
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test: $(STAMP)

@@ -80,7 +80,8 @@ SHORTENING: dict[str, Shortening] = {
     "predict": Shortening(("clip=tiny_random",), shows_config="predict"),
     "data clip-cache": Shortening(("clip=tiny_random",), shows_config="train"),   # composes the train config
     "bench": Shortening(options={"--sizes": ("64",), "--mac-size": ("64",), "--repeats": ("1",), "--no-memory": (),
-                                 "--no-profile": (), "--clip-model": ("clipdehaze_tiny",)}),
+                                 "--no-profile": (), "--clip-model": ("clipdehaze_tiny",), "--train-batch": ("1",),
+                                 "--train-crop": ("32",)}),
 }
 #: More shortening when a command selects an Optuna search (its trial count).
 SHORTENING_OPTUNA = ("hydra.sweeper.n_trials=2",)
