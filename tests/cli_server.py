@@ -23,6 +23,8 @@ A forked process differs from a fresh one only in what the server's imports fixe
 * Per-process state: Python's ``random`` reseeds itself in a forked child, numpy's global generator is reseeded here
   from the OS as a fresh process seeds it; torch's default generator is untouched by the server, so it has a fresh
   process's default seed. Hydra's global state is set up by ``hydra.main`` inside the command, never in the server.
+  Temporary directories made at import time (wandb's media folder) are shared by the commands, which write
+  uniquely named files there: no command removes them when it exits, the server's :meth:`CommandServer.close` does.
 
 Each command runs in a session of its own; if the client goes away (a timeout), the command's process group is
 killed. Linux only (abstract sockets, pidfds): elsewhere :func:`start_server` returns None and commands run fresh.
@@ -55,13 +57,17 @@ _READY = "cli-server-ready "
 class CommandServer:
     """A warm server process (``python cli_server.py serve``) started with ``env``; close() ends it and its waiters."""
 
-    def __init__(self, proc: subprocess.Popen, address: str, log: Path):
-        self.proc, self.address, self.log = proc, address, log
+    def __init__(self, proc: subprocess.Popen, address: str, log: Path, tmpdirs: Sequence[str]):
+        self.proc, self.address, self.log, self.tmpdirs = proc, address, log, list(tmpdirs)
 
     def close(self) -> None:
+        import shutil
+
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)   # the server and its waiters; a waiter's death kills its command
         self.proc.wait()
+        for path in self.tmpdirs:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def start_server(env: Mapping[str, str], log: Path, warm: Sequence[str] = (),
@@ -80,11 +86,12 @@ def start_server(env: Mapping[str, str], log: Path, warm: Sequence[str] = (),
     if not ready.startswith(_READY):
         proc.wait(timeout)
         raise RuntimeError(f"the command server did not start (exit {proc.returncode}): {log.read_text()[-3000:]}")
-    if json.loads(ready[len(_READY):])["cuda"]:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    info = json.loads(ready[len(_READY):])
+    server = CommandServer(proc, address, log, info["tmpdirs"])
+    if info["cuda"]:
+        server.close()
         return None
-    return CommandServer(proc, address, log)
+    return server
 
 
 def run(argv: Sequence[str], *, cwd: str | os.PathLike, env: Mapping[str, str], server: str | None,
@@ -132,25 +139,38 @@ def _read_line(sock: socket.socket) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- server side
+#: Temporary directories the imports made (wandb keeps one for media files): every command shares them.
+_IMPORT_TMPDIRS: list = []
+
+
 def _warm(modules: Sequence[str]) -> set[str]:
-    """Import the console scripts' modules and ``modules``; the environment variables Python code read meanwhile."""
+    """Import the console scripts' modules and ``modules``; the environment variables Python code read meanwhile.
+    Temporary directories made meanwhile are kept in :data:`_IMPORT_TMPDIRS`."""
     import importlib
+    import tempfile
     from importlib import metadata
 
     read: set[str] = set()
     getitem = os._Environ.__getitem__
+    init = tempfile.TemporaryDirectory.__init__
 
     def recording(self, key):
         read.add(key)
         return getitem(self, key)
 
+    def made(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        _IMPORT_TMPDIRS.append(self)
+
     os._Environ.__getitem__ = recording
+    tempfile.TemporaryDirectory.__init__ = made
     try:
         scripts = [e.module for e in metadata.distribution("clipdehaze").entry_points if e.group == "console_scripts"]
         for name in [*scripts, *WARM, *modules]:
             importlib.import_module(name)
     finally:
         os._Environ.__getitem__ = getitem
+        tempfile.TemporaryDirectory.__init__ = init
     return read
 
 
@@ -210,6 +230,11 @@ def _become(request: dict, fds: list[int]) -> None:
     sys.path[0] = str(Path(request["argv"][0]).resolve().parent)
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
+    import atexit
+
+    for tmp in _IMPORT_TMPDIRS:   # shared by every command: the server's to remove, not the first command's
+        atexit.unregister(tmp.cleanup)
+        tmp._finalizer.detach()
 
 
 def serve(address: str, modules: Sequence[str]) -> dict:
@@ -225,7 +250,8 @@ def serve(address: str, modules: Sequence[str]) -> dict:
     import gc
 
     gc.freeze()   # the warm modules' objects: never scanned by a child's collections, so never copied by them
-    print(_READY + json.dumps({"pid": os.getpid(), "cuda": cuda}), flush=True)
+    print(_READY + json.dumps({"pid": os.getpid(), "cuda": cuda, "tmpdirs": [t.name for t in _IMPORT_TMPDIRS]}),
+          flush=True)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1)
     while True:

@@ -105,3 +105,17 @@ def test_parse_only_stops_an_argparse_tool_after_parsing(served, tmp_path):
                                     parse_only=True)[0] for n in ("3", "three")]
         assert codes == [0, 2]
         assert "did the work" not in (tmp_path / "out").read_text()
+
+
+def test_a_temporary_folder_made_at_import_serves_every_command(served, tmp_path):
+    """wandb makes its media folder when imported (in the server): the first command to exit must not remove it
+    from under the next one (a wandb image panel then failed with FileNotFoundError)."""
+    script = tmp_path / "media.py"
+    script.write_text("import os, sys\nfrom wandb.sdk.data_types._private import MEDIA_TMP\n"
+                      "open(os.path.join(MEDIA_TMP.name, sys.argv[1]), 'w').close()\nprint(MEDIA_TMP.name)\n")
+    folders = []
+    for name in ("a.png", "b.png"):
+        out = served.script(script, [name], tmp_path)
+        assert out.returncode == 0, out.stderr
+        folders.append(out.stdout.strip())
+    assert folders[0] == folders[1] and Path(folders[0], "a.png").is_file() and Path(folders[0], "b.png").is_file()
