@@ -544,7 +544,8 @@ def run(tool: str, args: list[str]) -> int:
     record.update(status="ok" if ok else "FAILED", seconds=round(time.time() - start, 1),
                   steps=[{"argv": s.argv[1:], "returncode": s.returncode, "seconds": s.seconds, "fresh": s.fresh}
                          for s in runner.steps],
-                  runs=new_runs if ok and final else [], sweeps=new_sweeps if ok and final else [])
+                  runs=new_runs if ok and final is not None else [],
+                  sweeps=new_sweeps if ok and final is not None else [])
     with open(os.environ["CLIPDEHAZE_DOCS_LOG"], "a") as f:
         f.write(json.dumps(record) + "\n")
     if not ok:
