@@ -10,7 +10,8 @@ export WANDB_MODE ?= offline
 
 help:
 	@echo "make demo   - train/evaluate the comparison on the embedded synthetic haze set (CPU, offline)"
-	@echo "make test   - run the test suite (CPU, offline)"
+	@echo "make test   - run the test suite (CPU, offline; every documented command runs too)"
+	@echo "make test-fast - the tests not marked slow (a few minutes): while you work"
 	@echo "make study  - does the CLIP prior help? the prior study of each CLIP-guided net, shortened (CPU, offline,"
 	@echo "              random tiny CLIP: it shows the machinery, its prior carries no information)"
 	@echo "make bench  - params / MACs / latency / memory of every generator -> outputs/bench/"
@@ -24,11 +25,16 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
+# One test worker per CPU the process may use (pytest-xdist; "logical": every vCPU, where "auto" may count
+# physical cores only); TEST_WORKERS=0 runs the tests in this process.
+TEST_WORKERS ?= logical
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python -m clipdehaze.demo

@@ -262,6 +262,7 @@ def _offline_env(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
+@pytest.mark.exclusive   # wall-clock bound
 def test_missing_pretrained_weights_fail_fast_offline(monkeypatch, tmp_path):
     _offline_env(monkeypatch, tmp_path)
     t = time.perf_counter()

@@ -57,7 +57,9 @@ def test_output_and_gradients_equal_the_pre_kernel_path(monkeypatch):
     from clipdehaze.models.ssm import cpu_kernel
 
     if cpu_kernel.unavailable_reason() is not None:
-        pytest.skip(cpu_kernel.unavailable_reason())
+        from conftest import require_or_skip
+
+        require_or_skip("cxx", cpu_kernel.unavailable_reason())
     torch.manual_seed(0)
     model = create_generator("cliphaze_test").train()
     x = torch.rand(2, 3, 37, 29)

@@ -210,7 +210,7 @@ def test_the_dominant_source_of_variance_is_stated(tmp_path):
     assert real.results["psnr"].dominant == "images" and "image-to-image variance dominates" in calm["markdown"]
 
 
-def test_runs_scored_on_other_images_are_refused_with_the_reason(tmp_path, capsys):
+def test_runs_scored_on_other_images_are_refused_with_the_reason(tmp_path, capsys, cli):
     sweep = _study(tmp_path)
     _run(sweep, "other", 0, _values(np.random.default_rng(0), 0.3), control="constant", manifest="m2")
     with pytest.raises(ComparisonError, match="different image sets") as e:
@@ -218,9 +218,8 @@ def test_runs_scored_on_other_images_are_refused_with_the_reason(tmp_path, capsy
     msg = str(e.value)
     assert f"'cliphaze_test' 12 images of sots_indoor (manifest m2, {sweep / 'other'})" in msg
     assert "manifest m1" in msg and "compare one image set at a time" in msg
-    # The console script (through python -m) exits 2 with the same message.
-    out = subprocess.run([sys.executable, "-m", "clipdehaze.compare", str(sweep), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, cwd=tmp_path)
+    # The console script exits 2 with the same message.
+    out = cli("compare", [str(sweep), "--out", str(tmp_path / "o")], tmp_path)
     assert out.returncode == 2 and "different image sets" in out.stdout
     assert not (tmp_path / "o" / "compare.md").exists()
 
@@ -341,9 +340,11 @@ def test_compare_reads_the_per_image_file_train_and_eval_write():
 def chromium():
     from browser import find_chromium
 
+    from conftest import require_or_skip
+
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no headless Chromium on this machine (.ci/run installs Debian's `chromium` with apt-get where it "
+        require_or_skip("chromium", "no headless Chromium on this machine (.ci/run installs Debian's `chromium` with apt-get where it "
                     "can; elsewhere install chromium to run this test)")
     return binary
 

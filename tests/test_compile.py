@@ -12,11 +12,18 @@ import torch
 
 from clipdehaze.lit_module import DehazeLitModule
 
-needs_cxx = pytest.mark.skipif(
-    not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "c++", "clang++")),
-    reason="torch.compile's inductor backend needs a C++ compiler on CPU (g++, c++ or clang++), none found")
-
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture
+def cxx():
+    """Inductor's kernels are compiled once and kept in .cache/torchinductor (TORCHINDUCTOR_CACHE_DIR, set by
+    tests/isolation.py): minutes on a 2-core CPU the first time, seconds once the cache holds them."""
+    if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "c++", "clang++")):
+        from conftest import require_or_skip
+
+        require_or_skip("cxx", "torch.compile's inductor backend needs a C++ compiler on CPU (g++, c++ or clang++), "
+                               "none found")
 
 
 def _pair(name: str):
@@ -53,17 +60,15 @@ def _check(name: str, size: int = 64) -> None:
     assert compiled.state_dict().keys() == eager.state_dict().keys()   # checkpoints keep the eager keys
 
 
-@pytest.mark.slow   # about 2 minutes of compiling on a 2-core CPU
-@needs_cxx
-def test_compiled_equals_eager_dehazeformer_test():
+@pytest.mark.slow   # about 2 minutes of compiling on a 2-core CPU the first time
+def test_compiled_equals_eager_dehazeformer_test(cxx):
     torch._dynamo.reset()
     _check("dehazeformer_test")
 
 
 @pytest.mark.slow
-@needs_cxx
 @pytest.mark.parametrize("name", ["mixdehazenet_test", "mixcldehazenet_test", "cliphaze_test", "sar_weather_test"])
-def test_compiled_equals_eager_test_variants(name):
+def test_compiled_equals_eager_test_variants(name, cxx):
     torch._dynamo.reset()
     _check(name)
 

@@ -1,7 +1,5 @@
 """Every option of every config group composes (and resolves) in the entry points that use it."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -49,9 +47,8 @@ def test_model_group_lists_every_generator_with_its_numbers(compose_cfg):
     assert list(model.depths) == [2, 2, 4, 2, 2] and model.fusion == "parametric" and model.text_dim == 64
 
 
-def test_data_clip_cache_help_lists_config_groups():
-    out = subprocess.run([sys.executable, "-m", "clipdehaze.data.cli", "clip-cache", "--help"], capture_output=True,
-                         text=True, timeout=120)
+def test_data_clip_cache_help_lists_config_groups(cli, tmp_path):
+    out = cli("data", ["clip-cache", "--help"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Configuration groups" in out.stdout
     assert "clip:" in out.stdout and "tiny_random" in out.stdout and "model:" in out.stdout
@@ -74,9 +71,9 @@ def test_unknown_generator_lists_valid_names():
         create_generator("dehazeformer_xxl")
 
 
-@pytest.mark.parametrize("script", ["clipdehaze.train", "clipdehaze.evaluate", "clipdehaze.predict"])
-def test_help_lists_config_groups(script):
-    out = subprocess.run([sys.executable, "-m", script, "--help"], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("tool", ["train", "eval", "predict"])
+def test_help_lists_config_groups(tool, cli, tmp_path):
+    out = cli(tool, ["--help"], tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Configuration groups" in out.stdout
     assert "model:" in out.stdout

@@ -430,7 +430,9 @@ def test_shared_samples_pair(shared_dir):
     sots = shared_dir / "data" / "sots-outdoor-sample"
     rain = shared_dir / "data" / "rain100l-sample"
     if not sots.is_dir() or not rain.is_dir():
-        pytest.skip("shared/data samples not present")
+        from conftest import require_or_skip
+
+        require_or_skip("shared", f"shared/data samples not present in {shared_dir}")
     ds = PairedImageDataset(sots, None, mode="test")
     assert [(i.name, t.name) for i, t in ds.pairs] == [("0001_0.8_0.2.jpg", "0001.png"),
                                                        ("0002_0.8_0.08.jpg", "0002.png")]

@@ -127,7 +127,9 @@ def test_dark_channel_is_hes_definition_and_rises_with_haze():
 def test_no_reference_scores_of_real_hazy_photos(shared_dir):
     photos = shared_dir / "data" / "real-hazy" / "fattal"
     if not photos.is_dir():
-        pytest.skip(f"{photos} not found: the real hazy photographs are in shared/data/real-hazy")
+        from conftest import require_or_skip
+
+        require_or_skip("shared", f"{photos} not found: the real hazy photographs are in shared/data/real-hazy")
     from clipdehaze.metrics.dark_channel import mean_dark_channel
 
     x = _image(photos / "canon_input.png")

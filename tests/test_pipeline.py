@@ -36,11 +36,8 @@ def test_fast_dev_run_every_test_variant(name, compose_cfg, tiny_paired_root):
 
 
 @pytest.mark.slow
-def test_train_then_eval_reproduces_test_metrics(compose_cfg, tiny_paired_root, tmp_path):
-    run = tmp_path / "train_run"
-    cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=2",
-                                *_data_overrides(tiny_paired_root)], out=run)
-    summary = train(cfg)
+def test_train_then_eval_reproduces_test_metrics(trained_tiny_run, compose_cfg, tiny_paired_root, tmp_path):
+    run, summary = trained_tiny_run   # dehazeformer_test, debug=quick, 2 epochs, on tiny_paired_root
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file()
     saved = json.loads((run / "metrics.json").read_text())
@@ -192,8 +189,8 @@ def test_predict_refuses_output_equal_to_input(compose_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compose_cfg, tiny_paired_root, tmp_path,
-                                                                         caplog):
+def test_metrics_json_records_provenance_and_eval_scores_the_training_data(trained_tiny_run, compose_cfg,
+                                                                         tiny_paired_root, tmp_path, caplog):
     """metrics.json says what was scored (image count, manifest), with which weights (file + sha256), code, software
     and config; clipdehaze-eval of a checkpoint without data= scores the data it was trained on and says so."""
     import copy
@@ -204,10 +201,7 @@ def test_metrics_json_records_provenance_and_eval_scores_the_training_data(compo
 
     from clipdehaze import provenance
 
-    run = tmp_path / "train_run"
-    cfg = compose_cfg("train", ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=1", "seed=5",
-                                *_data_overrides(tiny_paired_root)], out=run)
-    train(cfg)
+    run, _ = trained_tiny_run   # dehazeformer_test, debug=quick, seed 5, on tiny_paired_root
     saved = json.loads((run / "metrics.json").read_text())
     test_files = sorted((tiny_paired_root / "test").rglob("*.png"))
     manifest = hashlib.sha256(json.dumps(sorted(

@@ -3,9 +3,6 @@ serving identical, the settings a run and an evaluation resolve, the study arms,
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -208,17 +205,15 @@ def test_sar_weather_arm_builds_no_clip(compose_cfg):
 
 
 @pytest.mark.slow
-def test_a_run_records_its_controls_and_eval_tests_another(tiny_paired_root, tmp_path):
+def test_a_run_records_its_controls_and_eval_tests_another(cli, tiny_paired_root, tmp_path):
     """Train with the real prior, then evaluate the checkpoint with a shuffled one: both metrics.json record their
     controls, and the shuffled prior changes what the model outputs."""
     from docs_harness import SHORTENING
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     data = ["data=paired", f"data.root={tiny_paired_root}", "data.name=tiny"]
     args = ["model=cliphaze_test", *SHORTENING["train"], *data, "trainer.limit_test_batches=null",
             "save_test_outputs=true"]
-    out = subprocess.run([sys.executable, "-m", "clipdehaze.train", *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=900)
+    out = cli("train", args, tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     trained = json.loads((run / "metrics.json").read_text())
@@ -233,9 +228,8 @@ def test_a_run_records_its_controls_and_eval_tests_another(tiny_paired_root, tmp
     assert text[SOURCE_KEYS[1]] == str((tiny_paired_root / "test" / "GT" / "0000.png").resolve())
 
     # the checkpoint's own data.root is a location a stored config may not choose (hostile input): name the data
-    ev = subprocess.run([sys.executable, "-m", "clipdehaze.evaluate", f"ckpt_path={trained['best_ckpt']}",
-                         "test_clip_control=shuffled", "clip=tiny_random", *data], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=900)
+    ev = cli("eval", [f"ckpt_path={trained['best_ckpt']}", "test_clip_control=shuffled", "clip=tiny_random", *data],
+             tmp_path)
     assert ev.returncode == 0, ev.stderr[-4000:]
     (ev_run,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     evaluated = json.loads((ev_run / "metrics.json").read_text())

@@ -101,7 +101,9 @@ def compiled_kernel_or_skip():
     reason = cpu_kernel.unavailable_reason()
     if reason is not None:
         assert shutil.which("g++") is None and shutil.which("clang++") is None, reason
-        pytest.skip(f"no compiled CPU scan here: {reason}")
+        from conftest import require_or_skip
+
+        require_or_skip("cxx", f"no compiled CPU scan here: {reason}")
 
 
 # The compiled kernel takes input-dependent B and C only; time-invariant ones always run the chunked scan.

@@ -220,6 +220,7 @@ def default_dataset(tmp_path_factory):
     return root, time.perf_counter() - start
 
 
+@pytest.mark.exclusive   # wall-clock bound
 def test_default_dataset_builds_fast_and_is_disjoint(default_dataset):
     root, seconds = default_dataset
     assert seconds < 30, f"default dataset took {seconds:.1f} s"
@@ -233,6 +234,7 @@ def test_default_dataset_builds_fast_and_is_disjoint(default_dataset):
     assert all(max(test[i]["input"].shape[1:]) <= 400 for i in range(len(test)))
 
 
+@pytest.mark.exclusive   # wall-clock bound
 def test_default_dataset_reused_and_repaired(default_dataset):
     root, _ = default_dataset
     meta_mtime = (root / "meta.json").stat().st_mtime_ns
@@ -356,6 +358,7 @@ def test_synth_cli_weather_kinds(tmp_path, capsys):
     assert "apply to --kind haze only" in capsys.readouterr().err
 
 
+@pytest.mark.exclusive   # wall-clock bound
 def test_default_allweather_dataset_and_datamodule(tmp_path):
     start = time.perf_counter()
     root = ensure_default_dataset(tmp_path, seed=0, kind="allweather")

@@ -194,7 +194,10 @@ def test_table_tex_compiles(tmp_path):
     """table.tex, with the characters LaTeX treats specially in labels and sources, compiles with pdflatex
     (installed by .ci/run; skipped with the reason where it is absent)."""
     if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex not installed (.ci/run installs texlive-latex-base + texlive-latex-recommended)")
+        from conftest import require_or_skip
+
+        require_or_skip("pdflatex", "pdflatex not installed (.ci/run installs texlive-latex-base + "
+                                    "texlive-latex-recommended)")
     for seed in (0, 1):
         _run(tmp_path / "runs", f"a{seed}", "cliphaze_t", seed, 20.0 + seed, model__cam_density=False)
         _run(tmp_path / "runs", f"b{seed}", "cliphaze_t", seed, 21.0 + seed, model__cam_density=True)

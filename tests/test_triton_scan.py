@@ -14,15 +14,16 @@ import torch
 
 from clipdehaze.models.ssm import SS2D, selective_scan, selective_scan_torch, triton_unavailable_reason
 from clipdehaze.models.ssm.selective_scan import _triton_scan
+from conftest import require_or_skip
 from test_ssm import assert_close, cast, make_inputs
 
 triton_scan, _import_error = _triton_scan()
 if triton_scan is None:
-    pytest.skip(f"Triton is not importable: {_import_error}", allow_module_level=True)
+    require_or_skip("triton-interpreter", f"Triton is not importable: {_import_error}", allow_module_level=True)
 if not triton_scan.INTERPRETER:
-    pytest.skip("Triton was imported without its interpreter (TRITON_INTERPRET=1 must be set before triton is first "
-                "imported; tests/conftest.py does so on machines without CUDA); on a GPU test_gpu.py checks the "
-                "compiled kernels", allow_module_level=True)
+    require_or_skip("triton-interpreter", "Triton was imported without its interpreter (TRITON_INTERPRET=1 must be "
+                    "set before triton is first imported; tests/conftest.py does so on machines without CUDA); on a "
+                    "GPU test_gpu.py checks the compiled kernels", allow_module_level=True)
 
 from clipdehaze.models.ssm.triton_scan import selective_scan_triton, tile_config  # noqa: E402
 

@@ -119,7 +119,9 @@ def test_identity_and_dcp_on_real_hazy_photos(compose_cfg, shared_dir, tmp_path)
 
     photos = shared_dir / "data" / "real-hazy" / "fattal"
     if not photos.is_dir():
-        pytest.skip(f"{photos} not found: the real hazy photographs are in shared/data/real-hazy")
+        from conftest import require_or_skip
+
+        require_or_skip("shared", f"{photos} not found: the real hazy photographs are in shared/data/real-hazy")
     scores = {}
     for model in ("identity", "dcp"):
         cfg = compose_cfg("eval", [f"model={model}", "data=folder", f"data.root={photos}", "data.name=fattal",

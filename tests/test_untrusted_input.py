@@ -27,7 +27,6 @@ from clipdehaze.utils.checkpoint import CheckpointError, load_generator_weights
 from clipdehaze.utils.trust import UntrustedConfigError
 from hostile import snapshot
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
 
 
 def _script(name: str) -> str:
@@ -38,8 +37,18 @@ def _script(name: str) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True)
+def _commands(cli):
+    """The session's warm console-script runner, for :func:`_run` (its server starts on the first command)."""
+    _CLI[:] = [cli]
+
+
+_CLI: list = []
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    """A console script run as typed (through the session's command server: conftest's ``cli``)."""
+    return _CLI[0].script(cmd[0], cmd[1:], cwd, timeout=300)
 
 
 def _data(root: Path) -> list[str]:
@@ -210,13 +219,16 @@ def test_crafted_checkpoint_commands_refuse_and_write_nothing(crafted, tiny_pair
 
 @pytest.mark.slow
 def test_resumed_run_never_builds_a_best_checkpoint_named_by_its_state(crafted, compose_cfg, tiny_paired_root,
-                                                                       tmp_path):
+                                                                       trained_tiny_run, tmp_path):
     """A run folder from elsewhere: its last.ckpt is clean, but the checkpoint callback's state names a crafted
     file as the best checkpoint, which train tests after fitting."""
+    import shutil
+
+    from conftest import TINY_TRAINING
+
     cases, side = crafted
-    quick = ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-             "trainer.limit_val_batches=1", "callbacks.rich_progress_bar=null", *_data(tiny_paired_root)]
-    train(compose_cfg("train", quick, out=tmp_path / "run"))
+    shutil.copytree(trained_tiny_run[0], tmp_path / "run")   # a finished run; resuming it tests its best checkpoint
+    quick = [*TINY_TRAINING, f"data.root={tiny_paired_root}", "callbacks.rich_progress_bar=null"]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, weights_only=True)
     key = next(k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint"))

@@ -654,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="+", type=int, default=[256, 1024])
     ap.add_argument("--mac-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per case (models and scan)")
+    ap.add_argument("--train-batch", type=int, default=4, help="models: the timed train step's batch size")
+    ap.add_argument("--train-crop", type=int, default=128, help="models: the timed train step's crop size")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     ap.add_argument("--no-profile", action="store_true",
                     help="scan: skip the cliphaze_t profile and the side-by-side goal ratios")
@@ -675,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.what in ("models", "all"):
         run_models(args.models or default_model_list(), out, sizes=tuple(args.sizes), mac_size=args.mac_size,
-                   repeats=args.repeats, memory=not args.no_memory, max_untiled_gmacs=args.max_untiled_gmacs,
+                   repeats=args.repeats, train_batch=args.train_batch, train_crop=args.train_crop,
+                   memory=not args.no_memory, max_untiled_gmacs=args.max_untiled_gmacs,
                    compile_mode=args.compile,
                    goal_repeats=args.repeats if args.goal_repeats is None else args.goal_repeats,
                    clip_cfg={"model_name": args.clip_model, "pretrained": None, "warn_random": False})
