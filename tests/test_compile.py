@@ -85,8 +85,8 @@ def test_a_model_that_cannot_compile_warns_and_runs_eager(monkeypatch):
     with pytest.warns(UserWarning, match="could not be compiled .*backend exploded.*running it eager"):
         out = module(x)
     assert module.generator._compiled_call_impl is None
-    with torch.no_grad():
-        assert torch.equal(out, eager(x))
+    # the same grad mode as the call above: inference (no_grad) runs fused attention, rounding differently
+    assert torch.equal(out, eager(x))
 
 
 @pytest.mark.parametrize("override, points_to", [("model.compile=true", "compile.enabled=true"),

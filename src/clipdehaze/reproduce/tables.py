@@ -182,7 +182,7 @@ def dry_run(paper: Paper, table: Table, rows: list[str], overrides: list[str], t
     up = first.upstream
     lines = [f"{paper.name} --table {table.name}: {table.title} -- {len(jobs)} jobs (dry run: nothing launched)",
              f"recipes: {up.repo}@{up.commit} ({up.entry}); each job: AdamW/Adam with torch's defaults, "
-             "CosineAnnealingLR(T_max = epochs, eta_min = lr / 100) stepped once per epoch, upstream's epochs + 1 "
+             "CosineAnnealingLR(T_max = epochs, eta_min = lr * 1e-2) stepped once per epoch, upstream's epochs + 1 "
              "epochs, validation after the 0-based epochs divisible by eval_freq, fp16 autocast + GradScaler on one "
              "GPU (the batch is upstream's global DataParallel batch)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
