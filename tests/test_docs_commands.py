@@ -162,7 +162,8 @@ def test_shortening_replaces_a_key_the_command_sets_and_appends_the_rest():
     assert not any(a.startswith(("hydra.run", "hydra.sweep", "paths.")) for a in out)
     assert H.shortened("bench", ["models", "--models", "a", "b", "--sizes", "256", "--no-memory"]) == [
         "models", "--models", "a", "b", "--sizes", "64", "--mac-size", "64", "--repeats", "1", "--no-memory",
-        "--no-profile", "--clip-model", "clipdehaze_tiny", "--train-batch", "1", "--train-crop", "48"]
+        "--no-profile", "--clip-model", "clipdehaze_tiny", "--train-batch", "1", "--train-crop", "48",
+        "--goal-repeats", "0"]
     assert "hydra.sweeper.n_trials=2" in H.shortened("train", ["-m", "hparams_search=dehazeformer_optuna"])
     assert H.shortened("train", ["model=x"], ["trainer=cpu"])[-1] == "trainer=cpu"
 
