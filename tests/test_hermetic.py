@@ -72,3 +72,26 @@ def test_a_missing_tool_skips_unless_clipdehaze_require_lists_it(monkeypatch):
     monkeypatch.setenv("CLIPDEHAZE_REQUIRE", "chromium,pdflatx")
     with pytest.raises(pytest.UsageError, match=r"CLIPDEHAZE_REQUIRE names \['pdflatx'\]"):
         required()
+
+
+#: Words of a skip reason that mean a tool CLIPDEHAZE_REQUIRE can list (conftest.REQUIREMENTS) is missing.
+_REQUIRED_TOOL_WORDS = ("chromium", "pdflatex", "shared/", "compiler", "g++", "triton", "calibration")
+
+
+def _bare_tool_skips(text: str) -> list[str]:
+    """``pytest.skip(...)`` calls (with the line after, for a wrapped reason) that name a listed tool: they would
+    skip silently in CI, where require_or_skip fails instead."""
+    lines = text.splitlines()
+    return [line.strip() for i, line in enumerate(lines) if line.lstrip().startswith("pytest.skip(")
+            and any(w in (line + " ".join(lines[i + 1:i + 2])).lower() for w in _REQUIRED_TOOL_WORDS)]
+
+
+def test_a_missing_listed_tool_is_never_a_bare_skip():
+    found = {path.name: hits for path in sorted(Path(__file__).parent.glob("*.py")) if path.name != "conftest.py"
+             and (hits := _bare_tool_skips(path.read_text()))}
+    assert not found, f"use conftest.require_or_skip(<requirement>, reason) for these skips: {found}"
+    # the check finds what it looks for
+    assert _bare_tool_skips('    if binary is None:\n        pytest.skip("no headless Chromium on this machine")\n')
+    assert _bare_tool_skips('        pytest.skip(f"{path} not found: the recorded upstream\n'
+                            '                    trajectory is part of the project\'s shared/ folder")\n')
+    assert not _bare_tool_skips('        pytest.skip("make is not installed")\n')

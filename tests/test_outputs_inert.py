@@ -19,6 +19,7 @@ import pytest
 from clipdehaze.artefacts import write_rows_csv
 from clipdehaze.data.io import save_image
 from clipdehaze.render.csv import FORMULA_START, read_dicts
+from conftest import require_or_skip
 
 PROTO = "DehazeFormer protocol: fixture"
 MARK = "PWNED"
@@ -143,7 +144,8 @@ def test_table_outputs_are_inert(tmp_path):
     tex = (out / "table.tex").read_text()
     assert "<script>" not in tex and "\\textbf{x}" not in tex
     if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex not installed (.ci/run installs texlive-latex-base + texlive-latex-recommended)")
+        require_or_skip("pdflatex", "pdflatex not installed (.ci/run installs texlive-latex-base + "
+                                    "texlive-latex-recommended)")
     (out / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
                                  "\\input{table.tex}\n\\end{document}\n")
     res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=out,
@@ -180,8 +182,8 @@ def chromium():
 
     binary = find_chromium()
     if binary is None:
-        pytest.skip("no headless Chromium on this machine (.ci/run installs Debian's `chromium` with apt-get where it "
-                    "can; elsewhere install chromium to run this test)")
+        require_or_skip("chromium", "no headless Chromium on this machine (.ci/run installs Debian's `chromium` with "
+                                    "apt-get where it can; elsewhere install chromium to run this test)")
     return binary
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from clipdehaze.reproduce import trajectory as T
+from conftest import require_or_skip
 
 TRAJECTORY = "reference/trajectories/dehazeformer_t_indoor_seed0.pt"
 #: shared/reference/README.md: losses to 1e-5 relative, learning rates exactly, final weights to 1e-5 at the 99.9th
@@ -30,7 +31,8 @@ UPSTREAM_LR, UPSTREAM_EPOCHS = 4e-4, 300
 def shared_file(shared_dir) -> Path:
     path = shared_dir / TRAJECTORY
     if not path.is_file():
-        pytest.skip(f"{path} not found: the recorded upstream trajectory is part of the project's shared/ folder")
+        require_or_skip("shared", f"{path} not found: the recorded upstream trajectory is part of the project's "
+                                  "shared/ folder")
     return path
 
 
