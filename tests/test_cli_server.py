@@ -81,6 +81,7 @@ def test_an_environment_read_at_import_time_runs_fresh(served, tmp_path):
     assert json.loads(out.splitlines()[0])["env"] == env
 
 
+@pytest.mark.slow
 def test_a_client_that_gives_up_takes_the_command_down(served, tmp_path):
     script = tmp_path / "sleeper.py"
     script.write_text("import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(120)\n")

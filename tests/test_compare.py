@@ -349,6 +349,7 @@ def chromium():
     return binary
 
 
+@pytest.mark.slow
 def test_compare_html_renders_in_headless_chromium(chromium, tmp_path):
     from browser import Chromium
 

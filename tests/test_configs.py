@@ -36,6 +36,7 @@ def test_every_group_option_composes(group, option, compose_cfg, tmp_path):
     assert resolved["data"]["_target_"].startswith("clipdehaze.data.")
 
 
+@pytest.mark.slow
 def test_model_group_lists_every_generator_with_its_numbers(compose_cfg):
     from clipdehaze.utils.hydra_utils import config_groups
 
@@ -47,6 +48,7 @@ def test_model_group_lists_every_generator_with_its_numbers(compose_cfg):
     assert list(model.depths) == [2, 2, 4, 2, 2] and model.fusion == "parametric" and model.text_dim == 64
 
 
+@pytest.mark.slow
 def test_data_clip_cache_help_lists_config_groups(cli, tmp_path):
     out = cli("data", ["clip-cache", "--help"], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -72,6 +74,7 @@ def test_unknown_generator_lists_valid_names():
 
 
 @pytest.mark.parametrize("tool", ["train", "eval", "predict"])
+@pytest.mark.slow
 def test_help_lists_config_groups(tool, cli, tmp_path):
     out = cli(tool, ["--help"], tmp_path)
     assert out.returncode == 0, out.stderr

@@ -371,6 +371,7 @@ def test_datamodule_pad_if_smaller_from_config(split_root, compose_cfg):
     assert next(iter(padded.val_dataloader()))["input"].shape == (1, 3, 48, 48)
 
 
+@pytest.mark.slow
 def test_pad_if_smaller_overridable_for_every_data_config(compose_cfg):
     names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "data").glob("*.yaml"))
     for name in names:

@@ -55,6 +55,7 @@ def _script(name: str) -> str:
 # 1. Nothing a user did not ask to replace is replaced
 
 
+@pytest.mark.slow
 def test_predict_compare_checks_its_folder_for_foreign_files(compose_cfg, tmp_path):
     from clipdehaze.predict import MARK
 
@@ -128,6 +129,7 @@ def _fake_run(folder: Path, task: str, results: bool = True) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_train_refuses_a_run_dir_holding_another_runs_results(compose_cfg, tmp_path, monkeypatch):
     from clipdehaze.utils.hydra_utils import RunDirGuard
 
@@ -202,6 +204,7 @@ _QUICK = ["model=dehazeformer_test", "debug=quick", "trainer.max_epochs=1", "tra
           "trainer.limit_val_batches=1", "callbacks.rich_progress_bar=null"]
 
 
+@pytest.mark.slow
 def test_resume_auto_refuses_a_checkpoint_written_with_other_settings(compose_cfg, tiny_paired_root, tmp_path,
                                                                       caplog):
     from clipdehaze.train import checked_ckpt_path, recipe_differences
@@ -274,6 +277,7 @@ def _payloads(tmp: Path, side: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_stored_arguments_are_refused_naming_file_and_key(compose_cfg, tiny_paired_root, tmp_path):
     side = tmp_path / "side_effects"
     side.mkdir()
@@ -290,6 +294,7 @@ def test_stored_arguments_are_refused_naming_file_and_key(compose_cfg, tiny_pair
             assert snapshot(tmp_path) == before, (case, tool)
 
 
+@pytest.mark.slow
 def test_training_only_sections_of_a_checkpoint_are_never_built(compose_cfg, tiny_paired_root, tmp_path,
                                                                   monkeypatch):
     """A checkpoint's loss may ask for a download or a file of its choosing (a crafted one, or a legitimate CR-loss
@@ -324,6 +329,7 @@ def test_training_only_sections_of_a_checkpoint_are_never_built(compose_cfg, tin
     assert snapshot(tmp_path / "photos", secret, *ckpts.values()) == before
 
 
+@pytest.mark.slow
 def test_stored_data_config_stays_in_the_data_cache_and_run_folders(compose_cfg, tmp_path):
     """eval without data= builds the checkpoint's data config: its locations must lie inside this run's own
     paths.data_dir, paths.cache_dir or run dir."""
@@ -391,6 +397,7 @@ def test_sections_the_caller_supplies_are_not_built_from_the_file(tmp_path):
         DehazeLitModule.load_checkpoint(str(foreign), loss={"_target_": "clipdehaze.losses.L1Loss"})
 
 
+@pytest.mark.slow
 def test_shipped_configs_pass_the_argument_checks(compose_cfg):
     """No false refusals: what clipdehaze-train stores for every shipped loss, optimizer, scheduler and CLIP config
     builds again from the file, except clip=local, whose weights file the user names again (clip=local

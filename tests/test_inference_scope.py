@@ -70,6 +70,7 @@ def nothing_but_the_network(monkeypatch):
     monkeypatch.setattr(DehazeLitModule, "configure_optimizers", refuse("the optimizer"))
 
 
+@pytest.mark.slow
 def test_eval_of_a_cr_checkpoint_builds_no_loss(cr_checkpoint, nothing_but_the_network, compose_cfg,
                                                 tiny_paired_root, tmp_path):
     cfg = compose_cfg("eval", [f"ckpt_path={cr_checkpoint}", "clip=tiny_random", *_data(tiny_paired_root)],
@@ -96,6 +97,7 @@ def test_predict_of_a_cr_checkpoint_builds_no_loss(cr_checkpoint, nothing_but_th
     assert [p.name for p in predict(cfg)] == ["a.png"]
 
 
+@pytest.mark.slow
 def test_training_still_builds_the_loss(cr_checkpoint, compose_cfg, tiny_paired_root, tmp_path):
     """The negative: the same loss config, built for training (fresh or resumed), is constructed and fails offline
     on the missing weights file, so the eval tests above would fail if eval built it."""
@@ -161,6 +163,7 @@ def test_progress_line_has_count_elapsed_and_eta(caplog):
     assert caplog.messages == ["test: [40/500] 0040.png (120.0 s elapsed, ETA 23 min 00 s)"]
 
 
+@pytest.mark.slow
 def test_eval_logs_progress_outside_a_terminal(tmp_path):
     """clipdehaze-eval under nohup-like conditions (stdout a file, no TTY): progress lines with count and ETA."""
     make_paired_folder(tmp_path / "set", {"test": [(24, 32)] * 25})

@@ -275,6 +275,7 @@ def test_eval_without_data_refuses_a_checkpoint_that_records_none(compose_cfg, t
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_eval_weights_provenance_external_published_and_random(compose_cfg, tiny_paired_root, tmp_path, monkeypatch):
     """A weights file is "published" only when its sha256 is a release a recipe table lists; any other file is
     "external" with its hash."""

@@ -139,6 +139,7 @@ def test_controls_a_run_and_an_evaluation_resolve():
         PriorControl.from_config({"test_clip_control": None}, {"clip_control": "noise"}, "/runs/x.ckpt")
 
 
+@pytest.mark.slow
 def test_pipeline_serves_controlled_inputs_alike_with_and_without_the_cache(compose_cfg, split_root, tmp_path):
     """The composed run (clip_control=shuffled, model=cliphaze_test): the first training batch's CLIP inputs are the
     same with clip_cache=true and false, and differ from the real prior's."""

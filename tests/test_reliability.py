@@ -43,6 +43,7 @@ TRAIN = ["model=dehazeformer_test", "trainer=cpu", "trainer.max_epochs=5", "trai
          "logger=csv", "seed=3", "callbacks.rich_progress_bar=null"]
 
 
+@pytest.mark.slow
 def test_same_seed_bit_identical_metrics(compose_cfg, tiny_paired_root, tmp_path):
     results = []
     for i in range(2):

@@ -76,6 +76,7 @@ def test_list_shows_every_table_and_row(paper, capsys, monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------- --dry-run
 @pytest.mark.parametrize("paper,table", TABLES, ids=[f"{p}-{t}" for p, t in TABLES])
+@pytest.mark.slow
 def test_dry_run_lists_every_job_with_upstream_numbers_and_cost(paper, table, capsys, monkeypatch, tmp_path):
     """Every runnable row is one job whose printed batch, patch, lr, epochs run (epochs + 1), T_max / eta_min and
     steps are upstream's file's (vendored copy), with a GPU-hour estimate and the assumption it rests on."""
@@ -113,6 +114,7 @@ def test_dry_run_lists_every_job_with_upstream_numbers_and_cost(paper, table, ca
             assert f"skipping {row}: " in out and "empty upstream" in out
 
 
+@pytest.mark.slow
 def test_dry_run_uses_a_measured_rate_and_the_overrides(capsys, monkeypatch, tmp_path):
     """A clipdehaze-bench result gives the rows it measured a measured cost (scaled to the patch by pixel count);
     sweeps and overrides make more jobs with the values they set."""

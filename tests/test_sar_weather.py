@@ -305,6 +305,7 @@ LOADERS = {"allweather": (2, 3), "snow100k_s": (2, None), "snow100k_l": (2, None
            "raindrop": (3, 2), "rain100h": (2, 2)}
 
 
+@pytest.mark.slow
 def test_weather_loader_configs_on_fake_layouts(compose_cfg, tmp_path):
     base = tmp_path / "data"
     _fake_layouts(base)

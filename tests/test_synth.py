@@ -221,6 +221,7 @@ def default_dataset(tmp_path_factory):
 
 
 @pytest.mark.exclusive   # wall-clock bound
+@pytest.mark.slow
 def test_default_dataset_builds_fast_and_is_disjoint(default_dataset):
     root, seconds = default_dataset
     assert seconds < 30, f"default dataset took {seconds:.1f} s"
@@ -246,6 +247,7 @@ def test_default_dataset_reused_and_repaired(default_dataset):
     assert ensure_default_dataset(root.parent, seed=0) == root and victim.is_file()
 
 
+@pytest.mark.slow
 def test_synthetic_datamodule(default_dataset):
     root, _ = default_dataset
     dm = SyntheticHazeDataModule(cache_dir=str(root.parent), crop_size=64, batch_size=4, num_workers=0)
@@ -359,6 +361,7 @@ def test_synth_cli_weather_kinds(tmp_path, capsys):
 
 
 @pytest.mark.exclusive   # wall-clock bound
+@pytest.mark.slow
 def test_default_allweather_dataset_and_datamodule(tmp_path):
     start = time.perf_counter()
     root = ensure_default_dataset(tmp_path, seed=0, kind="allweather")

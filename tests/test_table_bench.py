@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.slow
 def test_bench_json_schema(tmp_path):
     from clipdehaze.bench import run_models
 
@@ -86,6 +87,7 @@ def test_generator_macs_equal_a_real_forward(name):
         assert generator_macs(name, size=64, graph=graph) == real, graph
 
 
+@pytest.mark.slow
 def test_peak_memory_worker_measures_its_own_growth():
     """The per-case memory worker reports its own peak even when started by a process that used more memory
     (Linux's ru_maxrss inherits the parent's peak across fork + exec; the worker must not read that)."""
@@ -162,6 +164,7 @@ def test_cliphaze_profile_shares_and_goal_ratios():
     assert {g[1] for g in bench.goals_for(["cliphaze_s", "dehazeformer_b", "dehazeformer_s"])} == {"dehazeformer_b"}
 
 
+@pytest.mark.slow
 def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):
     from clipdehaze.demo import DEFAULT_MODELS, DEFAULT_STEPS, train_overrides
 
@@ -171,6 +174,7 @@ def test_demo_gives_every_learned_model_the_same_number_of_steps(compose_cfg):
         assert cfg.trainer.max_epochs >= DEFAULT_STEPS, name   # an epoch is at least one step: epochs never stop it first
 
 
+@pytest.mark.slow
 def test_demo_trains_each_model_with_its_papers_loss_where_it_can_run(compose_cfg, monkeypatch):
     """SAR with its CLIP-SRD term, DehazeFormer with L1 on its [-1, 1] images; MixDehazeNet/MixCLDehazeNet with
     L1 + 0.1 CR when the ResNet-152 weights are cached, else the L1 term alone, saying why."""

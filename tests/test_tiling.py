@@ -66,6 +66,7 @@ def test_bad_tiling_is_refused_before_any_tile_runs(tile, overlap, min_size, mes
 
 
 @pytest.mark.parametrize("tile,overlap", [(64, 63), (33, 1), (64, 0), (17, 16)])
+@pytest.mark.slow
 def test_every_valid_overlap_covers_the_image_exactly(tile, overlap):
     """Overlap up to tile - 1 is honoured (no silent clamp) and the blend of an identity stays exact (up to
     float32 rounding over thousands of overlapping tiles at stride 1)."""
@@ -117,6 +118,7 @@ def test_auto_tile_small_image_is_not_probed():
     assert seen == []
 
 
+@pytest.mark.slow
 def test_auto_tile_with_measured_memory_keeps_a_real_model_within_budget():
     """End to end with the real measurement (this process's peak RSS): a convolution stack whose activations
     grow with the pixel count gets tiles whose measured peak stays within the budget."""

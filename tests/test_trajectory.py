@@ -67,6 +67,7 @@ def test_the_tolerances_and_noise_floor_are_the_readmes(shared_dir):
     assert T.NOISE_FLOOR == {"loss_rel": 2e-7, "weight_max": 3.3e-5, "weight_p999": 4e-7, "weight_share": 3e-4}
 
 
+@pytest.mark.slow
 def test_replay_of_the_upstream_trajectory_is_within_the_readme_tolerances(shared_file, tmp_path, capsys):
     rc, out, err = _run([shared_file, "--json", tmp_path / "figures.json"], capsys)
     assert rc == 0, out + err
@@ -87,6 +88,7 @@ def test_replay_of_the_upstream_trajectory_is_within_the_readme_tolerances(share
 
 
 # ----------------------------------------------------------------------------------------------------- (b) the check fails
+@pytest.mark.slow
 def test_a_file_whose_losses_lrs_and_weights_are_perturbed_fails_naming_each(shared_file, tmp_path, capsys):
     raw = _raw(shared_file)
     raw["loss_per_step_upstream_scale"][5] *= 1 + 5e-5
@@ -136,6 +138,7 @@ def test_each_check_fails_just_outside_its_tolerance_and_passes_inside(shared, s
         assert not report["passed"] and any(named in f for f in report["failures"]), report["failures"]
 
 
+@pytest.mark.slow
 def test_the_recipe_is_read_from_the_file(shared_file, tmp_path, capsys):
     """Recorded with eta_min = lr x 0.01; a file that says 0.02 replays a different schedule, which fails."""
     raw = _raw(shared_file)
@@ -153,6 +156,7 @@ def test_the_recipe_is_read_from_the_file(shared_file, tmp_path, capsys):
     (["loss=l1"], "loss at step 0 (epoch 0) deviates 0.5 relative"),       # the missing x2 scale
     (["optimizer.lr=0.00041"], "learning rate in epoch 0 is 0.00041"),
 ])
+@pytest.mark.slow
 def test_a_wrong_recipe_detail_fails_naming_it(shared_file, overrides, named, capsys):
     rc, out, _ = _run([shared_file, *overrides], capsys)
     assert rc == 1

@@ -109,6 +109,7 @@ def test_strided_inputs_are_read_in_place():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.slow
 def test_half_precision_inputs_scan_in_float32(dtype):
     """Low-precision inputs are accepted; the state stays float32, so the output equals the float32 scan of the
     same (rounded) inputs up to rounding the output once, and the gradients have the inputs' dtypes."""

@@ -114,6 +114,7 @@ def test_eval_scores_a_folder_without_ground_truth(compose_cfg, tmp_path):
     assert row["images"] == "2" and row["niqe"] == pytest.approx(summary["metrics"]["test/niqe_real"])
 
 
+@pytest.mark.slow
 def test_identity_and_dcp_on_real_hazy_photos(compose_cfg, shared_dir, tmp_path):
     from clipdehaze.evaluate import evaluate
 

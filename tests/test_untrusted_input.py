@@ -138,6 +138,7 @@ def _refused(call, case: str, path: Path, side: Path) -> None:
     assert not any(side.iterdir()), (case, sorted(p.name for p in side.iterdir()))
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_for_eval_builds_nothing(crafted, compose_cfg, tiny_paired_root, tmp_path):
     cases, side = crafted
     for case, path in cases:
@@ -146,6 +147,7 @@ def test_crafted_checkpoint_for_eval_builds_nothing(crafted, compose_cfg, tiny_p
     assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_for_predict_builds_nothing(crafted, compose_cfg, tmp_path):
     cases, side = crafted
     src = tmp_path / "photos"
@@ -157,6 +159,7 @@ def test_crafted_checkpoint_for_predict_builds_nothing(crafted, compose_cfg, tmp
     assert not (tmp_path / "restored").exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_for_resume_builds_nothing(crafted, compose_cfg, tiny_paired_root, tmp_path):
     cases, side = crafted
     for case, path in cases:
@@ -166,6 +169,7 @@ def test_crafted_checkpoint_for_resume_builds_nothing(crafted, compose_cfg, tiny
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_as_weights_path_loads_only_tensors(crafted, compose_cfg):
     """weights_path rebuilds the model from the project's configs by name and takes only the tensors, so what the
     file's hyper-parameters name is never built (the refusal message points here)."""
@@ -179,6 +183,7 @@ def test_crafted_checkpoint_as_weights_path_loads_only_tensors(crafted, compose_
         assert not any(side.iterdir()), case
 
 
+@pytest.mark.slow
 def test_every_shipped_config_passes_the_allow_list(compose_cfg):
     """No false refusals: the hyper-parameters of every loss, optimizer, scheduler and CLIP config (and every data
     config, for run configs read back) pass, so real checkpoints load."""
@@ -406,6 +411,7 @@ def _predict_cfg(compose_cfg, src: Path, out: Path, *extra: str):
     return compose_cfg("predict", ["model=dcp", f"input={src}", f"output={out}", *extra])
 
 
+@pytest.mark.slow
 def test_predict_replaces_only_its_own_outputs(compose_cfg, tmp_path):
     from clipdehaze.predict import MARK
 
@@ -541,6 +547,7 @@ def enospc(monkeypatch):
 RESULT_FILES = ("metrics.json", "per_image.csv", "config_resolved.yaml", "grid.png")
 
 
+@pytest.mark.slow
 def test_a_full_disk_loses_only_the_file_that_did_not_fit(compose_cfg, tiny_paired_root, tmp_path, enospc):
     from clipdehaze.utils.files import ResultWriteError
 
@@ -891,6 +898,7 @@ def test_missing_inputs_are_named(compose_cfg, tiny_paired_root, tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["clip=null", "model=mixcldehazenet_test"], ["data=null"], ["model=null"]])
+@pytest.mark.slow
 def test_a_group_set_to_null_gets_the_tilde_form(argv):
     from clipdehaze.utils.hydra_utils import check_override_syntax
 
@@ -900,6 +908,7 @@ def test_a_group_set_to_null_gets_the_tilde_form(argv):
         check_override_syntax(argv)
 
 
+@pytest.mark.slow
 def test_clip_cache_with_clip_null_says_what_to_pass():
     with pytest.raises(SystemExit, match=r"^clip=null: .*~clip, or choose one of: .*tiny_random"):
         data_cli(["clip-cache", "data=synthetic", "model=mixcldehazenet_test", "clip=null"])
@@ -909,6 +918,7 @@ _AWKWARD_PATHS = ["in=put", "it's", 'say "hi"', "[1]", "(copy)", "{a}", "a,b", "
                   "x=${y}", "mix 'a'=\"b\" [c],(d)"]
 
 
+@pytest.mark.slow
 def test_paths_with_override_syntax_get_a_quoted_form_that_reads_back_exactly(compose_cfg, tmp_path):
     import shlex
 
