@@ -60,6 +60,19 @@ def require_or_skip(name: str, reason: str, *, allow_module_level: bool = False)
     pytest.skip(reason, allow_module_level=allow_module_level)
 
 
+@pytest.fixture
+def chromium() -> str:
+    """The headless Chromium binary (tests/browser.py drives it), or a skip naming what to install (a failure where
+    CLIPDEHAZE_REQUIRE lists chromium)."""
+    from browser import find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        require_or_skip("chromium", "no headless Chromium on this machine (.ci/run installs Debian's `chromium` with "
+                                    "apt-get where it can; elsewhere install chromium to run this test)")
+    return binary
+
+
 _DURATIONS = "clipdehaze/durations"
 _measured: dict[str, float] = {}
 

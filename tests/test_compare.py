@@ -336,19 +336,6 @@ def test_compare_reads_the_per_image_file_train_and_eval_write():
     assert SOURCE_KEYS == ("clipdehaze-input", "clipdehaze-target")
 
 
-@pytest.fixture
-def chromium():
-    from browser import find_chromium
-
-    from conftest import require_or_skip
-
-    binary = find_chromium()
-    if binary is None:
-        require_or_skip("chromium", "no headless Chromium on this machine (.ci/run installs Debian's `chromium` with apt-get where it "
-                    "can; elsewhere install chromium to run this test)")
-    return binary
-
-
 @pytest.mark.slow
 def test_compare_html_renders_in_headless_chromium(chromium, tmp_path):
     from browser import Chromium

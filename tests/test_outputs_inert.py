@@ -176,17 +176,6 @@ def test_script_json_cannot_close_its_script():
 
 # ------------------------------------------------------------------------------------------------------------
 # compare.html in a real browser
-@pytest.fixture
-def chromium():
-    from browser import find_chromium
-
-    binary = find_chromium()
-    if binary is None:
-        require_or_skip("chromium", "no headless Chromium on this machine (.ci/run installs Debian's `chromium` with "
-                                    "apt-get where it can; elsewhere install chromium to run this test)")
-    return binary
-
-
 #: What the page looks like to a script: injected elements, the title, whether the hostile text shows as text.
 _PROBE = f"""(() => ({{
   title: document.title,
